@@ -1,0 +1,32 @@
+"""eventcomposition: run logicblocks event-processing nodes in any role.
+
+- ``BrokerRole`` and the role-aware ``DistributedEventBroker``: coordinator-only,
+  observer-only or full nodes.
+- ``EventRuntime``: register a consumer in one call; start, watch and stop a node.
+"""
+
+from .broker import (
+    BrokerRole,
+    BrokerRoleError,
+    DistributedEventBroker,
+    DistributedEventBrokerSettings,
+    InMemoryClusterState,
+    make_event_broker,
+)
+from .errors import EventCompositionError
+from .retry import Backoff
+from .runtime import EventConsumerSettings, EventRuntime, RuntimeLifecycleError
+
+__all__ = [
+    "Backoff",
+    "BrokerRole",
+    "BrokerRoleError",
+    "DistributedEventBroker",
+    "DistributedEventBrokerSettings",
+    "EventCompositionError",
+    "EventConsumerSettings",
+    "EventRuntime",
+    "InMemoryClusterState",
+    "RuntimeLifecycleError",
+    "make_event_broker",
+]
