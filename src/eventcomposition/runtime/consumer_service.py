@@ -1,0 +1,143 @@
+"""The service that drives one consumer: error handling inside polling.
+
+logicblocks' ``PollingService`` can only be cancelled, which interrupts
+``consume_all`` halfway through a batch and loses the state it has not saved yet. This
+service polls the same way but can also be asked to drain: it finishes the
+``consume_all`` in progress (which saves the consumer's state) and then returns.
+It also tracks a status and logs failures, which logicblocks' background services do
+not.
+"""
+
+import asyncio
+import contextlib
+from typing import Any
+
+import structlog
+from logicblocks.event.processing import (
+    CallableService,
+    ErrorHandler,
+    ErrorHandlerDecision,
+    ErrorHandlingService,
+    EventConsumer,
+    ProcessStatus,
+    RetryErrorHandlerDecision,
+    Service,
+)
+
+from .settings import EventConsumerSettings
+
+logger = structlog.get_logger("eventcomposition.runtime")
+
+
+class _ObservedErrorHandler(ErrorHandler[Any]):
+    """Lets the consumer's own handler decide, after recording the failure."""
+
+    def __init__(self, service: "ConsumerService", inner: ErrorHandler[Any]) -> None:
+        self._service = service
+        self._inner = inner
+
+    def handle(self, exception: BaseException) -> ErrorHandlerDecision[Any]:
+        decision = self._inner.handle(exception)
+        if isinstance(exception, Exception):
+            self._service.record_failure(exception, decision)
+        return decision
+
+
+class ConsumerService(Service[None]):
+    """Polls ``consumer.consume_all`` with error handling until asked to drain."""
+
+    def __init__(
+        self, name: str, consumer: EventConsumer, settings: EventConsumerSettings
+    ) -> None:
+        self.name = name
+        self.consumer = consumer
+        self.settings = settings
+        self.error_handling = ErrorHandlingService[Any](
+            service=CallableService(self._consume_once),
+            error_handler=_ObservedErrorHandler(self, settings.error_handler),
+        )
+        self._status = ProcessStatus.INITIALISED
+        self._consecutive_failures = 0
+        self._retrying = False
+        self._drain_requested = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+
+    @property
+    def status(self) -> ProcessStatus:
+        return self._status
+
+    @property
+    def consecutive_failures(self) -> int:
+        return self._consecutive_failures
+
+    async def execute(self) -> None:
+        # The service may run on another thread's loop: remember it, so that
+        # request_drain can wake the loop safely from anywhere.
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        if self._drain_requested:
+            self._wake.set()
+        self._status = ProcessStatus.RUNNING
+        try:
+            while not self._drain_requested:
+                await self.error_handling.execute()
+                await self._pause(self.settings.poll_interval.total_seconds())
+        except asyncio.CancelledError:
+            self._status = ProcessStatus.STOPPED
+            raise
+        except BaseException:
+            self._status = ProcessStatus.ERRORED
+            raise
+        self._status = ProcessStatus.STOPPED
+
+    def request_drain(self) -> None:
+        """Stop after the ``consume_all`` in progress; callable from any thread."""
+        self._drain_requested = True
+        if self._status is ProcessStatus.RUNNING:
+            self._status = ProcessStatus.STOPPING
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(wake.set)
+
+    def record_failure(
+        self, error: Exception, decision: ErrorHandlerDecision[Any]
+    ) -> None:
+        self._consecutive_failures += 1
+        self._retrying = isinstance(decision, RetryErrorHandlerDecision)
+        self._status = ProcessStatus.ERRORED
+        logger.error(
+            "consumer.failed",
+            service=self.name,
+            consecutive_failures=self._consecutive_failures,
+            decision=type(decision).__name__.removesuffix("ErrorHandlerDecision"),
+            exc_info=error,
+        )
+
+    async def _consume_once(self) -> None:
+        if self._retrying:
+            delay = self.settings.retry_backoff.delay(self._consecutive_failures)
+            self._retrying = False
+            await self._pause(delay.total_seconds())
+            if self._drain_requested:
+                return
+        await self.consumer.consume_all()
+        if self._consecutive_failures:
+            logger.info(
+                "consumer.recovered",
+                service=self.name,
+                after_failures=self._consecutive_failures,
+            )
+        self._consecutive_failures = 0
+        if not self._drain_requested:
+            self._status = ProcessStatus.RUNNING
+
+    async def _pause(self, seconds: float) -> None:
+        if self._wake is None or seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"

@@ -1,0 +1,285 @@
+import asyncio
+from collections.abc import Mapping
+from enum import StrEnum
+from types import TracebackType
+from typing import Any, Self
+
+import structlog
+from logicblocks.event.processing import (
+    EventBroker,
+    EventConsumer,
+    EventSubscriber,
+    EventSubscriptionConsumer,
+    ExecutionMode,
+    IsolationMode,
+    ProcessStatus,
+    ServiceManager,
+    determine_multi_process_status,
+)
+from logicblocks.event.types import StoredEvent
+
+from .consumer_service import ConsumerService
+from .errors import RuntimeLifecycleError
+from .settings import EventConsumerSettings
+
+logger = structlog.get_logger("eventcomposition.runtime")
+
+BROKER_SERVICE_NAME = "event-broker"
+
+
+class _Phase(StrEnum):
+    NEW = "new"
+    STARTED = "started"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class EventRuntime:
+    """One node's event processing: a broker, a service manager and consumers.
+
+    Register subscribers and consumers, then ``start()``; ``stop()`` drains the
+    consumers (each finishes its ``consume_all`` in progress, within its
+    ``stop_timeout``), then stops the broker, whose subscribers leave the cluster so
+    that other nodes take their sources over at once. A runtime runs once:
+    logicblocks' ``ServiceManager`` cannot start twice.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        event_broker: EventBroker[StoredEvent],
+        service_manager: ServiceManager,
+        default_consumer_settings: EventConsumerSettings | None = None,
+    ) -> None:
+        self._node_id = node_id
+        self._event_broker = event_broker
+        self._service_manager = service_manager
+        self._default_consumer_settings = (
+            default_consumer_settings or EventConsumerSettings()
+        )
+        self._consumer_services: dict[str, ConsumerService] = {}
+        self._phase = _Phase.NEW
+        self._stop_lock = asyncio.Lock()
+        self._logger = logger.bind(node_id=node_id)
+
+    @property
+    def node_id(self) -> str:
+        return self._node_id
+
+    @property
+    def event_broker(self) -> EventBroker[StoredEvent]:
+        return self._event_broker
+
+    @property
+    def service_manager(self) -> ServiceManager:
+        return self._service_manager
+
+    @property
+    def default_consumer_settings(self) -> EventConsumerSettings:
+        return self._default_consumer_settings
+
+    @property
+    def started(self) -> bool:
+        return self._phase is not _Phase.NEW
+
+    @property
+    def stopped(self) -> bool:
+        return self._phase is _Phase.STOPPED
+
+    async def register_subscriber(
+        self, subscriber: EventSubscriber[StoredEvent]
+    ) -> None:
+        """Register a subscriber with the broker for work allocation only."""
+        self._ensure_registrable(f"subscriber '{subscriber.group}/{subscriber.id}'")
+        await self._event_broker.register(subscriber)
+        self._logger.info(
+            "runtime.subscriber-registered",
+            subscriber_group=subscriber.group,
+            subscriber_id=subscriber.id,
+        )
+
+    async def register_consumer(
+        self,
+        consumer: EventConsumer,
+        settings: EventConsumerSettings | None = None,
+        *,
+        name: str | None = None,
+    ) -> str:
+        """Poll ``consumer.consume_all`` with error handling, as a background service.
+
+        The consumer is not registered with the broker. Returns the service's unique
+        name, as used in ``service_statuses`` and the logs.
+        """
+        service_name = self._unique_name(name or _consumer_name(consumer))
+        self._ensure_registrable(f"consumer '{service_name}'")
+        resolved = settings or self._default_consumer_settings
+        service = ConsumerService(service_name, consumer, resolved)
+        self._service_manager.register(
+            service,
+            name=service_name,
+            execution_mode=ExecutionMode.BACKGROUND,
+            isolation_mode=resolved.isolation_mode,
+        )
+        self._consumer_services[service_name] = service
+        self._logger.info(
+            "runtime.consumer-registered",
+            service=service_name,
+            poll_interval_seconds=resolved.poll_interval.total_seconds(),
+            isolation_mode=resolved.isolation_mode.name.lower(),
+        )
+        return service_name
+
+    async def register_subscription_consumer(
+        self,
+        subscription_consumer: EventSubscriptionConsumer[StoredEvent],
+        settings: EventConsumerSettings | None = None,
+    ) -> str:
+        """Register with the broker for allocation and poll it for consumption.
+
+        When the broker refuses the subscriber (a coordinator-only broker does), the
+        error propagates and nothing is registered.
+        """
+        await self.register_subscriber(subscription_consumer)
+        return await self.register_consumer(
+            subscription_consumer,
+            settings,
+            name=f"{subscription_consumer.group}/{subscription_consumer.id}",
+        )
+
+    async def start(self) -> None:
+        """Start the broker and every registered consumer."""
+        match self._phase:
+            case _Phase.STARTED | _Phase.STOPPING:
+                raise RuntimeLifecycleError(
+                    f"runtime of node '{self._node_id}' has already started"
+                )
+            case _Phase.STOPPED:
+                raise RuntimeLifecycleError(
+                    f"runtime of node '{self._node_id}' has been stopped and cannot "
+                    "start again (logicblocks' ServiceManager runs only once): build "
+                    "a new runtime"
+                )
+        self._service_manager.register(
+            self._event_broker,
+            name=BROKER_SERVICE_NAME,
+            execution_mode=ExecutionMode.BACKGROUND,
+            isolation_mode=IsolationMode.MAIN_THREAD,
+        )
+        self._phase = _Phase.STARTED
+        await self._service_manager.start()
+        self._logger.info(
+            "runtime.started",
+            role=str(getattr(self._event_broker, "role", "n/a")),
+            consumers=list(self._consumer_services),
+        )
+
+    async def stop(self) -> None:
+        """Drain the consumers, then stop the broker. Safe to call more than once."""
+        async with self._stop_lock:
+            if self._phase is _Phase.STOPPED:
+                return
+            if self._phase is _Phase.NEW:
+                self._phase = _Phase.STOPPED
+                return
+            self._phase = _Phase.STOPPING
+            self._logger.info("runtime.stopping")
+            await self._drain_consumers()
+            await self._service_manager.stop()
+            self._phase = _Phase.STOPPED
+            self._logger.info("runtime.stopped")
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    @property
+    def service_statuses(self) -> Mapping[str, ProcessStatus]:
+        """Each service's status by name: the broker and every consumer."""
+        statuses = {
+            name: service.status for name, service in self._consumer_services.items()
+        }
+        if self._phase is not _Phase.NEW:
+            statuses[BROKER_SERVICE_NAME] = self._broker_status()
+        return statuses
+
+    @property
+    def status(self) -> ProcessStatus:
+        """The node's status: every service's status combined."""
+        match self._phase:
+            case _Phase.NEW:
+                return ProcessStatus.INITIALISED
+            case _Phase.STOPPED:
+                return ProcessStatus.STOPPED
+            case _Phase.STOPPING:
+                return ProcessStatus.STOPPING
+        return determine_multi_process_status(*self.service_statuses.values())
+
+    def _broker_status(self) -> ProcessStatus:
+        state = self._service_manager.service(BROKER_SERVICE_NAME)
+        if state is not None and state.future.done():
+            # A broker whose service ended while the runtime runs has failed for good
+            # (its error handler gave up); its parts may still claim to be running.
+            return ProcessStatus.STOPPED if self.stopped else ProcessStatus.ERRORED
+        return self._event_broker.status
+
+    async def _drain_consumers(self) -> None:
+        for service in self._consumer_services.values():
+            service.request_drain()
+        await asyncio.gather(
+            *(self._wait_drained(name) for name in self._consumer_services)
+        )
+
+    async def _wait_drained(self, name: str) -> None:
+        state = self._service_manager.service(name)
+        if state is None:
+            return
+        timeout = self._consumer_services[name].settings.stop_timeout.total_seconds()
+        # Shielded: on timeout the service keeps running until the service
+        # manager cancels it, together with everything else.
+        waiter = asyncio.ensure_future(_settled(state.future))
+        done, _ = await asyncio.wait({waiter}, timeout=timeout)
+        if not done:
+            waiter.cancel()
+            self._logger.warning(
+                "runtime.consumer-drain-timed-out",
+                service=name,
+                stop_timeout_seconds=timeout,
+            )
+
+    def _ensure_registrable(self, what: str) -> None:
+        if self._phase is not _Phase.NEW:
+            raise RuntimeLifecycleError(
+                f"cannot register {what}: the runtime of node '{self._node_id}' has "
+                f"already {'started' if self._phase is _Phase.STARTED else 'stopped'}; "
+                "register every subscriber and consumer before start()"
+            )
+
+    def _unique_name(self, base: str) -> str:
+        taken = set(self._consumer_services) | {BROKER_SERVICE_NAME}
+        if base not in taken:
+            return base
+        suffix = 2
+        while f"{base}#{suffix}" in taken:
+            suffix += 1
+        return f"{base}#{suffix}"
+
+
+async def _settled(future: Any) -> None:
+    # Waits for a service to end however it ends: its failure is already logged.
+    try:
+        await future
+    except BaseException:
+        return
+
+
+def _consumer_name(consumer: EventConsumer) -> str:
+    name = getattr(consumer, "name", None)
+    return name if isinstance(name, str) and name else type(consumer).__name__
