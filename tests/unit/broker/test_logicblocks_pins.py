@@ -1,0 +1,63 @@
+"""Pins the logicblocks 0.1.11 internals this package relies on.
+
+If an upgrade of logicblocks changes one of them, these tests say which workaround
+needs revisiting.
+"""
+
+from typing import Any
+
+from logicblocks.event.processing.broker import DistributedEventBrokerSettings
+from logicblocks.event.processing.broker.strategies.distributed import (
+    EventSubscriptionState,
+    InMemoryEventSubscriberStateStore,
+    InMemoryEventSubscriptionStateStore,
+)
+from logicblocks.event.processing.broker.strategies.distributed.factories import (
+    InMemoryDistributedEventBrokerBuilder,
+)
+from logicblocks.event.store import InMemoryEventStorageAdapter
+from logicblocks.event.types import CategoryIdentifier
+
+from eventcomposition import InMemoryClusterState
+
+
+def test_distributed_broker_keeps_its_parts_in_these_attributes() -> None:
+    # eventcomposition.broker.builders takes the parts over from these.
+    broker: Any = (
+        InMemoryDistributedEventBrokerBuilder("node")
+        .prepare(InMemoryEventStorageAdapter())
+        .build(DistributedEventBrokerSettings())
+    )
+
+    assert broker._event_subscriber_manager is not None
+    assert broker._event_subscription_coordinator is not None
+    assert broker._event_subscription_observer is not None
+
+
+def test_in_memory_subscriber_state_store_keeps_records_in_subscribers() -> None:
+    store = InMemoryEventSubscriberStateStore(node_id="node")
+
+    assert store.subscribers == []
+
+
+def test_in_memory_subscription_state_store_keeps_records_in_subscriptions() -> None:
+    store: Any = InMemoryEventSubscriptionStateStore(node_id="node")
+
+    assert store._subscriptions == {}
+
+
+async def test_cluster_state_views_share_records_across_nodes() -> None:
+    state = InMemoryClusterState()
+    coordinator_view = state.subscription_state_store("coordinator")
+    observer_view = state.subscription_state_store("observer")
+    subscription = EventSubscriptionState(
+        group="g",
+        id="s",
+        node_id="observer",
+        event_sources=[CategoryIdentifier(category="orders")],
+    )
+
+    await coordinator_view.add(subscription)
+
+    assert [s.key for s in await observer_view.list()] == [subscription.key]
+    assert [s.key for s in state.subscriptions()] == [subscription.key]
