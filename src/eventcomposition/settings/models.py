@@ -1,0 +1,281 @@
+"""The typed settings of an eventcomposition node.
+
+Every section is a frozen pydantic model that forbids unknown keys, so a typo in a
+settings file or an environment variable is an error rather than silently ignored.
+Build them with :func:`eventcomposition.settings.load_settings`, which layers the
+TOML files under the environment variables and the explicit arguments.
+"""
+
+import socket
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Literal, Self
+from uuid import uuid4
+
+from logicblocks.event.persistence.postgres import ConnectionSettings
+from psycopg.conninfo import make_conninfo
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from eventcomposition.broker import BrokerRole
+
+ENV_PREFIX = "EVENTCOMPOSITION_"
+ENV_NESTED_DELIMITER = "__"
+
+StorageType = Literal["memory", "postgres"]
+BrokerType = Literal["distributed", "singleton"]
+IsolationMode = Literal["main_thread", "shared_thread", "dedicated_thread"]
+ErrorPolicy = Literal["continue", "retry", "raise", "exit"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+LogFormat = Literal["console", "json"]
+
+
+def _seconds_from_text(value: object) -> object:
+    # Environment variables are text: read "0.5" as seconds, as TOML's 0.5 is.
+    # Anything else (an ISO 8601 duration such as "PT5S") goes to pydantic as is.
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _upper(value: object) -> object:
+    return value.upper() if isinstance(value, str) else value
+
+
+def _lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
+
+
+def _positive(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError("must be a positive duration")
+    return value
+
+
+# A positive duration: seconds (0.5) or an ISO 8601 duration ("PT5S").
+Interval = Annotated[
+    timedelta, BeforeValidator(_seconds_from_text), AfterValidator(_positive)
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def generate_node_id() -> str:
+    """A node id unique enough for a cluster: ``<hostname>-<8 hex digits>``."""
+    hostname = "".join(socket.gethostname().split()) or "node"
+    return f"{hostname}-{uuid4().hex[:8]}"
+
+
+class NodeSettings(_Section):
+    id: str = Field(default_factory=generate_node_id)
+    role: Annotated[BrokerRole, BeforeValidator(_lower)] = BrokerRole.FULL
+
+    @field_validator("id")
+    @classmethod
+    def _id_is_one_word(cls, value: str) -> str:
+        if not value or any(character.isspace() for character in value):
+            raise ValueError("must be non-empty and contain no whitespace")
+        return value
+
+
+class PostgresSettings(_Section):
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: int = Field(default=5432, ge=1, le=65535)
+    database: str = Field(default="eventcomposition", min_length=1)
+    user: str = Field(default="eventcomposition", min_length=1)
+    password: SecretStr | None = None
+    pool_min_size: int = Field(default=1, ge=0)
+    pool_max_size: int = Field(default=10, ge=1)
+    connect_timeout: int = Field(default=5, ge=1, description="whole seconds")
+
+    @model_validator(mode="after")
+    def _pool_bounds_are_ordered(self) -> Self:
+        if self.pool_min_size > self.pool_max_size:
+            raise ValueError("pool_min_size must not be greater than pool_max_size")
+        return self
+
+    def connection_settings(self) -> ConnectionSettings:
+        """logicblocks' connection settings (an empty password when none is set)."""
+        return ConnectionSettings(
+            host=self.host,
+            port=self.port,
+            dbname=self.database,
+            user=self.user,
+            password=self._revealed_password() or "",
+        )
+
+    def conninfo(self) -> str:
+        """A psycopg/libpq connection string, including the password if set."""
+        return make_conninfo(
+            host=self.host,
+            port=self.port,
+            dbname=self.database,
+            user=self.user,
+            password=self._revealed_password(),
+            connect_timeout=self.connect_timeout,
+        )
+
+    def _revealed_password(self) -> str | None:
+        # The one place the secret leaves its SecretStr: the connection edge.
+        return None if self.password is None else self.password.get_secret_value()
+
+
+class StorageSettings(_Section):
+    type: StorageType = "memory"
+    postgres: PostgresSettings = Field(default_factory=PostgresSettings)
+
+
+class BrokerSettings(_Section):
+    """The broker's timings; names and defaults follow logicblocks 0.1.11."""
+
+    type: BrokerType = "distributed"
+    # DistributedEventBrokerSettings
+    subscriber_manager_heartbeat_interval: Interval = timedelta(seconds=10)
+    subscriber_manager_purge_interval: Interval = timedelta(minutes=1)
+    subscriber_manager_subscriber_max_age: Interval = timedelta(minutes=10)
+    coordinator_subscriber_max_time_since_last_seen: Interval = timedelta(seconds=60)
+    coordinator_distribution_interval: Interval = timedelta(seconds=20)
+    coordinator_leadership_max_duration: Interval = timedelta(minutes=15)
+    coordinator_leadership_attempt_interval: Interval = timedelta(seconds=5)
+    observer_synchronisation_interval: Interval = timedelta(seconds=20)
+    # SingletonEventBrokerSettings
+    distribution_interval: Interval = timedelta(seconds=60)
+    # Backoff when the broker fails and is restarted.
+    retry_initial_delay: Interval = timedelta(milliseconds=500)
+    retry_max_delay: Interval = timedelta(seconds=30)
+
+    @model_validator(mode="after")
+    def _subscribers_outlive_their_heartbeats(self) -> Self:
+        # A subscriber is seen once per heartbeat: a shorter limit would make the
+        # coordinator drop (or the purge delete) subscribers that are alive.
+        heartbeat = self.subscriber_manager_heartbeat_interval
+        for name in (
+            "coordinator_subscriber_max_time_since_last_seen",
+            "subscriber_manager_subscriber_max_age",
+        ):
+            if getattr(self, name) <= heartbeat:
+                raise ValueError(
+                    f"{name} must be longer than subscriber_manager_heartbeat_interval"
+                )
+        if self.retry_initial_delay > self.retry_max_delay:
+            raise ValueError("retry_initial_delay must not exceed retry_max_delay")
+        return self
+
+
+class ConsumerSettings(_Section):
+    """Defaults for every consumer the runtime starts."""
+
+    poll_interval: Interval = timedelta(seconds=1)
+    isolation_mode: IsolationMode = "main_thread"
+    error_policy: ErrorPolicy = "continue"
+    retry_initial_delay: Interval = timedelta(milliseconds=100)
+    retry_max_delay: Interval = timedelta(seconds=10)
+    stop_timeout: Interval = timedelta(seconds=10)
+
+    @model_validator(mode="after")
+    def _retry_delays_are_ordered(self) -> Self:
+        if self.retry_initial_delay > self.retry_max_delay:
+            raise ValueError("retry_initial_delay must not exceed retry_max_delay")
+        return self
+
+
+class LoggingSettings(_Section):
+    level: Annotated[LogLevel, BeforeValidator(_upper)] = "INFO"
+    format: Annotated[LogFormat, BeforeValidator(_lower)] = "console"
+
+
+# pydantic-settings chooses its sources per class, but the TOML files differ per
+# load_settings call. The call sets this context variable around the one
+# constructor call that reads it; a ContextVar keeps concurrent loads in other
+# threads or asyncio tasks apart. Outside load_settings it is empty: no files.
+_toml_files: ContextVar[tuple[Path, ...]] = ContextVar("_toml_files", default=())
+
+
+@contextmanager
+def reading_toml_files(files: Sequence[Path]) -> Iterator[None]:
+    """Make EventCompositionSettings() read ``files`` (lowest priority first)."""
+    token = _toml_files.set(tuple(files))
+    try:
+        yield
+    finally:
+        _toml_files.reset(token)
+
+
+class EventCompositionSettings(BaseSettings):
+    """All settings of a node. Prefer :func:`load_settings` to calling this.
+
+    Called directly it reads only the environment variables and its arguments.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        case_sensitive=False,
+        env_ignore_empty=True,
+        env_file=None,
+        secrets_dir=None,
+        extra="forbid",
+        frozen=True,
+    )
+
+    environment: str = "development"
+    node: NodeSettings = Field(default_factory=NodeSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    consumers: ConsumerSettings = Field(default_factory=ConsumerSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        files = _toml_files.get()
+        if not files:
+            return init_settings, env_settings
+        toml_settings = TomlConfigSettingsSource(
+            settings_cls, toml_file=list(files), deep_merge=True
+        )
+        return init_settings, env_settings, toml_settings
+
+    @model_validator(mode="after")
+    def _production_has_a_database_password(self) -> Self:
+        password = self.storage.postgres.password
+        if (
+            self.environment == "production"
+            and self.storage.type == "postgres"
+            and (password is None or len(password) == 0)
+        ):
+            raise PydanticCustomError(
+                "production_password_required",
+                "storage.postgres.password is required in production; set "
+                "EVENTCOMPOSITION_STORAGE__POSTGRES__PASSWORD",
+            )
+        return self
