@@ -134,6 +134,7 @@ class PostgresDistributedBrokerParams(TypedDict):
 class SingletonBrokerParams(TypedDict):
     settings: SingletonEventBrokerSettings
     adapter: NotRequired[EventStorageAdapter | None]
+    cluster_state: NotRequired[InMemoryClusterState]
     connection_settings: NotRequired[ConnectionSettings]
     connection_pool: NotRequired[AsyncConnectionPool[AsyncConnection]]
     error_handler: NotRequired[ErrorHandler[None]]
@@ -189,11 +190,16 @@ def make_event_broker(
     ``DistributedEventBrokerSettings``; logicblocks' settings mean ``FULL``).
     In-memory distributed brokers that should cooperate in one process pass the same
     ``cluster_state``; without one, the broker gets private state over ``adapter``.
-    Singleton brokers are logicblocks' own, unchanged.
+    Singleton brokers are logicblocks' own, unchanged (``cluster_state`` only lends
+    them its adapter).
     """
     if broker_type is EventBrokerType.Singleton:
+        singleton_kwargs = dict(kwargs)
+        state = singleton_kwargs.pop("cluster_state", None)
+        if state is not None and storage_type is EventBrokerStorageType.InMemory:
+            singleton_kwargs["adapter"] = _in_memory_state(kwargs).adapter
         singleton: EventBroker[StoredEvent] = make_logicblocks_event_broker(  # type: ignore[call-overload]
-            node_id, broker_type, storage_type, **kwargs
+            node_id, broker_type, storage_type, **singleton_kwargs
         )
         return singleton
     settings = kwargs.get("settings")

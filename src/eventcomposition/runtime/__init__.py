@@ -2,14 +2,31 @@
 
 from .consumer_service import ConsumerService
 from .errors import RuntimeLifecycleError
+from .registrations import (
+    ConsumerRegistration,
+    Registration,
+    SubscriberRegistration,
+    SubscriptionConsumerRegistration,
+)
 from .runtime import BROKER_SERVICE_NAME, EventRuntime
-from .settings import EventConsumerSettings, continue_after_error
+from .settings import (
+    ErrorPolicy,
+    EventConsumerSettings,
+    continue_after_error,
+    error_handler_for,
+)
 
 __all__ = [
     "BROKER_SERVICE_NAME",
+    "ConsumerRegistration",
     "ConsumerService",
+    "ErrorPolicy",
     "EventConsumerSettings",
     "EventRuntime",
+    "Registration",
     "RuntimeLifecycleError",
+    "SubscriberRegistration",
+    "SubscriptionConsumerRegistration",
     "continue_after_error",
+    "error_handler_for",
 ]

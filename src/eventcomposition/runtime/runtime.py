@@ -20,6 +20,12 @@ from logicblocks.event.types import StoredEvent
 
 from .consumer_service import ConsumerService
 from .errors import RuntimeLifecycleError
+from .registrations import (
+    ConsumerRegistration,
+    Registration,
+    SubscriberRegistration,
+    SubscriptionConsumerRegistration,
+)
 from .settings import EventConsumerSettings
 
 logger = structlog.get_logger("eventcomposition.runtime")
@@ -145,6 +151,17 @@ class EventRuntime:
             settings,
             name=f"{subscription_consumer.group}/{subscription_consumer.id}",
         )
+
+    async def register(self, registration: Registration) -> str | None:
+        """Register one declaration; returns the consumer's service name, if any."""
+        match registration:
+            case SubscriptionConsumerRegistration(consumer=consumer, settings=settings):
+                return await self.register_subscription_consumer(consumer, settings)
+            case ConsumerRegistration(consumer=consumer, settings=settings, name=name):
+                return await self.register_consumer(consumer, settings, name=name)
+            case SubscriberRegistration(subscriber=subscriber):
+                await self.register_subscriber(subscriber)
+                return None
 
     async def start(self) -> None:
         """Start the broker and every registered consumer."""

@@ -1,11 +1,15 @@
 from dataclasses import dataclass, field
 from datetime import timedelta
+from enum import StrEnum
 from typing import Any
 
 from logicblocks.event.processing import (
     ContinueErrorHandler,
     ErrorHandler,
+    ExitErrorHandler,
     IsolationMode,
+    RaiseErrorHandler,
+    RetryErrorHandler,
 )
 
 from ..retry import Backoff
@@ -18,6 +22,34 @@ def _nothing(_: BaseException) -> None:
 def continue_after_error() -> ErrorHandler[Any]:
     """The default policy: log the failure and carry on with the next poll."""
     return ContinueErrorHandler(value_factory=_nothing)
+
+
+class ErrorPolicy(StrEnum):
+    """The error handlers a configuration can name."""
+
+    CONTINUE = "continue"
+    RETRY = "retry"
+    RAISE = "raise"
+    EXIT = "exit"
+
+
+def error_handler_for(policy: ErrorPolicy | str) -> ErrorHandler[Any]:
+    """The logicblocks error handler for a named policy.
+
+    - ``continue``: log, then poll again after the poll interval.
+    - ``retry``: log, then retry at once after the settings' backoff.
+    - ``raise``: log, then stop this consumer (the node keeps running).
+    - ``exit``: log, then exit the process with status 1.
+    """
+    match ErrorPolicy(policy):
+        case ErrorPolicy.CONTINUE:
+            return continue_after_error()
+        case ErrorPolicy.RETRY:
+            return RetryErrorHandler()
+        case ErrorPolicy.RAISE:
+            return RaiseErrorHandler()
+        case ErrorPolicy.EXIT:
+            return ExitErrorHandler()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,118 @@
+"""Opening a PostgreSQL connection pool, retrying while the server is unreachable."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import structlog
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from .errors import EventCompositionError
+from .retry import Backoff
+
+logger = structlog.get_logger("eventcomposition.database")
+
+# SQLSTATE classes that no retry can fix: bad credentials (28) and a missing
+# database (3D).
+_FATAL_SQLSTATE_CLASSES = ("28", "3D")
+_FATAL_MESSAGES = ("password authentication failed", "does not exist")
+
+
+class DatabaseUnavailableError(EventCompositionError):
+    """PostgreSQL could not be reached, or refused the connection."""
+
+
+async def probe(conninfo: str, *, connect_timeout: int) -> None:
+    """Open and close one connection; raises psycopg's error when that fails."""
+    connection = await AsyncConnection.connect(
+        conninfo, connect_timeout=connect_timeout
+    )
+    await connection.close()
+
+
+def _is_fatal(error: psycopg.Error) -> bool:
+    sqlstate = error.sqlstate or ""
+    if sqlstate.startswith(_FATAL_SQLSTATE_CLASSES):
+        return True
+    return any(text in str(error) for text in _FATAL_MESSAGES)
+
+
+async def wait_for_database(
+    conninfo: str,
+    *,
+    where: str,
+    connect_timeout: int = 5,
+    attempts: int = 5,
+    backoff: Backoff | None = None,
+) -> None:
+    """Return once PostgreSQL accepts a connection; retry with backoff until then.
+
+    Fails at once on errors no retry can fix (bad password, unknown database), and
+    after ``attempts`` tries otherwise, with a ``DatabaseUnavailableError`` naming
+    ``where`` (host, port, database: never the password).
+    """
+    delays = backoff or Backoff(initial=timedelta(milliseconds=500))
+    for attempt in range(1, attempts + 1):
+        try:
+            await probe(conninfo, connect_timeout=connect_timeout)
+            return
+        except psycopg.Error as error:
+            reason = str(error).strip().splitlines()[-1] if str(error) else repr(error)
+            if _is_fatal(error):
+                raise DatabaseUnavailableError(
+                    f"PostgreSQL at {where} refused the connection: {reason}; check "
+                    "the storage.postgres settings (the password comes from "
+                    "EVENTCOMPOSITION_STORAGE__POSTGRES__PASSWORD)"
+                ) from None
+            if attempt == attempts:
+                raise DatabaseUnavailableError(
+                    f"PostgreSQL at {where} is unreachable after {attempts} attempts: "
+                    f"{reason}; is the server running and are storage.postgres.host "
+                    "and port right?"
+                ) from None
+            delay = delays.delay(attempt)
+            await logger.awarning(
+                "database.unreachable",
+                where=where,
+                attempt=attempt,
+                retry_in_seconds=delay.total_seconds(),
+                reason=reason,
+            )
+            await asyncio.sleep(delay.total_seconds())
+
+
+@asynccontextmanager
+async def connection_pool(
+    conninfo: str,
+    *,
+    where: str,
+    min_size: int = 1,
+    max_size: int = 10,
+    connect_timeout: int = 5,
+    attempts: int = 5,
+) -> AsyncIterator[AsyncConnectionPool[AsyncConnection[Any]]]:
+    """An open pool, once the server answers; closed on exit.
+
+    The pool is bound to the running event loop: use it from services that run on
+    the main thread only.
+    """
+    await wait_for_database(
+        conninfo, where=where, connect_timeout=connect_timeout, attempts=attempts
+    )
+    pool = AsyncConnectionPool[AsyncConnection[Any]](
+        conninfo,
+        min_size=min_size,
+        max_size=max_size,
+        kwargs={"connect_timeout": connect_timeout},
+        open=False,
+        name=f"eventcomposition {where}",
+    )
+    await pool.open(wait=min_size > 0, timeout=connect_timeout * attempts)
+    try:
+        yield pool
+    finally:
+        await pool.close()
