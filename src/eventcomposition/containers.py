@@ -6,7 +6,7 @@
     runtime = await container.runtime()          # typed: await resolve(container.runtime)
     async with runtime:
         ...
-    await container.shutdown_resources()         # stops the runtime, closes the pool
+    await shutdown(container)                    # stops the runtime, closes the pool
 
 Applications declare their consumers by subclassing the container and overriding
 ``consumers`` (a ``providers.List`` of registrations), and tests override any
@@ -270,8 +270,19 @@ async def resolve[T](provider: providers.Provider[T]) -> T:
     return resolved
 
 
+async def shutdown(container: containers.Container) -> None:
+    """Release every resource the container opened: stop the runtime, close the pool.
+
+    dependency-injector returns an awaitable only when an async resource was
+    opened; this awaits it then, so it suits every container.
+    """
+    pending = container.shutdown_resources()
+    if inspect.isawaitable(pending):
+        await pending
+
+
 def build_container[C: EventRuntimeContainer](
-    container_class: type[C] = EventRuntimeContainer,  # type: ignore[assignment]
+    container_class: type[C],
     settings: EventCompositionSettings | None = None,
 ) -> C:
     """A container of ``container_class`` over ``settings`` (or loaded ones)."""

@@ -6,6 +6,7 @@ from typing import Any, Self
 
 import structlog
 from logicblocks.event.processing import (
+    DeferredFuture,
     EventBroker,
     EventConsumer,
     EventSubscriber,
@@ -223,8 +224,9 @@ class EventRuntime:
         statuses = {
             name: service.status for name, service in self._consumer_services.items()
         }
-        if self._phase is not _Phase.NEW:
-            statuses[BROKER_SERVICE_NAME] = self._broker_status()
+        broker_state = self._service_manager.service(BROKER_SERVICE_NAME)
+        if broker_state is not None:
+            statuses[BROKER_SERVICE_NAME] = self._broker_status(broker_state.future)
         return statuses
 
     @property
@@ -239,9 +241,8 @@ class EventRuntime:
                 return ProcessStatus.STOPPING
         return determine_multi_process_status(*self.service_statuses.values())
 
-    def _broker_status(self) -> ProcessStatus:
-        state = self._service_manager.service(BROKER_SERVICE_NAME)
-        if state is not None and state.future.done():
+    def _broker_status(self, future: DeferredFuture[Any]) -> ProcessStatus:
+        if future.done():
             # A broker whose service ended while the runtime runs has failed for good
             # (its error handler gave up); its parts may still claim to be running.
             return ProcessStatus.STOPPED if self.stopped else ProcessStatus.ERRORED
