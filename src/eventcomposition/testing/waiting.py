@@ -10,7 +10,7 @@ type Condition = Callable[[], bool | Awaitable[bool]]
 async def wait_until(
     condition: Condition,
     *,
-    timeout: float = 5.0,
+    timeout: float = 5.0,  # noqa: ASYNC109 - a deadline for the polling loop
     interval: float = 0.02,
     description: str | None = None,
 ) -> None:

@@ -1,0 +1,239 @@
+"""Apply the eventcomposition schema and check the tables it owns."""
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import psycopg
+from logicblocks.event.persistence.postgres import ConnectionSettings
+from psycopg import AsyncConnection, AsyncCursor
+from psycopg.conninfo import make_conninfo
+from psycopg_pool import AsyncConnectionPool
+
+from .errors import SchemaIncompatibleError, SchemaMigrationError
+from .tables import OWNED_TABLES, REQUIRED_EXTENSIONS, ExpectedTable
+
+type ConnectionSource = (
+    AsyncConnection[Any] | AsyncConnectionPool[Any] | ConnectionSettings | str
+)
+"""An open connection, an open pool, connection settings or a libpq conninfo/URL."""
+
+# Serialises concurrent migrations of one database (advisory locks are per database).
+# The value is arbitrary; it spells "evcomps!" in ASCII.
+_MIGRATION_LOCK_KEY = 0x6576636F6D707321
+
+_TABLE_KINDS = {"r": "table", "p": "table", "v": "view", "m": "materialized view"}
+
+
+def schema_sql() -> str:
+    """The DDL ``migrate`` applies, as a script an operator can run with psql."""
+    return (
+        resources.files(__package__ or "eventcomposition.schema")
+        .joinpath("schema.sql")
+        .read_text(encoding="utf-8")
+    )
+
+
+@dataclass(frozen=True)
+class MigrationResult:
+    """What one ``migrate`` call found and created."""
+
+    tables: tuple[str, ...]
+    """Every table eventcomposition owns; all of them exist and were verified."""
+    created_tables: tuple[str, ...]
+    created_indexes: tuple[str, ...]
+    created_extensions: tuple[str, ...]
+
+    @property
+    def changed(self) -> bool:
+        return bool(
+            self.created_tables or self.created_indexes or self.created_extensions
+        )
+
+
+async def migrate(connection_source: ConnectionSource) -> MigrationResult:
+    """Create the tables, indexes and extension the logicblocks adapters need.
+
+    Idempotent: objects that exist are kept. Everything happens in one transaction
+    under an advisory lock, so nodes migrating one database at once do not race.
+    Tables that already existed are checked first, and every table again at the end;
+    a table that does not fit raises ``SchemaIncompatibleError`` and nothing changes.
+    Any other refusal by PostgreSQL raises ``SchemaMigrationError``.
+    """
+    match connection_source:
+        case AsyncConnection():
+            return await _migrate(connection_source)
+        case AsyncConnectionPool():
+            async with connection_source.connection() as connection:
+                return await _migrate(connection)
+        case ConnectionSettings():
+            conninfo = make_conninfo(
+                host=connection_source.host,
+                port=connection_source.port,
+                dbname=connection_source.dbname,
+                user=connection_source.user,
+                password=connection_source.password or None,
+            )
+        case str():
+            conninfo = connection_source
+    try:
+        connection = await AsyncConnection.connect(conninfo)
+    except psycopg.Error as error:
+        raise SchemaMigrationError(
+            f"could not connect to PostgreSQL to migrate the eventcomposition "
+            f"schema: {error}; check the host, port, database name and credentials"
+        ) from error
+    async with connection:
+        return await _migrate(connection)
+
+
+async def _migrate(connection: AsyncConnection[Any]) -> MigrationResult:
+    owned_objects = [
+        name for table in OWNED_TABLES for name in (table.name, *table.indexes)
+    ]
+    try:
+        async with connection.transaction(), connection.cursor() as cursor:
+            await cursor.execute(
+                "SELECT pg_advisory_xact_lock(%s)", [_MIGRATION_LOCK_KEY]
+            )
+            existed = await _existing_relations(cursor, owned_objects)
+            extensions_before = await _installed_extensions(cursor)
+
+            await _raise_if_incompatible(
+                cursor, [table for table in OWNED_TABLES if table.name in existed]
+            )
+            await cursor.execute(schema_sql().encode("utf-8"))
+            await _raise_if_incompatible(cursor, OWNED_TABLES)
+
+            exists = await _existing_relations(cursor, owned_objects)
+            extensions_after = await _installed_extensions(cursor)
+    except psycopg.Error as error:
+        info = connection.info
+        raise SchemaMigrationError(
+            f"could not apply the eventcomposition schema to database "
+            f"'{info.dbname}' on {info.host}:{info.port}: {error}; the user needs "
+            "the CREATE privilege on the database and its first search_path schema "
+            "(pg_trgm is a trusted extension, or a superuser can run "
+            "'CREATE EXTENSION pg_trgm' once)"
+        ) from error
+
+    table_names = {table.name for table in OWNED_TABLES}
+    created = [name for name in owned_objects if name in exists - existed]
+    return MigrationResult(
+        tables=tuple(table.name for table in OWNED_TABLES),
+        created_tables=tuple(name for name in created if name in table_names),
+        created_indexes=tuple(name for name in created if name not in table_names),
+        created_extensions=tuple(
+            name
+            for name in REQUIRED_EXTENSIONS
+            if name in extensions_after - extensions_before
+        ),
+    )
+
+
+async def _existing_relations(
+    cursor: AsyncCursor[Any], names: Sequence[str]
+) -> set[str]:
+    await cursor.execute(
+        "SELECT name FROM unnest(%s::text[]) AS name "
+        "WHERE to_regclass(quote_ident(name)) IS NOT NULL",
+        [list(names)],
+    )
+    return {row[0] for row in await cursor.fetchall()}
+
+
+async def _installed_extensions(cursor: AsyncCursor[Any]) -> set[str]:
+    await cursor.execute(
+        "SELECT extname FROM pg_extension WHERE extname = ANY(%s)",
+        [list(REQUIRED_EXTENSIONS)],
+    )
+    return {row[0] for row in await cursor.fetchall()}
+
+
+async def _raise_if_incompatible(
+    cursor: AsyncCursor[Any], tables: Iterable[ExpectedTable]
+) -> None:
+    problems = {}
+    for table in tables:
+        found = await _table_problems(cursor, table)
+        if found:
+            problems[table.name] = found
+    if problems:
+        raise SchemaIncompatibleError(problems)
+
+
+async def _table_problems(cursor: AsyncCursor[Any], table: ExpectedTable) -> list[str]:
+    await cursor.execute(
+        "SELECT relkind FROM pg_class WHERE oid = to_regclass(quote_ident(%s))",
+        [table.name],
+    )
+    row = await cursor.fetchone()
+    if row is None:
+        return ["it does not exist after the migration ran"]
+    kind = str(row[0])
+    if kind not in ("r", "p"):
+        return [f"it is a {_TABLE_KINDS.get(kind, 'relation')}, not a table"]
+
+    await cursor.execute(
+        "SELECT attname, format_type(atttypid, NULL), attnotnull, "
+        "       atthasdef OR attidentity <> '' "
+        "FROM pg_attribute "
+        "WHERE attrelid = to_regclass(quote_ident(%s)) "
+        "  AND attnum > 0 AND NOT attisdropped "
+        "ORDER BY attnum",
+        [table.name],
+    )
+    columns = {
+        str(name): (str(type_name), bool(not_null), bool(has_default))
+        for name, type_name, not_null, has_default in await cursor.fetchall()
+    }
+    problems = [*_column_problems(table, columns)]
+
+    await cursor.execute(
+        "SELECT array_agg(a.attname::text) "
+        "FROM pg_index i "
+        "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
+        "WHERE i.indrelid = to_regclass(quote_ident(%s)) "
+        "  AND i.indisunique AND i.indisvalid "
+        "  AND i.indpred IS NULL AND i.indexprs IS NULL "
+        "GROUP BY i.indexrelid",
+        [table.name],
+    )
+    unique_keys = [frozenset(row[0]) for row in await cursor.fetchall()]
+    if table.unique_key not in unique_keys:
+        key = ", ".join(
+            column.name for column in table.columns if column.name in table.unique_key
+        )
+        problems.append(
+            f"there is no primary key or unique index on exactly ({key}), "
+            "which logicblocks relies on"
+        )
+    return problems
+
+
+def _column_problems(
+    table: ExpectedTable, columns: dict[str, tuple[str, bool, bool]]
+) -> Iterable[str]:
+    expected_names = {column.name for column in table.columns}
+    for column in table.columns:
+        if column.name not in columns:
+            yield f"column '{column.name}' is missing"
+            continue
+        type_name, _, has_default = columns[column.name]
+        if type_name not in column.accepted_types:
+            yield (
+                f"column '{column.name}' has type {type_name}, "
+                f"expected {' or '.join(column.accepted_types)}"
+            )
+        if column.database_fills_it and not has_default:
+            yield (
+                f"column '{column.name}' has no default or identity, "
+                "and logicblocks never writes it"
+            )
+    for name, (_, not_null, has_default) in columns.items():
+        if name not in expected_names and not_null and not has_default:
+            yield (
+                f"column '{name}' is NOT NULL without a default, "
+                "and logicblocks 0.1.11 never writes it"
+            )

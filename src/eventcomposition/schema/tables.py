@@ -1,0 +1,92 @@
+"""What the logicblocks 0.1.11 PostgreSQL adapters need of each table they use.
+
+Kept next to ``schema.sql`` (which creates exactly this) so that ``migrate`` can check
+tables that existed before it ran.
+"""
+
+from dataclasses import dataclass
+
+TEXT = ("text", "character varying")
+JSONB = ("jsonb",)
+TIMESTAMPTZ = ("timestamp with time zone",)
+
+
+@dataclass(frozen=True)
+class ExpectedColumn:
+    name: str
+    accepted_types: tuple[str, ...]
+    """Types the library works with; the first is the one ``schema.sql`` creates."""
+    database_fills_it: bool = False
+    """The library never writes the column, so it needs a default or an identity."""
+
+
+@dataclass(frozen=True)
+class ExpectedTable:
+    name: str
+    columns: tuple[ExpectedColumn, ...]
+    unique_key: frozenset[str]
+    """Columns the library relies on being unique together (ON CONFLICT targets,
+    duplicate detection)."""
+    indexes: tuple[str, ...]
+
+
+OWNED_TABLES: tuple[ExpectedTable, ...] = (
+    ExpectedTable(
+        name="events",
+        columns=(
+            ExpectedColumn("id", TEXT),
+            ExpectedColumn("name", TEXT),
+            ExpectedColumn("stream", TEXT),
+            ExpectedColumn("category", TEXT),
+            ExpectedColumn("position", ("integer", "bigint")),
+            ExpectedColumn("payload", JSONB),
+            ExpectedColumn("sequence_number", ("bigint",), database_fills_it=True),
+            ExpectedColumn("observed_at", TIMESTAMPTZ),
+            ExpectedColumn("occurred_at", TIMESTAMPTZ),
+        ),
+        unique_key=frozenset({"id"}),
+        indexes=(
+            "events_sequence_number_key",
+            "events_category_sequence_number_idx",
+            "events_category_stream_sequence_number_idx",
+            "events_category_stream_position_key",
+        ),
+    ),
+    ExpectedTable(
+        name="projections",
+        columns=(
+            ExpectedColumn("id", TEXT),
+            ExpectedColumn("name", TEXT),
+            ExpectedColumn("source", JSONB),
+            ExpectedColumn("state", JSONB),
+            ExpectedColumn("metadata", JSONB),
+        ),
+        unique_key=frozenset({"name", "id"}),
+        indexes=("projections_name_source_idx",),
+    ),
+    ExpectedTable(
+        name="subscribers",
+        columns=(
+            ExpectedColumn("group", TEXT),
+            ExpectedColumn("id", TEXT),
+            ExpectedColumn("node_id", TEXT),
+            ExpectedColumn("subscription_requests", JSONB),
+            ExpectedColumn("last_seen", TIMESTAMPTZ),
+        ),
+        unique_key=frozenset({"group", "id"}),
+        indexes=("subscribers_last_seen_idx",),
+    ),
+    ExpectedTable(
+        name="subscriptions",
+        columns=(
+            ExpectedColumn("group", TEXT),
+            ExpectedColumn("id", TEXT),
+            ExpectedColumn("node_id", TEXT),
+            ExpectedColumn("event_sources", JSONB),
+        ),
+        unique_key=frozenset({"group", "id"}),
+        indexes=("subscriptions_node_id_idx",),
+    ),
+)
+
+REQUIRED_EXTENSIONS: tuple[str, ...] = ("pg_trgm",)
