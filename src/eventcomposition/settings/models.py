@@ -279,3 +279,29 @@ class EventCompositionSettings(BaseSettings):
                 "EVENTCOMPOSITION_STORAGE__POSTGRES__PASSWORD",
             )
         return self
+
+    @model_validator(mode="after")
+    def _roles_need_a_distributed_broker(self) -> Self:
+        if self.broker.type == "singleton" and self.node.role is not BrokerRole.FULL:
+            raise PydanticCustomError(
+                "role_needs_distributed_broker",
+                "node.role '{role}' needs broker.type 'distributed': a singleton "
+                "broker neither coordinates nor shares work",
+                {"role": str(self.node.role)},
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _postgres_consumers_run_on_the_main_thread(self) -> Self:
+        # A psycopg pool belongs to the event loop that opened it (logicblocks
+        # trap 4): consumers in other threads would hang on it.
+        if (
+            self.storage.type == "postgres"
+            and self.consumers.isolation_mode != "main_thread"
+        ):
+            raise PydanticCustomError(
+                "postgres_needs_main_thread",
+                "consumers.isolation_mode must be 'main_thread' with PostgreSQL "
+                "storage: the connection pool belongs to the main event loop",
+            )
+        return self

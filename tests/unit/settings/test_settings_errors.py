@@ -304,3 +304,28 @@ def test_a_node_id_is_one_word(write_settings: WriteSettings, node_id: str) -> N
     message = str(load_error(directory))
 
     assert "node.id: must be non-empty and contain no whitespace" in message
+
+
+@pytest.mark.parametrize("role", ["coordinator", "observer"])
+def test_a_split_role_needs_the_distributed_broker(tmp_path: Path, role: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(
+            "test",
+            settings_dir=tmp_path,
+            node={"role": role},
+            broker={"type": "singleton"},
+        )
+
+    assert f"node.role '{role}' needs broker.type 'distributed'" in str(caught.value)
+
+
+def test_postgres_consumers_must_run_on_the_main_thread(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(
+            "test",
+            settings_dir=tmp_path,
+            storage={"type": "postgres"},
+            consumers={"isolation_mode": "dedicated_thread"},
+        )
+
+    assert "consumers.isolation_mode must be 'main_thread'" in str(caught.value)
