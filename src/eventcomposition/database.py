@@ -108,6 +108,10 @@ async def connection_pool(
         min_size=min_size,
         max_size=max_size,
         kwargs={"connect_timeout": connect_timeout},
+        # After a server restart the pooled connections are dead: check each one
+        # before handing it out, so nodes carry on instead of failing once per
+        # connection.
+        check=AsyncConnectionPool.check_connection,
         open=False,
         name=f"eventcomposition {where}",
     )

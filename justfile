@@ -1,0 +1,53 @@
+# eventcomposition's tasks. Run them through ./dev (which prepares a fresh
+# machine first), e.g. `./dev test`, or with `uv run just <recipe>`.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# List the recipes.
+default:
+    @just --list
+
+# The main job: a coordinator and observers processing orders, in one process.
+demo *ARGS:
+    uv run --locked eventcomposition demo {{ARGS}}
+
+# Run one node (see `eventcomposition run --help`).
+run *ARGS:
+    uv run --locked eventcomposition run {{ARGS}}
+
+# Every test: unit, integration and component (PostgreSQL starts by itself).
+test *ARGS:
+    uv run --locked pytest {{ARGS}}
+
+test-unit *ARGS:
+    uv run --locked pytest tests/unit {{ARGS}}
+
+test-integration *ARGS:
+    uv run --locked pytest tests/integration {{ARGS}}
+
+test-component *ARGS:
+    uv run --locked pytest tests/component {{ARGS}}
+
+lint:
+    uv run --locked ruff check .
+
+# Format the code in place.
+format:
+    uv run --locked ruff format .
+    uv run --locked ruff check --fix --select I .
+
+format-check:
+    uv run --locked ruff format --check .
+
+typecheck:
+    uv run --locked mypy
+
+# Everything CI checks.
+check: lint format-check typecheck test
+
+# A local PostgreSQL on 127.0.0.1:54329 for trying nodes by hand.
+db-start:
+    scripts/local-postgres start
+
+db-stop:
+    scripts/local-postgres stop
