@@ -119,6 +119,35 @@ class EventRuntime:
         """
         service_name = self._unique_name(name or _consumer_name(consumer))
         self._ensure_registrable(f"consumer '{service_name}'")
+        self._add_consumer_service(service_name, consumer, settings)
+        return service_name
+
+    async def register_subscription_consumer(
+        self,
+        subscription_consumer: EventSubscriptionConsumer[StoredEvent],
+        settings: EventConsumerSettings | None = None,
+    ) -> str:
+        """Register with the broker for allocation and poll it for consumption.
+
+        When the broker refuses the subscriber (a coordinator-only broker does), the
+        error propagates and nothing is registered.
+        """
+        key = f"{subscription_consumer.group}/{subscription_consumer.id}"
+        service_name = self._unique_name(key)
+        self._ensure_registrable(f"subscription consumer '{key}'")
+        # Everything that can fail is checked before the broker accepts the
+        # subscriber: a broker cannot forget one, and a subscriber nothing polls
+        # would hold sources that no node processes.
+        await self.register_subscriber(subscription_consumer)
+        self._add_consumer_service(service_name, subscription_consumer, settings)
+        return service_name
+
+    def _add_consumer_service(
+        self,
+        service_name: str,
+        consumer: EventConsumer,
+        settings: EventConsumerSettings | None,
+    ) -> None:
         resolved = settings or self._default_consumer_settings
         service = ConsumerService(service_name, consumer, resolved)
         self._service_manager.register(
@@ -133,24 +162,6 @@ class EventRuntime:
             service=service_name,
             poll_interval_seconds=resolved.poll_interval.total_seconds(),
             isolation_mode=resolved.isolation_mode.name.lower(),
-        )
-        return service_name
-
-    async def register_subscription_consumer(
-        self,
-        subscription_consumer: EventSubscriptionConsumer[StoredEvent],
-        settings: EventConsumerSettings | None = None,
-    ) -> str:
-        """Register with the broker for allocation and poll it for consumption.
-
-        When the broker refuses the subscriber (a coordinator-only broker does), the
-        error propagates and nothing is registered.
-        """
-        await self.register_subscriber(subscription_consumer)
-        return await self.register_consumer(
-            subscription_consumer,
-            settings,
-            name=f"{subscription_consumer.group}/{subscription_consumer.id}",
         )
 
     async def register(self, registration: Registration) -> str | None:
@@ -260,8 +271,9 @@ class EventRuntime:
         if state is None:
             return
         timeout = self._consumer_services[name].settings.stop_timeout.total_seconds()
-        # Shielded: on timeout the service keeps running until the service
-        # manager cancels it, together with everything else.
+        # On timeout, cancelling the waiter cancels the service too: the consumer
+        # stops before the broker does, and its unsaved progress is replayed by the
+        # next owner of its sources (delivery is at least once).
         waiter = asyncio.ensure_future(_settled(state.future))
         done, _ = await asyncio.wait({waiter}, timeout=timeout)
         if not done:
@@ -281,7 +293,11 @@ class EventRuntime:
             )
 
     def _unique_name(self, base: str) -> str:
-        taken = set(self._consumer_services) | {BROKER_SERVICE_NAME}
+        taken = {
+            *self._consumer_services,
+            *self._service_manager.services,
+            BROKER_SERVICE_NAME,
+        }
         if base not in taken:
             return base
         suffix = 2
