@@ -1,0 +1,42 @@
+"""``eventcomposition db migrate``: apply the PostgreSQL schema (idempotent)."""
+
+import argparse
+import asyncio
+
+from ..containers import postgres_location
+from ..database import wait_for_database
+from ..schema import migrate
+from ..settings import load_settings
+from .run import add_settings_arguments
+
+
+def add_parser(
+    subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]",
+) -> None:
+    parser = subparsers.add_parser("db", help="manage the PostgreSQL schema")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    migrate_parser = actions.add_parser(
+        "migrate",
+        help="create the tables, indexes and extension the nodes need (idempotent)",
+    )
+    add_settings_arguments(migrate_parser)
+    migrate_parser.set_defaults(func=lambda args: asyncio.run(apply_schema(args)))
+
+
+async def apply_schema(args: argparse.Namespace) -> int:
+    postgres = load_settings(args.env, settings_dir=args.settings_dir).storage.postgres
+    where = postgres_location(postgres)
+    await wait_for_database(
+        postgres.conninfo(), where=where, connect_timeout=postgres.connect_timeout
+    )
+    result = await migrate(postgres.conninfo())
+    created = [
+        *result.created_extensions,
+        *result.created_tables,
+        *result.created_indexes,
+    ]
+    if created:
+        print(f"migrated {where}: created {', '.join(created)}")
+    else:
+        print(f"{where} is up to date: {', '.join(result.tables)}")
+    return 0
