@@ -276,6 +276,14 @@ async def shutdown(container: containers.Container) -> None:
     dependency-injector returns an awaitable only when an async resource was
     opened; this awaits it then, so it suits every container.
     """
+    # The runtime first: dependency-injector orders shutdown by direct dependencies
+    # only, and the runtime reaches the pool through the broker, so it would
+    # otherwise stop while the pool closes under its broker.
+    runtime = getattr(container, "runtime", None)
+    if isinstance(runtime, providers.Resource) and runtime.initialized:
+        stopping = runtime.shutdown()
+        if inspect.isawaitable(stopping):
+            await stopping
     pending = container.shutdown_resources()
     if inspect.isawaitable(pending):
         await pending

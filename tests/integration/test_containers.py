@@ -1,5 +1,6 @@
 """The composition root builds a ready runtime for every configuration."""
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from logicblocks.event.store import (
     PostgresEventStorageAdapter,
 )
 from logicblocks.event.types import CategoryIdentifier, NewEvent
+from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from pytest_mock import MockerFixture
 
@@ -23,7 +25,7 @@ from eventcomposition import (
     InMemoryClusterState,
 )
 from eventcomposition.consumers import make_subscription_consumer
-from eventcomposition.containers import EventRuntimeContainer, resolve
+from eventcomposition.containers import EventRuntimeContainer, resolve, shutdown
 from eventcomposition.runtime import (
     ConsumerRegistration,
     SubscriberRegistration,
@@ -131,13 +133,28 @@ async def test_shutdown_stops_the_runtime_and_closes_the_pool(
         settings_dir=SETTINGS_DIR,
         **postgres_overrides(postgres_database),
     ) as container:
+        # Declared as a plain object: the runtime reaches the pool only through
+        # the broker, which dependency-injector does not see when ordering shutdown.
+        store = await resolve(container.event_store)
+        container.consumers.override(
+            providers.List(
+                providers.Object(registrations_of(store, CapturingProcessor()))
+            )
+        )
         runtime = await resolve(container.runtime)
         pool = await resolve(container.connection_pool)
         assert isinstance(pool, AsyncConnectionPool)
         await runtime.start()
+        # The broker must unregister its subscribers before the pool closes.
+        await wait_until(lambda: "event-broker" in runtime.service_statuses)
+        shutting_down = asyncio.create_task(shutdown(container))
+        await asyncio.wait_for(shutting_down, timeout=15)
 
     assert runtime.stopped
     assert pool.closed
+    async with await AsyncConnection.connect(postgres_database.conninfo) as connection:
+        cursor = await connection.execute("SELECT count(*) FROM subscribers")
+        assert await cursor.fetchone() == (0,)
 
 
 def registrations_of(

@@ -101,7 +101,22 @@ class DistributedEventBroker[E: Event](LogicblocksDistributedEventBroker[E]):
                 if self._role.observes:
                     tasks.create_task(self._event_subscription_observer.observe())
         finally:
-            await subscriber_manager.stop()
+            await self._stop_subscriber_manager()
+
+    async def _stop_subscriber_manager(self) -> None:
+        try:
+            await self._event_subscriber_manager.stop()
+        except Exception as error:
+            task = asyncio.current_task()
+            if task is None or not task.cancelling():
+                raise
+            # Stopping because we were cancelled: a failure to unregister must not
+            # replace the cancellation, or the error handler would restart the
+            # broker instead of letting it stop. The coordinator drops these
+            # subscribers once their heartbeats age out.
+            await logger.aerror(
+                "broker.unregister-failed", role=str(self._role), error=repr(error)
+            )
 
     async def _wait_before_restart(self) -> None:
         delay = self._restart_backoff.delay(self._consecutive_failures)

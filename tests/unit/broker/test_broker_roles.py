@@ -97,6 +97,7 @@ class FakeSubscriberManager(EventSubscriberManager[StoredEvent]):
         self.maintenance = Part()
         self.starts = 0
         self.stops = 0
+        self.fail_to_stop: Exception | None = None
         self.added: list[EventSubscriber[StoredEvent]] = []
 
     async def add(self, subscriber: EventSubscriber[StoredEvent]) -> Self:
@@ -111,6 +112,8 @@ class FakeSubscriberManager(EventSubscriberManager[StoredEvent]):
 
     async def stop(self) -> None:
         self.stops += 1
+        if self.fail_to_stop is not None:
+            raise self.fail_to_stop
 
 
 class FakeSubscriber(EventSubscriber[StoredEvent]):
@@ -341,3 +344,18 @@ def test_is_a_logicblocks_distributed_broker() -> None:
     assert isinstance(
         Node(BrokerRole.OBSERVER).broker, LogicblocksDistributedEventBroker
     )
+
+
+async def test_a_failure_to_unregister_while_stopping_does_not_restart_the_broker() -> (
+    None
+):
+    node = Node(BrokerRole.OBSERVER)
+    node.manager.fail_to_stop = ConnectionError("pool closed")
+    task = asyncio.create_task(node.broker.execute())
+    await wait_until(lambda: parts_started(node))
+
+    task.cancel()
+
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, timeout=5)
+    assert node.manager.starts == 1
