@@ -51,3 +51,7 @@ db-start:
 
 db-stop:
     scripts/local-postgres stop
+
+# Benchmarks (not tests): `./dev bench --quick` for a smoke run under a minute.
+bench *ARGS:
+    uv run --locked python -m benchmarks {{ARGS}}
