@@ -12,7 +12,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from logicblocks.event.processing import EventSubscriber, EventSubscriberHealth
 from logicblocks.event.processing.broker.strategies.distributed import (
     EventSubscriptionState,
     EventSubscriptionStateChange,
@@ -32,7 +31,6 @@ from logicblocks.event.query import (
     SortField,
     SortOrder,
 )
-from logicblocks.event.sources import EventSource
 from logicblocks.event.store import EventStore, StreamPublishDefinition
 from logicblocks.event.store.adapters import PostgresEventStorageAdapter
 from logicblocks.event.types import (
@@ -41,7 +39,6 @@ from logicblocks.event.types import (
     JsonValue,
     NewEvent,
     Projection,
-    StoredEvent,
     StreamIdentifier,
 )
 from logicblocks.event.utils.clock import StaticClock
@@ -63,6 +60,7 @@ from eventcomposition.testing import (
     drop_database,
     unique_database_name,
 )
+from eventcomposition.testing.capture import CapturingSubscriber
 
 type Pool = AsyncConnectionPool[AsyncConnection[Any]]
 
@@ -126,43 +124,6 @@ async def table_exists(connection: AsyncConnection[Any], table: str) -> bool:
     row = await cursor.fetchone()
     assert row is not None
     return bool(row[0])
-
-
-class StubSubscriber(EventSubscriber[StoredEvent]):
-    def __init__(
-        self,
-        group: str,
-        id: str,
-        subscription_requests: Sequence[EventSourceIdentifier],
-    ) -> None:
-        self._group = group
-        self._id = id
-        self._subscription_requests = subscription_requests
-
-    @property
-    def group(self) -> str:
-        return self._group
-
-    @property
-    def id(self) -> str:
-        return self._id
-
-    @property
-    def subscription_requests(self) -> Sequence[EventSourceIdentifier]:
-        return self._subscription_requests
-
-    def health(self) -> EventSubscriberHealth:
-        return EventSubscriberHealth.HEALTHY
-
-    async def accept(
-        self, source: EventSource[EventSourceIdentifier, StoredEvent]
-    ) -> None:
-        return None
-
-    async def withdraw(
-        self, source: EventSource[EventSourceIdentifier, StoredEvent]
-    ) -> None:
-        return None
 
 
 class TestMigrate:
@@ -436,8 +397,10 @@ class TestLogicblocksAdaptersOnTheMigratedSchema:
         store = PostgresEventSubscriberStateStore(
             node_id="node-a", connection_source=postgres_pool, clock=clock
         )
-        first = StubSubscriber("billing", "sub-1", [CategoryIdentifier("orders")])
-        second = StubSubscriber("shipping", "sub-2", [CategoryIdentifier("orders")])
+        first = CapturingSubscriber("billing", "sub-1", [CategoryIdentifier("orders")])
+        second = CapturingSubscriber(
+            "shipping", "sub-2", [CategoryIdentifier("orders")]
+        )
 
         await store.add(first)
         await store.add(second)

@@ -8,9 +8,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from ..containers import postgres_location
-from ..database import wait_for_database
-from ..settings import load_settings
+from .db import reachable_postgres
 from .run import add_settings_arguments
 from .settings_show import format_table
 
@@ -47,11 +45,7 @@ def add_parser(
 
 
 async def show_status(args: argparse.Namespace) -> int:
-    postgres = load_settings(args.env, settings_dir=args.settings_dir).storage.postgres
-    where = postgres_location(postgres)
-    await wait_for_database(
-        postgres.conninfo(), where=where, connect_timeout=postgres.connect_timeout
-    )
+    postgres, where = await reachable_postgres(args)
     async with await AsyncConnection.connect(postgres.conninfo()) as connection:
         nodes = await (await connection.execute(NODES)).fetchall()
         subscriptions = await (await connection.execute(SUBSCRIPTIONS)).fetchall()

@@ -6,7 +6,7 @@ import asyncio
 from ..containers import postgres_location
 from ..database import wait_for_database
 from ..schema import migrate
-from ..settings import load_settings
+from ..settings import PostgresSettings, load_settings
 from .run import add_settings_arguments
 
 
@@ -23,12 +23,18 @@ def add_parser(
     migrate_parser.set_defaults(func=lambda args: asyncio.run(apply_schema(args)))
 
 
-async def apply_schema(args: argparse.Namespace) -> int:
+async def reachable_postgres(args: argparse.Namespace) -> tuple[PostgresSettings, str]:
+    """The configured PostgreSQL settings and location, once the server answers."""
     postgres = load_settings(args.env, settings_dir=args.settings_dir).storage.postgres
     where = postgres_location(postgres)
     await wait_for_database(
         postgres.conninfo(), where=where, connect_timeout=postgres.connect_timeout
     )
+    return postgres, where
+
+
+async def apply_schema(args: argparse.Namespace) -> int:
+    postgres, where = await reachable_postgres(args)
     result = await migrate(postgres.conninfo())
     created = [
         *result.created_extensions,

@@ -5,7 +5,7 @@ count how often each part starts and is cancelled.
 """
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Self
@@ -17,17 +17,14 @@ from logicblocks.event.processing.broker import (
 )
 from logicblocks.event.processing.broker import (
     EventSubscriber,
-    EventSubscriberHealth,
 )
 from logicblocks.event.processing.broker.strategies.distributed import (
     EventSubscriberManager,
     EventSubscriptionCoordinator,
     EventSubscriptionObserver,
 )
-from logicblocks.event.sources import EventSource
 from logicblocks.event.types import (
     CategoryIdentifier,
-    EventSourceIdentifier,
     StoredEvent,
 )
 
@@ -37,6 +34,7 @@ from eventcomposition import (
     BrokerRoleError,
     DistributedEventBroker,
 )
+from eventcomposition.testing.capture import CapturingSubscriber
 from eventcomposition.testing.waiting import wait_until
 
 
@@ -114,33 +112,6 @@ class FakeSubscriberManager(EventSubscriberManager[StoredEvent]):
         self.stops += 1
         if self.fail_to_stop is not None:
             raise self.fail_to_stop
-
-
-class FakeSubscriber(EventSubscriber[StoredEvent]):
-    @property
-    def group(self) -> str:
-        return "projections"
-
-    @property
-    def id(self) -> str:
-        return "subscriber-1"
-
-    @property
-    def subscription_requests(self) -> Sequence[EventSourceIdentifier]:
-        return [CategoryIdentifier(category="orders")]
-
-    def health(self) -> EventSubscriberHealth:
-        return EventSubscriberHealth.HEALTHY
-
-    async def accept(
-        self, source: EventSource[EventSourceIdentifier, StoredEvent]
-    ) -> None:
-        return None
-
-    async def withdraw(
-        self, source: EventSource[EventSourceIdentifier, StoredEvent]
-    ) -> None:
-        return None
 
 
 class Node:
@@ -246,7 +217,11 @@ async def test_coordinator_rejects_registration_with_a_clear_error() -> None:
     node = Node(BrokerRole.COORDINATOR)
 
     with pytest.raises(BrokerRoleError) as raised:
-        await node.broker.register(FakeSubscriber())
+        await node.broker.register(
+            CapturingSubscriber(
+                "projections", "subscriber-1", [CategoryIdentifier(category="orders")]
+            )
+        )
 
     assert isinstance(raised.value, RuntimeError)
     assert "'coordinator'" in str(raised.value)
@@ -257,7 +232,9 @@ async def test_coordinator_rejects_registration_with_a_clear_error() -> None:
 @pytest.mark.parametrize("role", [BrokerRole.OBSERVER, BrokerRole.FULL])
 async def test_observer_and_full_accept_registration(role: BrokerRole) -> None:
     node = Node(role)
-    subscriber = FakeSubscriber()
+    subscriber = CapturingSubscriber(
+        "projections", "subscriber-1", [CategoryIdentifier(category="orders")]
+    )
 
     await node.broker.register(subscriber)
 
