@@ -5,7 +5,7 @@ observer) and put them together in this package's role-aware broker.
 """
 
 from dataclasses import dataclass, field
-from typing import NotRequired, TypedDict, Unpack, overload
+from typing import Any, NotRequired, TypedDict, Unpack, overload
 
 from logicblocks.event.persistence.postgres import ConnectionSettings
 from logicblocks.event.processing import ErrorHandler, RetryErrorHandler
@@ -42,6 +42,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from ..retry import Backoff
 from .broker import DistributedEventBroker
+from .leadership import CheckedPostgresLockManager, LeaderCheckingCoordinator
 from .memory import InMemoryClusterState
 from .role import BrokerRole
 
@@ -59,20 +60,32 @@ class DistributedEventBrokerSettings(LogicblocksDistributedEventBrokerSettings):
 
 
 def _role_aware(
+    builder: DistributedEventBrokerBuilder[Any],
     broker: EventBroker[StoredEvent],
     settings: LogicblocksDistributedEventBrokerSettings,
     error_handler: ErrorHandler[None],
 ) -> DistributedEventBroker[StoredEvent]:
-    # logicblocks' builder wires the parts; this takes them over into the role-aware
-    # broker (the attribute names are pinned by a test).
+    # logicblocks' builder wires the parts; this takes the subscriber manager and
+    # the observer over into the role-aware broker (the attribute names are pinned
+    # by a test) with a coordinator that checks its leadership.
     if not isinstance(broker, LogicblocksDistributedEventBroker):
         raise TypeError(f"expected a distributed broker, got {type(broker).__name__}")
     role, backoff = BrokerRole.FULL, None
     if isinstance(settings, DistributedEventBrokerSettings):
         role, backoff = settings.role, settings.restart_backoff
+    coordinator = LeaderCheckingCoordinator(
+        node_id=builder.node_id,
+        lock_manager=builder.lock_manager,
+        subscriber_state_store=builder.event_subscriber_state_store,
+        subscription_state_store=builder.event_subscription_state_store,
+        subscriber_max_time_since_last_seen=settings.coordinator_subscriber_max_time_since_last_seen,
+        distribution_interval=settings.coordinator_distribution_interval,
+        leadership_max_duration=settings.coordinator_leadership_max_duration,
+        leadership_attempt_interval=settings.coordinator_leadership_attempt_interval,
+    )
     return DistributedEventBroker[StoredEvent](
         event_subscriber_manager=broker._event_subscriber_manager,
-        event_subscription_coordinator=broker._event_subscription_coordinator,
+        event_subscription_coordinator=coordinator,
         event_subscription_observer=broker._event_subscription_observer,
         role=role,
         error_handler=error_handler,
@@ -101,11 +114,25 @@ class InMemoryDistributedEventBrokerBuilder(
         error_handler: ErrorHandler[None] | None = None,
     ) -> DistributedEventBroker[StoredEvent]:
         handler = error_handler or RetryErrorHandler()
-        return _role_aware(super().build(settings, handler), settings, handler)
+        return _role_aware(self, super().build(settings, handler), settings, handler)
 
 
 class PostgresDistributedEventBrokerBuilder(LogicblocksPostgresBuilder):
     """Builds a broker that coordinates through PostgreSQL."""
+
+    def dependencies(
+        self,
+        connection_settings: ConnectionSettings,
+        connection_pool: AsyncConnectionPool[AsyncConnection],
+        adapter: EventStorageAdapter | None = None,
+    ) -> DistributedEventBrokerDependencies:
+        dependencies = super().dependencies(
+            connection_settings, connection_pool, adapter
+        )
+        dependencies["lock_manager"] = CheckedPostgresLockManager(
+            connection_settings=connection_settings
+        )
+        return dependencies
 
     def build(
         self,
@@ -113,7 +140,7 @@ class PostgresDistributedEventBrokerBuilder(LogicblocksPostgresBuilder):
         error_handler: ErrorHandler[None] | None = None,
     ) -> DistributedEventBroker[StoredEvent]:
         handler = error_handler or RetryErrorHandler()
-        return _role_aware(super().build(settings, handler), settings, handler)
+        return _role_aware(self, super().build(settings, handler), settings, handler)
 
 
 class InMemoryDistributedBrokerParams(TypedDict):
