@@ -6,12 +6,21 @@ subscribers request one category can only ever run on one node. Requesting sever
 sources (categories, or streams) lets the coordinator spread them across the group's
 subscribers. Each source then needs its own consumer state, because the state records
 the last global sequence number consumed from that source.
+
+Sources are also kept apart when they fail: one failing source does not stop the
+others (logicblocks' subscription consumer stops at the first), and a source that
+failed starts its next poll afresh from its saved state. That matters after a
+hand-over that overlapped for a moment: logicblocks' state store keeps the position
+it last wrote, so once another node had written the same state stream, every later
+save of the old store would fail.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from uuid import uuid4
 
+import structlog
 from logicblocks.event.processing import (
+    EventConsumer,
     EventConsumerStateStore,
     EventCount,
     EventProcessor,
@@ -30,6 +39,8 @@ from logicblocks.event.types import (
     StreamIdentifier,
 )
 
+logger = structlog.get_logger("eventcomposition.consumers")
+
 
 def source_key(identifier: EventSourceIdentifier) -> str:
     """A short readable name for an event source: ``category`` or ``category/stream``."""
@@ -44,6 +55,56 @@ def source_key(identifier: EventSourceIdentifier) -> str:
 def state_category_name(subscriber_group: str, source: EventSourceIdentifier) -> str:
     """Where a group keeps its consumer state for one source."""
     return f"{subscriber_group}.state.{source_key(source).replace('/', '.')}"
+
+
+class RestartingSourceConsumer(EventConsumer):
+    """Consumes one source; after a failure, starts over from its saved state.
+
+    The next ``consume_all`` after a failure uses a new consumer (and so a new state
+    store) from ``make``, which reloads the source's saved position: at-least-once
+    delivery, as after a restart of the node.
+    """
+
+    def __init__(self, make: Callable[[], EventConsumer]) -> None:
+        self._make = make
+        self._current = make()
+
+    async def consume_all(self) -> None:
+        try:
+            await self._current.consume_all()
+        except Exception:
+            self._current = self._make()
+            raise
+
+
+class MultiSourceSubscriptionConsumer(EventSubscriptionConsumer[StoredEvent]):
+    """A subscription consumer whose sources fail independently.
+
+    Every allocated source is consumed in each ``consume_all``, even after another
+    failed; the failures are raised together at the end (an ``ExceptionGroup`` when
+    several failed), so the runtime still sees and reports them.
+    """
+
+    async def consume_all(self) -> None:
+        failures: list[Exception] = []
+        # logicblocks keeps the delegates in ``_delegates`` (pinned by a test).
+        for identifier, delegate in dict(self._delegates).items():
+            try:
+                await delegate.consume_all()
+            except Exception as error:
+                await logger.awarning(
+                    "consumer.source-failed",
+                    subscriber=f"{self.group}/{self.id}",
+                    source=source_key(identifier),
+                    error=repr(error),
+                )
+                failures.append(error)
+        if len(failures) == 1:
+            raise failures[0]
+        if failures:
+            raise ExceptionGroup(
+                f"{len(failures)} sources of {self.group}/{self.id} failed", failures
+            )
 
 
 def make_subscription_consumer(
@@ -69,19 +130,22 @@ def make_subscription_consumer(
 
     def consumer_for(
         source: EventSource[EventSourceIdentifier, StoredEvent],
-    ) -> EventSourceConsumer[EventSourceIdentifier, StoredEvent]:
-        state_store = EventConsumerStateStore[StoredEvent](
-            category=event_store.category(
-                category=state_category_name(subscriber_group, source.identifier)
-            ),
-            converter=StoredEventEventConsumerStateConverter(),
-            persistence_interval=EventCount(state_persistence_interval),
-        )
-        return EventSourceConsumer(
-            source=source, processor=event_processor, state_store=state_store
-        )
+    ) -> EventConsumer:
+        def fresh() -> EventSourceConsumer[EventSourceIdentifier, StoredEvent]:
+            state_store = EventConsumerStateStore[StoredEvent](
+                category=event_store.category(
+                    category=state_category_name(subscriber_group, source.identifier)
+                ),
+                converter=StoredEventEventConsumerStateConverter(),
+                persistence_interval=EventCount(state_persistence_interval),
+            )
+            return EventSourceConsumer(
+                source=source, processor=event_processor, state_store=state_store
+            )
 
-    return EventSubscriptionConsumer[StoredEvent](
+        return RestartingSourceConsumer(fresh)
+
+    return MultiSourceSubscriptionConsumer(
         group=subscriber_group,
         id=subscriber_id or uuid4().hex,
         subscription_requests=list(subscription_requests),

@@ -6,6 +6,7 @@ needs revisiting.
 
 from typing import Any
 
+from logicblocks.event.processing import EventSubscriptionConsumer
 from logicblocks.event.processing.broker import DistributedEventBrokerSettings
 from logicblocks.event.processing.broker.strategies.distributed import (
     EventSubscriptionState,
@@ -16,7 +17,7 @@ from logicblocks.event.processing.broker.strategies.distributed.factories import
     InMemoryDistributedEventBrokerBuilder,
 )
 from logicblocks.event.store import InMemoryEventStorageAdapter
-from logicblocks.event.types import CategoryIdentifier
+from logicblocks.event.types import CategoryIdentifier, StoredEvent
 
 from eventcomposition import InMemoryClusterState
 
@@ -61,3 +62,19 @@ async def test_cluster_state_views_share_records_across_nodes() -> None:
 
     assert [s.key for s in await observer_view.list()] == [subscription.key]
     assert [s.key for s in state.subscriptions()] == [subscription.key]
+
+
+def _never_called(source: Any) -> Any:
+    raise AssertionError("no source was accepted")
+
+
+def test_subscription_consumer_keeps_its_source_consumers_in_delegates() -> None:
+    # eventcomposition.consumers.MultiSourceSubscriptionConsumer iterates these.
+    consumer: Any = EventSubscriptionConsumer[StoredEvent](
+        group="g",
+        id="s",
+        subscription_requests=[CategoryIdentifier(category="orders")],
+        delegate_factory=_never_called,
+    )
+
+    assert consumer._delegates == {}
