@@ -77,8 +77,13 @@ async def run(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
-        if args.migrate and settings.storage.type == "postgres":
-            await migrate(await resolve(container.connection_pool))
+        if settings.storage.type == "postgres":
+            # Open the pool on its own first: resolving the runtime directly would
+            # open it from several dependants at once, and a refused connection
+            # would then be reported once per dependant.
+            pool = await resolve(container.connection_pool)
+            if args.migrate:
+                await migrate(pool)
         runtime = await resolve(container.runtime)
         await runtime.start()
         await logger.ainfo(
