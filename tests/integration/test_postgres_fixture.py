@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +202,53 @@ def test_restart_keeps_data_and_port_and_stop_removes_everything(
     assert not cluster.exists()
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(info.conninfo, connect_timeout=5)
+
+
+def test_password_authentication_accepts_only_the_superuser_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # libpq would otherwise fall back to a password from the environment or a file.
+    for variable in ("PGPASSWORD", "PGPASSFILE", "PGSERVICE"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("PGPASSFILE", os.devnull)
+    server = ThrowawayPostgres(auth="scram-sha-256", password="s3cret: pass'word")
+    try:
+        server.start()
+    except PostgresUnavailableError as error:
+        postgres_unavailable(error)
+    try:
+        info = server.connection_info
+        assert server.auth == "scram-sha-256"
+        assert info.password == "s3cret: pass'word"
+        assert "s3cret" not in repr(server) + repr(info)
+        with psycopg.connect(info.conninfo, connect_timeout=5) as connection:
+            rules = connection.execute(
+                "SELECT DISTINCT type, auth_method FROM pg_hba_file_rules"
+            ).fetchall()
+        assert set(rules) == {("host", "scram-sha-256"), ("local", "trust")}
+
+        for wrong in (replace(info, password="wrong"), replace(info, password="")):
+            with pytest.raises(psycopg.OperationalError, match="password"):
+                psycopg.connect(wrong.conninfo, connect_timeout=5)
+
+        server.restart()
+        with psycopg.connect(info.conninfo, connect_timeout=5) as connection:
+            assert connection.execute("SELECT 1").fetchone() == (1,)
+        assert not list(server.data_dir.parent.glob("*password*"))
+    finally:
+        server.stop()
+
+
+def test_password_authentication_generates_a_password_and_trust_takes_none() -> None:
+    assert ThrowawayPostgres().auth == "trust"
+    assert ThrowawayPostgres().password == ""
+    generated = ThrowawayPostgres(auth="scram-sha-256").password
+    assert len(generated) >= 16
+    assert generated != ThrowawayPostgres(auth="scram-sha-256").password
+    with pytest.raises(ValueError, match="auth='scram-sha-256'"):
+        ThrowawayPostgres(password="secret")
+    with pytest.raises(ValueError, match="auth must be"):
+        ThrowawayPostgres(auth="md5")  # type: ignore[arg-type]
 
 
 def test_connection_info_quotes_credentials_and_hides_the_password() -> None:

@@ -1,7 +1,8 @@
 """A throwaway PostgreSQL server for tests, or an existing one named by a URL.
 
 ``ThrowawayPostgres`` runs a private cluster in a temporary directory: ``initdb`` with
-trust authentication, a server listening only on 127.0.0.1 on a free port with its
+trust authentication (or, with ``auth="scram-sha-256"``, a superuser password required
+on TCP connections), a server listening only on 127.0.0.1 on a free port with its
 unix socket inside that directory, and durability switched off for speed. As root it
 runs the server binaries as the unprivileged ``postgres`` OS user, because ``initdb``
 and ``postgres`` refuse to run as root.
@@ -14,6 +15,7 @@ database, e.g. ``postgresql://user:password@127.0.0.1:5432/postgres``).
 import os
 import pwd
 import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -47,6 +49,8 @@ INSTALL_HINT = (
 )
 
 type ShutdownMode = Literal["smart", "fast", "immediate"]
+type AuthMethod = Literal["trust", "scram-sha-256"]
+"""How a ThrowawayPostgres authenticates TCP clients (its unix socket always trusts)."""
 
 _SERVER_BINARIES = ("initdb", "pg_ctl", "postgres")
 _SUPERUSER = "postgres"
@@ -286,6 +290,11 @@ class ThrowawayPostgres:
     and port, so ``start`` brings the same server back; ``restart`` does both (fast
     shutdown: connected clients are disconnected). ``stop`` shuts down and deletes
     everything. Also a context manager (start on enter, stop on exit).
+
+    ``auth="scram-sha-256"`` makes host (TCP) connections, the only ones clients
+    make through ``connection_info``, authenticate with the superuser's
+    ``password`` (a random one when none is given); ``connection_info`` carries it.
+    The default, ``"trust"``, takes no password.
     """
 
     can_restart = True
@@ -297,7 +306,22 @@ class ThrowawayPostgres:
         os_user: str = "postgres",
         timeout: float = 60.0,
         settings: Mapping[str, str | int] | None = None,
+        auth: AuthMethod = "trust",
+        password: str | None = None,
     ) -> None:
+        if auth not in ("trust", "scram-sha-256"):
+            raise ValueError(f"auth must be 'trust' or 'scram-sha-256', got {auth!r}")
+        if auth == "trust" and password:
+            raise ValueError(
+                "a password needs password authentication: pass "
+                "auth='scram-sha-256' as well"
+            )
+        if password is not None and ("\n" in password or "\r" in password):
+            raise ValueError("the password must be one line")
+        self._auth: AuthMethod = auth
+        self._password = (
+            "" if auth == "trust" else password or secrets.token_urlsafe(18)
+        )
         self._binaries = binaries
         self._os_user = os_user
         self._timeout = timeout
@@ -325,9 +349,21 @@ class ThrowawayPostgres:
         self.stop()
 
     @property
+    def auth(self) -> AuthMethod:
+        return self._auth
+
+    @property
+    def password(self) -> str:
+        """The superuser's password; empty with trust authentication."""
+        return self._password
+
+    @property
     def connection_info(self) -> ConnectionInfo:
-        """The ``postgres`` database as superuser ``postgres`` (trust, no password)."""
-        return ConnectionInfo(host="127.0.0.1", port=self.port, user=_SUPERUSER)
+        """The ``postgres`` database as superuser ``postgres``, with its password
+        when the server requires one."""
+        return ConnectionInfo(
+            host="127.0.0.1", port=self.port, user=_SUPERUSER, password=self._password
+        )
 
     @property
     def port(self) -> int:
@@ -419,13 +455,27 @@ class ThrowawayPostgres:
             base_dir,
             run_as,
         )
+        authentication = ["--auth=trust"]
+        password_file = base_dir / "superuser-password"
+        if self._auth != "trust":
+            # The unix socket (pg_ctl, local admin) keeps trust; TCP needs the
+            # password, which initdb reads from a file only the server user can read.
+            password_file.touch(mode=0o600)
+            if run_as is not None:
+                os.chown(password_file, run_as.uid, run_as.gid)
+            password_file.write_text(self._password + "\n", encoding="utf-8")
+            authentication = [
+                "--auth-local=trust",
+                f"--auth-host={self._auth}",
+                f"--pwfile={password_file}",
+            ]
         try:
             completed = _run(
                 [
                     binaries.initdb,
                     "-D",
                     self.data_dir,
-                    "--auth=trust",
+                    *authentication,
                     f"--username={_SUPERUSER}",
                     "--encoding=UTF8",
                     "--locale=C",
@@ -438,6 +488,8 @@ class ThrowawayPostgres:
         except PostgresUnavailableError:
             self.stop()
             raise
+        finally:
+            password_file.unlink(missing_ok=True)
         if completed.returncode != 0:
             self.stop()
             raise PostgresUnavailableError(
@@ -467,6 +519,7 @@ class ThrowawayPostgres:
     def _write_settings(self) -> None:
         settings: dict[str, str | int] = {
             "listen_addresses": "127.0.0.1",
+            "password_encryption": "scram-sha-256",
             "port": self.port,
             "unix_socket_directories": str(self._base() / "sockets"),
             "max_connections": 200,
