@@ -1,0 +1,305 @@
+"""3. Failover with real processes on PostgreSQL: SIGKILL and SIGTERM of an observer.
+
+One coordinator-only and two observer-only ``eventcomposition run`` processes of
+the sample app, with the development settings on PostgreSQL. Each step signals an
+observer that holds sources (SIGKILL or SIGTERM, alternately) while another
+observer runs, then at once publishes one new order into each of the victim's
+categories. The hand-over time of a step runs from the signal until the last of
+the victim's categories has a new event processed on another node (the first
+``event.projection.saved`` of that category in the other node's JSON log). Before
+the next step a fresh standby observer is started, so there is always a node to
+hand over to.
+
+The bounds, from the settings: SIGTERM <= 1 distribution interval + 1 observer
+synchronisation interval (the stopping node removes its subscriber rows);
+SIGKILL <= coordinator max-time-since-last-seen + 1 distribution interval + 1
+synchronisation interval (the dead node's rows must age out first). The consumer's
+poll interval comes on top of both.
+"""
+
+import os
+import time
+from dataclasses import dataclass
+
+from logicblocks.event.store import EventStore, PostgresEventStorageAdapter
+
+from eventcomposition.demo import Order, shard_of
+from eventcomposition.settings import load_settings
+from eventcomposition.testing.processes import LogRecord, NodeProcess, NodeProcesses
+
+from .cluster import (
+    NAMES,
+    Cluster,
+    Pool,
+    cluster_environment,
+    open_pool,
+    spread_over,
+    timestamp,
+    until,
+)
+from .common import (
+    SETTINGS_DIR,
+    BenchContext,
+    Json,
+    PostgresUnavailable,
+    Spread,
+    publish_by_category,
+    say,
+    table,
+)
+
+NAME = "failover"
+PROJECTION_SAVED = "event.projection.saved"
+COORDINATOR_RUNNING = "event.processing.broker.coordinator.running"
+HANDOVER_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class Step:
+    signal: str
+    victim: str
+    survivor_count: int
+    sources: int
+    handover_seconds: float
+    first_source_seconds: float
+    allocation_seconds: float
+    exit_seconds: float | None
+    exit_code: int | None
+
+
+def orders_for(categories: set[str], step: int) -> list[Order]:
+    """One new order in each of ``categories`` (customers picked by their shard)."""
+    wanted = set(categories)
+    orders: list[Order] = []
+    n = 0
+    while wanted:
+        customer = f"failover-{step}-{n}"
+        n += 1
+        category = NAMES.category(shard_of(customer))
+        if category in wanted:
+            wanted.discard(category)
+            orders.append(
+                Order(
+                    order_id=f"{customer}-order", customer_id=customer, amount_cents=100
+                )
+            )
+    return orders
+
+
+def first_saves(
+    nodes: list[NodeProcess], categories: set[str], since: float
+) -> dict[str, float]:
+    """The first time each of ``categories`` had an event projected on ``nodes``."""
+    first: dict[str, float] = {}
+    for node in nodes:
+        for record in node.logs(PROJECTION_SAVED):
+            category = _category(record)
+            at = timestamp(record)
+            if category in categories and at >= since:
+                first[category] = min(at, first.get(category, at))
+    return first
+
+
+def _category(record: LogRecord) -> str | None:
+    projection = record.get("projection")
+    if isinstance(projection, dict):
+        source = projection.get("source")
+        if isinstance(source, dict):
+            return str(source.get("category"))
+    return None
+
+
+async def one_step(
+    cluster: Cluster,
+    store: EventStore,
+    observers: dict[str, NodeProcess],
+    signal: str,
+    step: int,
+) -> Step:
+    held = await cluster.sources_by_node()
+    victim_id = max(
+        (node_id for node_id in held if node_id in observers),
+        key=lambda node_id: len(held[node_id]),
+    )
+    victim = observers.pop(victim_id)
+    categories = held[victim_id]
+    others = list(observers.values())
+    signalled = time.time()
+    if signal == "SIGKILL":
+        victim.kill()
+    else:
+        victim.terminate()
+    await publish_by_category(store, orders_for(categories, step), names=NAMES)
+    allocated_at, _ = await cluster.wait_holdings(
+        lambda now: victim_id not in now and categories <= set().union(*now.values()),
+        timeout=HANDOVER_TIMEOUT,
+        what=f"{victim_id}'s sources on another node",
+    )
+    await until(
+        lambda: _all_saved(others, categories, signalled),
+        timeout=HANDOVER_TIMEOUT,
+        what=f"new events of {sorted(categories)} processed elsewhere",
+    )
+    saves = first_saves(others, categories, signalled)
+    exit_code = await victim.await_exit(30)
+    exited = victim.logs("node.stopped")
+    exit_seconds = timestamp(exited[0]) - signalled if exited else None
+    return Step(
+        signal=signal,
+        victim=victim_id,
+        survivor_count=len(others),
+        sources=len(categories),
+        handover_seconds=max(saves.values()) - signalled,
+        first_source_seconds=min(saves.values()) - signalled,
+        allocation_seconds=allocated_at - signalled,
+        exit_seconds=exit_seconds,
+        exit_code=exit_code,
+    )
+
+
+async def _all_saved(
+    nodes: list[NodeProcess], categories: set[str], since: float
+) -> bool:
+    return set(first_saves(nodes, categories, since)) == categories
+
+
+async def run_steps(ctx: BenchContext, signals: list[str]) -> tuple[list[Step], Json]:
+    database = await ctx.postgres.new_database()
+    settings = load_settings(
+        "development", settings_dir=SETTINGS_DIR, storage={"type": "postgres"}
+    )
+    broker = settings.broker
+    bounds = {
+        "SIGTERM": broker.coordinator_distribution_interval.total_seconds()
+        + broker.observer_synchronisation_interval.total_seconds(),
+        "SIGKILL": broker.coordinator_subscriber_max_time_since_last_seen.total_seconds()
+        + broker.coordinator_distribution_interval.total_seconds()
+        + broker.observer_synchronisation_interval.total_seconds(),
+    }
+    described: Json = {
+        "environment": "development (settings/development.toml) on PostgreSQL",
+        "coordinator_distribution_interval": broker.coordinator_distribution_interval.total_seconds(),
+        "observer_synchronisation_interval": broker.observer_synchronisation_interval.total_seconds(),
+        "coordinator_subscriber_max_time_since_last_seen": broker.coordinator_subscriber_max_time_since_last_seen.total_seconds(),
+        "subscriber_manager_heartbeat_interval": broker.subscriber_manager_heartbeat_interval.total_seconds(),
+        "poll_interval": settings.consumers.poll_interval.total_seconds(),
+        "bounds_seconds": bounds,
+    }
+    pool: Pool = await open_pool(database)
+    steps: list[Step] = []
+    try:
+        store = EventStore(adapter=PostgresEventStorageAdapter(connection_source=pool))
+        with NodeProcesses() as nodes:
+            cluster = Cluster(
+                nodes,
+                pool,
+                cluster_environment(database, settings={}, log_level="INFO"),
+            )
+            started = await cluster.start_observers("observer-1", "observer-2")
+            observers = {node.name: node for node in started}
+            coordinator = cluster.start("coordinator", "coordinator-1")
+            await coordinator.await_log(COORDINATOR_RUNNING, 90)
+            await cluster.wait_holdings(
+                spread_over(set(observers)), timeout=90, what="the sources spread"
+            )
+            next_id = 3
+            for index, signal in enumerate(signals):
+                if index > 0:
+                    standby = f"observer-{next_id}"
+                    next_id += 1
+                    observers.update(
+                        {
+                            node.name: node
+                            for node in await cluster.start_observers(standby)
+                        }
+                    )
+                steps.append(await one_step(cluster, store, observers, signal, index))
+            for node in nodes:
+                node.terminate()
+            for node in nodes:
+                if node.running:
+                    await node.await_exit(30)
+    finally:
+        await pool.close()
+    return steps, described
+
+
+async def run(ctx: BenchContext) -> None:
+    per_signal = 1 if ctx.quick else 3
+    signals = ["SIGKILL", "SIGTERM"] * per_signal
+    say("\n== 3. Failover with real processes on PostgreSQL ==")
+    try:
+        steps, described = await run_steps(ctx, signals)
+    except PostgresUnavailable as error:
+        say(f"skipped ({error})")
+        ctx.save(NAME, {"skipped": str(error)})
+        return
+    bounds: dict[str, float] = described["bounds_seconds"]
+    say(
+        f"1 coordinator-only + observer-only processes, {described['environment']}: "
+        f"distribution {described['coordinator_distribution_interval']:g}s, sync "
+        f"{described['observer_synchronisation_interval']:g}s, max time since last seen "
+        f"{described['coordinator_subscriber_max_time_since_last_seen']:g}s, heartbeat "
+        f"{described['subscriber_manager_heartbeat_interval']:g}s, poll "
+        f"{described['poll_interval']:g}s; {per_signal} step(s) per signal, each "
+        "moving all the victim's sources to a running observer."
+    )
+    rows: list[list[object]] = []
+    results: Json = {
+        "settings": described,
+        "steps": [s.__dict__ for s in steps],
+        "by_signal": {},
+    }
+    for signal in ("SIGTERM", "SIGKILL"):
+        chosen = [s for s in steps if s.signal == signal]
+        handover = Spread.of(s.handover_seconds for s in chosen)
+        first = Spread.of(s.first_source_seconds for s in chosen)
+        allocation = Spread.of(s.allocation_seconds for s in chosen)
+        bound = bounds[signal]
+        verdict = "met" if handover.maximum <= bound else "MISSED"
+        exits = [s.exit_seconds for s in chosen if s.exit_seconds is not None]
+        rows.append(
+            [
+                signal,
+                len(chosen),
+                f"{sum(s.sources for s in chosen) / max(len(chosen), 1):.1f}",
+                allocation.text(".2f", " s"),
+                first.text(".2f", " s"),
+                handover.text(".2f", " s"),
+                f"<= {bound:g} s: {verdict}",
+                Spread.of(exits).text(".2f", " s") if exits else "(killed)",
+            ]
+        )
+        results["by_signal"][signal] = {
+            "steps": len(chosen),
+            "reallocated_seconds": allocation.as_json(),
+            "first_source_processed_seconds": first.as_json(),
+            "handover_seconds": handover.as_json(),
+            "bound_seconds": bound,
+            "verdict": verdict,
+            "exit_codes": [s.exit_code for s in chosen],
+            "load_average_1min": os.getloadavg()[0],
+        }
+    say(
+        table(
+            "seconds after the signal, min / median / max",
+            [
+                "signal",
+                "steps",
+                "sources moved",
+                "reallocated (subscriptions table)",
+                "first source processed elsewhere",
+                "all sources processed elsewhere (hand-over)",
+                "bound",
+                "victim logged node.stopped",
+            ],
+            rows,
+        )
+    )
+    say(
+        "A bound is met when every step is within it. 'reallocated' is when the "
+        "subscriptions table (polled every 20 ms) shows the victim's sources on "
+        "another node; the hand-over adds the survivor's observer synchronisation "
+        "and its consumer's next poll."
+    )
+    ctx.save(NAME, results)

@@ -1,0 +1,191 @@
+"""4. Throughput on PostgreSQL: 1, 2 and 4 observer processes against the raw read rate.
+
+The sample app end to end: ``eventcomposition run`` observer processes (and one
+coordinator-only process) project N stored orders over the demo's 8 shard
+categories into customer totals in PostgreSQL (a projection load and an upsert
+per event). Each run gets its own copy (``CREATE DATABASE ... TEMPLATE``) of a
+database holding the N orders. The clock starts when the coordinator's first
+allocation is in the ``subscriptions`` table and stops when the projection counts
+all N orders (both polled every 20 ms).
+
+The bound: the rate at which the same N events can be read from the ``events``
+table with one plain query (``SELECT * ... WHERE category = ANY(...) ORDER BY
+sequence_number``, every row fetched into Python by psycopg), on this machine.
+"""
+
+import os
+import time
+from collections import Counter
+
+import psycopg
+from logicblocks.event.store import EventStore, PostgresEventStorageAdapter
+
+from eventcomposition.demo import generate_orders, shard_of
+from eventcomposition.testing import ConnectionInfo, create_database, drop_database
+from eventcomposition.testing.processes import NodeProcesses
+
+from .cluster import (
+    ALL_CATEGORIES,
+    NAMES,
+    Cluster,
+    cluster_environment,
+    open_pool,
+    until,
+)
+from .common import (
+    BenchContext,
+    Json,
+    PostgresUnavailable,
+    Spread,
+    publish_by_category,
+    say,
+    table,
+)
+
+NAME = "throughput"
+CUSTOMERS = 400
+RAW_QUERY = "SELECT * FROM events WHERE category = ANY(%s) ORDER BY sequence_number"
+# Development settings with a faster allocation, so that the clock measures the
+# processing; WARNING logs (logicblocks logs every projection save at INFO).
+SETTINGS: dict[str, str | int | float] = {
+    "broker.coordinator_distribution_interval": 0.1,
+    "broker.observer_synchronisation_interval": 0.1,
+    "broker.coordinator_leadership_attempt_interval": 0.1,
+    "consumers.poll_interval": 0.1,
+}
+LOG_LEVEL = "WARNING"
+RUN_TIMEOUT = 600.0
+
+
+def raw_read_rate(database: ConnectionInfo, events: int) -> float:
+    categories = sorted(ALL_CATEGORIES)
+    with psycopg.connect(database.conninfo) as connection:
+        started = time.perf_counter()
+        rows = connection.execute(RAW_QUERY, (categories,)).fetchall()
+        seconds = time.perf_counter() - started
+    if len(rows) != events:
+        raise RuntimeError(f"read {len(rows)} events, expected {events}")
+    return events / seconds
+
+
+async def one_run(
+    ctx: BenchContext, template: ConnectionInfo, observers: int, events: int
+) -> tuple[float, float]:
+    """Events/s with ``observers`` observer processes; and the processing seconds."""
+    admin = ctx.postgres.get().connection_info
+    database = create_database(
+        admin, f"{template.dbname}_run_{time.monotonic_ns()}", template=template.dbname
+    )
+    pool = await open_pool(database)
+    try:
+        with NodeProcesses() as nodes:
+            cluster = Cluster(
+                nodes,
+                pool,
+                cluster_environment(database, settings=SETTINGS, log_level=LOG_LEVEL),
+            )
+            ids = [f"observer-{n}" for n in range(1, observers + 1)]
+            await cluster.start_observers(*ids)
+            cluster.start("coordinator", "coordinator-1")
+            allocated_at, _ = await cluster.wait_holdings(
+                lambda held: bool(held), timeout=90, what="the first allocation"
+            )
+            done_at = 0.0
+
+            async def complete() -> bool:
+                nonlocal done_at
+                done_at = time.time()
+                return await cluster.applied_orders() >= events
+
+            await until(
+                complete, timeout=RUN_TIMEOUT, what=f"{events} orders projected"
+            )
+            for node in nodes:
+                node.terminate()
+            for node in nodes:
+                await node.await_exit(30)
+        seconds = done_at - allocated_at
+        return events / seconds, seconds
+    finally:
+        await pool.close()
+        drop_database(admin, database.dbname)
+
+
+async def run(ctx: BenchContext) -> None:
+    events = 1_000 if ctx.quick else 6_000
+    counts = [1, 2] if ctx.quick else [1, 2, 4]
+    reps = 1 if ctx.quick else 3
+    raw_reps = 3 if ctx.quick else 7
+    say("\n== 4. Throughput on PostgreSQL: observer processes vs the raw read rate ==")
+    try:
+        template = await ctx.postgres.new_database()
+    except PostgresUnavailable as error:
+        say(f"skipped ({error})")
+        ctx.save(NAME, {"skipped": str(error)})
+        return
+    orders = generate_orders(events, customers=CUSTOMERS, seed=31)
+    pool = await open_pool(template)
+    try:
+        await publish_by_category(
+            EventStore(adapter=PostgresEventStorageAdapter(connection_source=pool)),
+            orders,
+            names=NAMES,
+        )
+    finally:
+        await pool.close()
+    per_shard = Counter(NAMES.category(shard_of(o.customer_id)) for o in orders)
+    say(
+        f"N = {events} orders ({CUSTOMERS} customers) over {len(per_shard)} categories "
+        f"(largest {max(per_shard.values())}, smallest {min(per_shard.values())}); "
+        f"1 coordinator-only + K observer-only processes, development settings with "
+        f"{SETTINGS}, logs at {LOG_LEVEL}; {reps} run(s) per K, {raw_reps} raw reads."
+    )
+    raw = Spread.of(raw_read_rate(template, events) for _ in range(raw_reps))
+    rows: list[list[object]] = [
+        ["raw read (one plain query)", raw_reps, raw.text(".0f"), "", "1 (the bound)"]
+    ]
+    results: Json = {
+        "events": events,
+        "customers": CUSTOMERS,
+        "events_per_category": dict(per_shard),
+        "settings": SETTINGS,
+        "log_level": LOG_LEVEL,
+        "raw_query": RAW_QUERY,
+        "raw_read_events_per_second": raw.as_json(),
+        "observers": {},
+    }
+    for observers in counts:
+        load_before = os.getloadavg()[0]
+        samples = [await one_run(ctx, template, observers, events) for _ in range(reps)]
+        rate = Spread.of(s[0] for s in samples)
+        seconds = Spread.of(s[1] for s in samples)
+        ratio = Spread.of(s[0] / raw.median for s in samples)
+        rows.append(
+            [
+                f"{observers} observer process{'es' if observers > 1 else ''}",
+                reps,
+                rate.text(".0f"),
+                seconds.text(".2f", " s"),
+                ratio.text(".4f"),
+            ]
+        )
+        results["observers"][str(observers)] = {
+            "repetitions": reps,
+            "load_average_1min": [load_before, os.getloadavg()[0]],
+            "events_per_second": rate.as_json(),
+            "seconds": seconds.as_json(),
+            "ratio_to_raw_read_median": ratio.as_json(),
+        }
+    say(
+        table(
+            "events/s, min / median / max",
+            ["what", "runs", "events/s", "seconds", "ratio to raw read (median)"],
+            rows,
+        )
+    )
+    say(
+        "The processes share this machine's cores with PostgreSQL and with each other: "
+        f"{os.cpu_count()} cores here."
+    )
+    drop_database(ctx.postgres.get().connection_info, template.dbname)
+    ctx.save(NAME, results)
