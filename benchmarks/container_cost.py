@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from eventcomposition.testing import ConnectionInfo
+from eventcomposition.testing.containers import postgres_overrides
 
 from .cluster import bytecode_cached
 from .common import (
@@ -130,20 +131,7 @@ def fresh_python(
 
 
 def postgres_overrides_json(database: ConnectionInfo) -> str:
-    return json.dumps(
-        {
-            "storage": {
-                "type": "postgres",
-                "postgres": {
-                    "host": database.host,
-                    "port": database.port,
-                    "database": database.dbname,
-                    "user": database.user,
-                    "password": database.password,
-                },
-            }
-        }
-    )
+    return json.dumps(postgres_overrides(database))
 
 
 async def run(ctx: BenchContext) -> None:
