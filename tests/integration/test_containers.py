@@ -332,3 +332,15 @@ async def test_containers_sharing_cluster_state_cooperate_in_memory() -> None:
             await wait_until(lambda: processor.ids == published)
 
     assert state.sources_by_node() == {}
+
+
+async def test_a_subclass_redefinition_survives_reset_override() -> None:
+    async with container_for_test(
+        TwoConsumerApp, environment="test", settings_dir=SETTINGS_DIR
+    ) as container:
+        settings = container.settings()
+        container.reset_override()
+        container.settings.override(providers.Object(settings))
+        runtime = await resolve(container.runtime)
+
+    assert len(runtime.service_statuses) == 2
