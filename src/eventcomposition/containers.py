@@ -122,7 +122,6 @@ async def open_connection_pool(
 
 async def runtime_resource(
     node_id: str,
-    role: BrokerRole,
     event_broker: EventBroker[StoredEvent],
     service_manager: ServiceManager,
     default_consumer_settings: EventConsumerSettings,
@@ -131,12 +130,13 @@ async def runtime_resource(
     runtime = EventRuntime(
         node_id, event_broker, service_manager, default_consumer_settings
     )
-    if role is BrokerRole.COORDINATOR and getattr(event_broker, "role", None) is role:
+    # The broker's own role decides (a broker replaced in a test has none).
+    if getattr(event_broker, "role", None) is BrokerRole.COORDINATOR:
         if registrations:
             logger.info(
                 "runtime.consumers-not-registered",
                 node_id=node_id,
-                role=str(role),
+                role=str(BrokerRole.COORDINATOR),
                 declared=len(registrations),
                 reason="a coordinator-only node processes nothing",
             )
@@ -216,7 +216,6 @@ class EventRuntimeContainer(containers.DeclarativeContainer):
     runtime = providers.Resource(
         runtime_resource,
         node_id=node_id,
-        role=role,
         event_broker=broker,
         service_manager=service_manager,
         default_consumer_settings=consumer_settings,
