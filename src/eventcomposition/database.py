@@ -110,6 +110,66 @@ class IdleConnectionCheck:
             await AsyncConnectionPool.check_connection(connection)
 
 
+class PostgresDatabase:
+    """A PostgreSQL connection pool, created closed and opened on entry.
+
+    The pool exists from the start, so the objects that use it (event store,
+    broker state stores) can be built before any connection is made; entering
+    waits for the server (with retries) and opens it, exiting closes it. The pool
+    is bound to the event loop that opens it: use it from services that run on the
+    main thread only.
+    """
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        where: str,
+        min_size: int = 1,
+        max_size: int = 10,
+        connect_timeout: int = 5,
+        attempts: int = 5,
+    ) -> None:
+        self._conninfo = conninfo
+        self.where = where
+        self._min_size = min_size
+        self._connect_timeout = connect_timeout
+        self._attempts = attempts
+        idle_check = IdleConnectionCheck()
+        self.pool = AsyncConnectionPool[AsyncConnection[Any]](
+            conninfo,
+            min_size=min_size,
+            max_size=max_size,
+            kwargs={"connect_timeout": connect_timeout},
+            # After a server restart the pooled connections are dead: check the
+            # ones that sat idle before handing them out, so nodes carry on
+            # instead of failing once per connection.
+            check=idle_check.check,
+            reset=idle_check.returned,
+            # How long a caller waits for a free connection: during an outage,
+            # work (a broker unregistering on its way out, say) fails after this
+            # instead of psycopg_pool's default of 30 s.
+            timeout=float(connect_timeout),
+            open=False,
+            name=f"eventcomposition {where}",
+        )
+
+    async def __aenter__(self) -> AsyncConnectionPool[AsyncConnection[Any]]:
+        await wait_for_database(
+            self._conninfo,
+            where=self.where,
+            connect_timeout=self._connect_timeout,
+            attempts=self._attempts,
+        )
+        await self.pool.open(
+            wait=self._min_size > 0, timeout=self._connect_timeout * self._attempts
+        )
+        return self.pool
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.pool.close()
+
+
 @asynccontextmanager
 async def connection_pool(
     conninfo: str,
@@ -120,34 +180,14 @@ async def connection_pool(
     connect_timeout: int = 5,
     attempts: int = 5,
 ) -> AsyncIterator[AsyncConnectionPool[AsyncConnection[Any]]]:
-    """An open pool, once the server answers; closed on exit.
-
-    The pool is bound to the running event loop: use it from services that run on
-    the main thread only.
-    """
-    await wait_for_database(
-        conninfo, where=where, connect_timeout=connect_timeout, attempts=attempts
-    )
-    idle_check = IdleConnectionCheck()
-    pool = AsyncConnectionPool[AsyncConnection[Any]](
+    """An open pool, once the server answers; closed on exit."""
+    database = PostgresDatabase(
         conninfo,
+        where=where,
         min_size=min_size,
         max_size=max_size,
-        kwargs={"connect_timeout": connect_timeout},
-        # After a server restart the pooled connections are dead: check the ones
-        # that sat idle before handing them out, so nodes carry on instead of
-        # failing once per connection.
-        check=idle_check.check,
-        reset=idle_check.returned,
-        # How long a caller waits for a free connection: during an outage, work
-        # (a broker unregistering on its way out, say) fails after this instead of
-        # psycopg_pool's default of 30 s.
-        timeout=float(connect_timeout),
-        open=False,
-        name=f"eventcomposition {where}",
+        connect_timeout=connect_timeout,
+        attempts=attempts,
     )
-    await pool.open(wait=min_size > 0, timeout=connect_timeout * attempts)
-    try:
+    async with database as pool:
         yield pool
-    finally:
-        await pool.close()

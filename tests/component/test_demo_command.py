@@ -10,13 +10,14 @@ import psycopg
 from rich.console import Console
 
 from eventcomposition.broker import BrokerRole
-from eventcomposition.cli.demo import DemoResult, print_report
+from eventcomposition.cli.demo_report import print_report
 from eventcomposition.demo import (
     CustomerTotals,
     NodeSummary,
     expected_totals,
     generate_orders,
 )
+from eventcomposition.demo.check import DemoResult
 from eventcomposition.testing.postgres import ConnectionInfo
 from eventcomposition.testing.processes import (
     CompletedNode,

@@ -107,7 +107,12 @@ async def test_resolves_a_runtime_for_every_environment_role_and_storage(
             else InMemoryEventStorageAdapter
         )
         assert isinstance(adapter, adapter_type)
-        assert container.connection_pool.initialized is (storage == "postgres")
+        database = await resolve(container.database)
+        if storage == "postgres":
+            assert database is not None
+            assert not (await resolve(container.connection_pool)).closed
+        else:
+            assert database is None
 
 
 async def test_memory_storage_opens_no_postgres_connection() -> None:
@@ -121,7 +126,7 @@ async def test_memory_storage_opens_no_postgres_connection() -> None:
         await runtime.start()
         await runtime.stop()
 
-        assert not container.connection_pool.initialized
+        assert await resolve(container.database) is None
 
 
 async def test_shutdown_stops_the_runtime_and_closes_the_pool(

@@ -18,12 +18,12 @@ from structlog.testing import capture_logs
 
 from eventcomposition import BrokerRole
 from eventcomposition.containers import resolve
+from eventcomposition.containers.demo import DemoContainer, demo_node
 from eventcomposition.demo import (
     SHARD_COUNT,
     CustomerTotals,
     CustomerTotalsProcessor,
     DemoCluster,
-    DemoContainer,
     DemoNames,
     Order,
     expected_totals,
@@ -329,11 +329,11 @@ def node_settings(node_id: str, role: BrokerRole) -> EventCompositionSettings:
 
 
 async def test_a_coordinator_and_observers_in_memory_share_the_work() -> None:
-    cluster = DemoCluster(node_settings, observers=2)
+    cluster = DemoCluster(node_settings, demo_node, observers=2)
     orders = generate_orders(300, customers=30, malformed=1)
     try:
         await cluster.start(registration_timeout=10)
-        await publish_orders(await cluster.event_store(), orders, names=cluster.names)
+        await publish_orders(cluster.event_store, orders, names=cluster.names)
         await wait_until(
             lambda: cluster.processed == len(orders),
             timeout=20,

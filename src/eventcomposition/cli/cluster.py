@@ -9,7 +9,7 @@ from typing import Any
 from psycopg import AsyncConnection
 
 from .db import reachable_postgres
-from .run import add_settings_arguments
+from .options import add_settings_arguments
 from .settings_show import format_table
 
 NODES = """
@@ -45,7 +45,8 @@ def add_parser(
 
 
 async def show_status(args: argparse.Namespace) -> int:
-    postgres, where = await reachable_postgres(args)
+    postgres = await reachable_postgres(args)
+    where = postgres.location()
     async with await AsyncConnection.connect(postgres.conninfo()) as connection:
         nodes = await (await connection.execute(NODES)).fetchall()
         subscriptions = await (await connection.execute(SUBSCRIPTIONS)).fetchall()

@@ -3,11 +3,10 @@
 import argparse
 import asyncio
 
-from ..containers import postgres_location
 from ..database import wait_for_database
 from ..schema import migrate
 from ..settings import PostgresSettings, load_settings
-from .run import add_settings_arguments
+from .options import add_settings_arguments
 
 
 def add_parser(
@@ -23,18 +22,29 @@ def add_parser(
     migrate_parser.set_defaults(func=lambda args: asyncio.run(apply_schema(args)))
 
 
-async def reachable_postgres(args: argparse.Namespace) -> tuple[PostgresSettings, str]:
-    """The configured PostgreSQL settings and location, once the server answers."""
+async def reachable_postgres(args: argparse.Namespace) -> PostgresSettings:
+    """The configured PostgreSQL settings, once the server answers."""
     postgres = load_settings(args.env, settings_dir=args.settings_dir).storage.postgres
-    where = postgres_location(postgres)
     await wait_for_database(
-        postgres.conninfo(), where=where, connect_timeout=postgres.connect_timeout
+        postgres.conninfo(),
+        where=postgres.location(),
+        connect_timeout=postgres.connect_timeout,
     )
-    return postgres, where
+    return postgres
+
+
+async def prepare_database(postgres: PostgresSettings) -> None:
+    """Wait for the database (with retries), then apply the schema (idempotent)."""
+    await wait_for_database(
+        postgres.conninfo(),
+        where=postgres.location(),
+        connect_timeout=postgres.connect_timeout,
+    )
+    await migrate(postgres.conninfo())
 
 
 async def apply_schema(args: argparse.Namespace) -> int:
-    postgres, where = await reachable_postgres(args)
+    postgres = await reachable_postgres(args)
     result = await migrate(postgres.conninfo())
     created = [
         *result.created_extensions,
@@ -42,7 +52,7 @@ async def apply_schema(args: argparse.Namespace) -> int:
         *result.created_indexes,
     ]
     if created:
-        print(f"migrated {where}: created {', '.join(created)}")
+        print(f"migrated {postgres.location()}: created {', '.join(created)}")
     else:
-        print(f"{where} is up to date: {', '.join(result.tables)}")
+        print(f"{postgres.location()} is up to date: {', '.join(result.tables)}")
     return 0

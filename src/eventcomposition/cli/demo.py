@@ -20,11 +20,9 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import TextIO, cast
 from uuid import uuid4
 
-from rich import box
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -33,26 +31,21 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
-from rich.table import Table
 
 from ..broker import BrokerRole
-from ..containers import postgres_location
-from ..database import wait_for_database
-from ..demo import (
-    SHARD_COUNT,
-    CustomerTotals,
-    DemoCluster,
-    DemoNames,
-    NodeSummary,
-    Order,
-    expected_totals,
-    generate_orders,
-    publish_in_batches,
-)
+from ..containers.demo import demo_node
+from ..demo import DemoCluster, DemoNames, Order, generate_orders, publish_in_batches
+from ..demo.check import DemoResult
 from ..logs import configure_logging
-from ..schema import migrate
-from ..settings import EventCompositionSettings, PostgresSettings, load_settings
-from .run import add_settings_arguments
+from ..settings import EventCompositionSettings, load_settings
+from .db import prepare_database
+from .demo_report import print_report
+from .options import (
+    add_settings_arguments,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 
 DEFAULT_EVENTS = 2000
 DEFAULT_OBSERVERS = 2
@@ -79,14 +72,14 @@ def add_parser(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--events",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_EVENTS,
         metavar="N",
         help=f"orders to publish, malformed ones included (default: {DEFAULT_EVENTS})",
     )
     parser.add_argument(
         "--observers",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_OBSERVERS,
         metavar="K",
         help=f"observer-only nodes (default: {DEFAULT_OBSERVERS})",
@@ -100,7 +93,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--malformed",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=None,
         metavar="M",
         help="how many of the orders to publish malformed, to show that they are "
@@ -108,7 +101,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=_positive_float,
+        type=positive_float,
         default=DEFAULT_TIMEOUT,
         metavar="SECONDS",
         help="how long to wait for the nodes to process everything "
@@ -157,62 +150,6 @@ class DemoOptions:
         )
 
 
-@dataclass(frozen=True)
-class DemoResult:
-    """What a run published, what the nodes did, and whether it is correct."""
-
-    orders: Sequence[Order]
-    nodes: Sequence[NodeSummary]
-    totals: dict[str, CustomerTotals]
-    elapsed_seconds: float
-    storage: str
-    timed_out: bool
-
-    @property
-    def valid(self) -> int:
-        return sum(not order.malformed for order in self.orders)
-
-    @property
-    def malformed(self) -> int:
-        return len(self.orders) - self.valid
-
-    @property
-    def applied(self) -> int:
-        return sum(node.applied for node in self.nodes)
-
-    @property
-    def rejected(self) -> int:
-        return sum(node.malformed for node in self.nodes)
-
-    def problem(self) -> str | None:
-        """Why the run is not correct, in one line; ``None`` when it is."""
-        if self.applied != self.valid:
-            waited = " within the timeout" if self.timed_out else ""
-            return f"{self.applied} of {self.valid} valid events were applied{waited}"
-        if self.rejected != self.malformed:
-            return f"{self.rejected} of {self.malformed} malformed events were rejected"
-        expected = expected_totals(self.orders)
-        wrong = sorted(
-            customer
-            for customer in expected.keys() | self.totals.keys()
-            if expected.get(customer) != self.totals.get(customer)
-        )
-        if wrong:
-            first = wrong[0]
-            return (
-                f"the projection is wrong for {len(wrong)} customer(s), e.g. {first}: "
-                f"expected {_describe(expected.get(first))}, "
-                f"found {_describe(self.totals.get(first))}"
-            )
-        return None
-
-
-def _describe(totals: CustomerTotals | None) -> str:
-    if totals is None:
-        return "no totals"
-    return f"{totals.order_count} orders, {totals.total_amount_cents} cents"
-
-
 def run(args: argparse.Namespace) -> int:
     """The command: run the demo, print its report, return the exit status."""
     try:
@@ -250,7 +187,7 @@ async def run_demo(
         names = DemoNames(run_id=uuid4().hex[:8])
     orders = generate_orders(options.events, malformed=options.malformed)
     cluster = DemoCluster(
-        options.settings_for, observers=options.observers, names=names
+        options.settings_for, demo_node, observers=options.observers, names=names
     )
     try:
         await cluster.start(registration_timeout=options.timeout)
@@ -271,16 +208,6 @@ async def run_demo(
     )
 
 
-async def prepare_database(postgres: PostgresSettings) -> None:
-    """Wait for the database (with retries), then apply the schema (idempotent)."""
-    await wait_for_database(
-        postgres.conninfo(),
-        where=postgres_location(postgres),
-        connect_timeout=postgres.connect_timeout,
-    )
-    await migrate(postgres.conninfo())
-
-
 async def publish_and_follow(
     cluster: DemoCluster,
     orders: Sequence[Order],
@@ -291,7 +218,7 @@ async def publish_and_follow(
     """Publish while showing progress, until every order is processed or
     ``patience`` seconds have passed; returns (seconds taken, whether timed out).
     """
-    event_store = await cluster.event_store()
+    event_store = cluster.event_store
     total = len(orders)
     with Progress(
         TextColumn("{task.description:>9}"),
@@ -336,67 +263,6 @@ def _finished(publishing: "asyncio.Task[None]", processed: int, total: int) -> b
     return publishing.exception() is not None or processed >= total
 
 
-def print_report(result: DemoResult, console: Console) -> None:
-    table = Table(box=box.SIMPLE_HEAD, title=None, pad_edge=False)
-    table.add_column("node")
-    table.add_column("role")
-    table.add_column("processed", justify="right")
-    table.add_column("malformed", justify="right")
-    table.add_column("shards held")
-    for node in result.nodes:
-        table.add_row(
-            node.node_id,
-            str(node.role),
-            str(node.applied),
-            str(node.malformed),
-            _sources(node.sources),
-        )
-    table.add_section()
-    held = sum(len(node.sources) for node in result.nodes)
-    table.add_row(
-        "total",
-        "",
-        str(result.applied),
-        str(result.rejected),
-        f"{held} of {SHARD_COUNT}",
-    )
-    console.print(table)
-    line = partial(console.print, soft_wrap=True, markup=False, highlight=False)
-    customers = len(expected_totals(result.orders))
-    line(
-        f"published {len(result.orders)} events ({result.valid} valid, "
-        f"{result.malformed} malformed) for {customers} customers over "
-        f"{SHARD_COUNT} categories; storage: {result.storage}"
-    )
-    rate = len(result.orders) / max(result.elapsed_seconds, 1e-3)
-    line(
-        f"elapsed: {result.elapsed_seconds:.2f}s from the first publish to the last "
-        f"event processed ({rate:.0f} events/s)"
-    )
-    replayed = sum(node.replayed for node in result.nodes)
-    if replayed:
-        line(f"replayed deliveries skipped: {replayed}")
-    problem = result.problem()
-    if problem is None:
-        line(
-            f"check: passed: all {result.valid} valid events applied once, "
-            f"{result.malformed} malformed events logged and skipped, projection "
-            f"of {customers} customers correct"
-        )
-    else:
-        line(f"check: FAILED: {problem}")
-
-
-def _sources(categories: Sequence[str]) -> str:
-    # The categories are "orders[-<run id>]-<shard>": the shard numbers suffice.
-    shards = [category.rsplit("-", 1)[-1] for category in categories]
-    return ",".join(sorted(shards, key=_shard_key)) or "-"
-
-
-def _shard_key(shard: str) -> tuple[int, str]:
-    return (int(shard), shard) if shard.isdigit() else (SHARD_COUNT, shard)
-
-
 def _at_least_warning(level: str) -> str:
     levels = logging.getLevelNamesMapping()
     return max(level.upper(), "WARNING", key=levels.__getitem__)
@@ -413,36 +279,6 @@ class _CurrentStderr(io.TextIOBase):
 
 
 _CURRENT_STDERR = cast(TextIO, _CurrentStderr())
-
-
-def _positive_int(text: str) -> int:
-    value = _number(text, int)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = _number(text, int)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = _number(text, float)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value:g}")
-    return value
-
-
-def _number[N: (int, float)](text: str, kind: type[N]) -> N:
-    try:
-        return kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
-        ) from None
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ import argparse
 from collections.abc import Sequence
 
 from ..settings import settings_with_sources
-from .run import add_settings_arguments
+from .options import add_settings_arguments
 
 
 def add_parser(

@@ -3,13 +3,21 @@
 - ``orders``: the "order-placed" events, sharded over ``SHARD_COUNT`` categories by
   customer; a deterministic publisher; the totals the projection must reach.
 - ``processor``: ``CustomerTotalsProcessor``, idempotent, skipping malformed events.
-- ``DemoContainer``: how an application declares its consumers
-  (``eventcomposition run --app eventcomposition.demo:DemoContainer``).
 - ``DemoCluster``: a coordinator and K observers in one process (the demo command).
+
+Its container, ``DemoContainer``, lives with the composition root in
+``eventcomposition.containers.demo``; ``eventcomposition.demo:DemoContainer`` names
+it too (loaded on first use, so this package never imports dependency-injector).
 """
 
-from .cluster import DemoCluster, DemoClusterError, NodeSummary
-from .container import DemoContainer
+from .cluster import (
+    DemoCluster,
+    DemoClusterError,
+    DemoNode,
+    NodeFactory,
+    NodeSummary,
+    SharedMemory,
+)
 from .orders import (
     ORDER_PLACED,
     SHARD_COUNT,
@@ -32,11 +40,13 @@ __all__ = [
     "CustomerTotalsProcessor",
     "DemoCluster",
     "DemoClusterError",
-    "DemoContainer",
     "DemoNames",
+    "DemoNode",
     "MalformedOrderError",
+    "NodeFactory",
     "NodeSummary",
     "Order",
+    "SharedMemory",
     "amount_of",
     "expected_totals",
     "generate_orders",
@@ -45,3 +55,13 @@ __all__ = [
     "read_totals",
     "shard_of",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # ``--app eventcomposition.demo:DemoContainer`` keeps working; the container
+    # itself belongs to the composition root.
+    if name == "DemoContainer":
+        from ..containers.demo import DemoContainer
+
+        return DemoContainer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,36 +1,36 @@
 """A whole cluster of the sample application in one process: what the demo runs.
 
-One coordinator-only node and K observer-only nodes, each its own
-``DemoContainer``. In memory they share one ``InMemoryClusterState`` (events and
+One coordinator-only node and K observer-only nodes, each an ``EventNode`` made
+by a ``NodeFactory`` (the demo command passes
+``eventcomposition.containers.demo.demo_node``). In memory they share one ``InMemoryClusterState`` (events and
 coordination) and one projection storage; on PostgreSQL each node has its own pool
 on the same database, as separate processes would.
 """
 
-import asyncio
-import inspect
-import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from dependency_injector import providers
 from logicblocks.event.processing.broker.strategies.distributed import (
     EventSubscriberState,
     PostgresEventSubscriberStateStore,
     PostgresEventSubscriptionStateStore,
 )
-from logicblocks.event.projection import InMemoryProjectionStorageAdapter
+from logicblocks.event.projection import (
+    InMemoryProjectionStorageAdapter,
+    ProjectionStore,
+)
 from logicblocks.event.store import EventStore
 from logicblocks.event.types import CategoryIdentifier, EventSourceIdentifier
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from ..broker import BrokerRole, InMemoryClusterState
-from ..containers import build_container, resolve, shutdown
 from ..errors import EventCompositionError
-from ..runtime import EventRuntime
+from ..node import EventNode
 from ..settings import EventCompositionSettings
-from .container import DemoContainer
+from ..waiting import wait_for
 from .orders import DemoNames
 from .processor import CustomerTotalsProcessor
 from .totals import CustomerTotals, read_totals
@@ -99,30 +99,40 @@ class PostgresClusterView:
         return held
 
 
-@dataclass
+@dataclass(frozen=True)
+class SharedMemory:
+    """What the in-memory nodes of one process share: events, coordination and
+    projections."""
+
+    cluster_state: InMemoryClusterState = field(default_factory=InMemoryClusterState)
+    projections: InMemoryProjectionStorageAdapter = field(
+        default_factory=InMemoryProjectionStorageAdapter
+    )
+
+
+@dataclass(frozen=True)
 class DemoNode:
-    node_id: str
-    role: BrokerRole
-    container: DemoContainer
-    runtime: EventRuntime | None = None
-    processor: CustomerTotalsProcessor | None = None
+    """One node of the sample application and the parts the demo reads."""
+
+    node: EventNode
+    processor: CustomerTotalsProcessor
+    event_store: EventStore
+    projection_store: ProjectionStore
+    pool: AsyncConnectionPool[AsyncConnection[Any]] | None = None
 
     @property
-    def applied(self) -> int:
-        return self.processor.applied if self.processor else 0
+    def node_id(self) -> str:
+        return self.node.node_id
 
     @property
-    def malformed(self) -> int:
-        return self.processor.malformed if self.processor else 0
+    def role(self) -> BrokerRole:
+        return self.node.role
 
-    @property
-    def replayed(self) -> int:
-        return self.processor.replayed if self.processor else 0
 
-    async def start(self) -> None:
-        self.processor = await resolve(self.container.processor)
-        self.runtime = await resolve(self.container.runtime)
-        await self.runtime.start()
+type NodeFactory = Callable[
+    [EventCompositionSettings, DemoNames, SharedMemory | None], Awaitable[DemoNode]
+]
+"""Builds one node from its settings, the run's names and the shared memory."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +159,7 @@ class DemoCluster:
     def __init__(
         self,
         settings_for: SettingsFor,
+        make_node: NodeFactory,
         *,
         observers: int,
         names: DemoNames | None = None,
@@ -156,20 +167,14 @@ class DemoCluster:
         if observers < 1:
             raise ValueError(f"need at least one observer, got {observers}")
         self.names = names or DemoNames()
+        self._settings_for = settings_for
+        self._make_node = make_node
         plan = [(f"observer-{n}", BrokerRole.OBSERVER) for n in range(1, observers + 1)]
         plan.append((COORDINATOR_ID, BrokerRole.COORDINATOR))
-        self.nodes = [
-            self._node(node_id, settings_for(node_id, role), role)
-            for node_id, role in plan
-        ]
-        self._state: InMemoryClusterState | None = None
-        self._projections: InMemoryProjectionStorageAdapter | None = None
-        if self.storage_type == "memory":
-            self._share_memory_storage()
-
-    @property
-    def storage_type(self) -> str:
-        return str(self.coordinator.container.storage_type())
+        self._plan = plan
+        self.nodes: list[DemoNode] = []
+        self._shared: SharedMemory | None = None
+        self._stack = AsyncExitStack()
 
     @property
     def observers(self) -> list[DemoNode]:
@@ -179,37 +184,30 @@ class DemoCluster:
     def coordinator(self) -> DemoNode:
         return self.nodes[-1]
 
-    def _node(
-        self, node_id: str, settings: EventCompositionSettings, role: BrokerRole
-    ) -> DemoNode:
-        if settings.node.id != node_id or settings.node.role is not role:
-            raise ValueError(
-                f"settings for node '{node_id}' name node '{settings.node.id}' "
-                f"with role '{settings.node.role}'"
-            )
-        container = build_container(DemoContainer, settings)
-        container.names.override(providers.Object(self.names))
-        return DemoNode(node_id=node_id, role=role, container=container)
+    async def _build(self) -> None:
+        for node_id, role in self._plan:
+            settings = self._settings_for(node_id, role)
+            if settings.node.id != node_id or settings.node.role is not role:
+                raise ValueError(
+                    f"settings for node '{node_id}' name node '{settings.node.id}' "
+                    f"with role '{settings.node.role}'"
+                )
+            if settings.storage.type == "memory" and self._shared is None:
+                self._shared = SharedMemory()
+            self.nodes.append(await self._make_node(settings, self.names, self._shared))
 
-    def _share_memory_storage(self) -> None:
-        self._state = InMemoryClusterState()
-        self._projections = InMemoryProjectionStorageAdapter()
-        for node in self.nodes:
-            node.container.cluster_state.override(providers.Object(self._state))
-            node.container.projection_storage_adapter.override(
-                providers.Object(self._projections)
-            )
+    def view(self) -> ClusterView:
+        if self._shared is not None:
+            return InMemoryClusterView(self._shared.cluster_state)
+        pool = self.coordinator.pool
+        if pool is None:
+            raise DemoClusterError("a PostgreSQL demo node has no pool")
+        return PostgresClusterView(pool)
 
-    async def view(self) -> ClusterView:
-        if self._state is not None:
-            return InMemoryClusterView(self._state)
-        return PostgresClusterView(
-            await resolve(self.coordinator.container.connection_pool)
-        )
-
-    async def event_store(self) -> EventStore:
+    @property
+    def event_store(self) -> EventStore:
         """Where to publish: the coordinator's store, on the cluster's storage."""
-        return await resolve(self.coordinator.container.event_store)
+        return self.coordinator.event_store
 
     async def start(self, *, registration_timeout: float) -> None:
         """Start the observers, wait for their subscribers, start the coordinator.
@@ -217,13 +215,20 @@ class DemoCluster:
         Raises ``DemoClusterError`` when the observers' subscribers are not all
         registered within ``registration_timeout`` seconds.
         """
-        view = await self.view()
+        await self._build()
         for node in self.observers:
-            await node.start()
+            await self._stack.enter_async_context(node.node)
+        # The coordinator's pool serves the view; it opens with its node, later.
+        view = (
+            self.view()
+            if self._shared is not None
+            else PostgresClusterView(_pool_of(self.observers[0]))
+        )
         expected = {node.node_id for node in self.observers}
-        if not await _eventually(
+        if not await wait_for(
             lambda: _subscribed(view, self.names.subscriber_group, expected),
-            within=registration_timeout,
+            timeout=registration_timeout,
+            interval=0.05,
         ):
             registered = await view.subscriber_nodes(self.names.subscriber_group)
             raise DemoClusterError(
@@ -231,15 +236,15 @@ class DemoCluster:
                 f"{registration_timeout:g}s "
                 f"(registered: {', '.join(sorted(registered)) or 'none'})"
             )
-        await self.coordinator.start()
+        await self._stack.enter_async_context(self.coordinator.node)
 
     @property
     def applied(self) -> int:
-        return sum(node.applied for node in self.nodes)
+        return sum(node.processor.applied for node in self.nodes)
 
     @property
     def malformed(self) -> int:
-        return sum(node.malformed for node in self.nodes)
+        return sum(node.processor.malformed for node in self.nodes)
 
     @property
     def processed(self) -> int:
@@ -247,14 +252,14 @@ class DemoCluster:
 
     async def summaries(self) -> list[NodeSummary]:
         """Each node's counts and the sources it holds now."""
-        held = await (await self.view()).sources_by_node(self.names.subscriber_group)
+        held = await self.view().sources_by_node(self.names.subscriber_group)
         return [
             NodeSummary(
                 node_id=node.node_id,
                 role=node.role,
-                applied=node.applied,
-                malformed=node.malformed,
-                replayed=node.replayed,
+                applied=node.processor.applied,
+                malformed=node.processor.malformed,
+                replayed=node.processor.replayed,
                 sources=tuple(sorted(_names_of(held.get(node.node_id, [])))),
             )
             for node in self.nodes
@@ -262,49 +267,24 @@ class DemoCluster:
 
     async def totals(self) -> dict[str, CustomerTotals]:
         """The projection as stored (read through the coordinator's storage)."""
-        store = await resolve(self.coordinator.container.projection_store)
-        return await read_totals(store, self.names.projection_name)
+        return await read_totals(
+            self.coordinator.projection_store, self.names.projection_name
+        )
 
     async def stop(self) -> None:
-        """Stop every node gracefully (observers first); raises the first failure."""
-        failures: list[Exception] = []
-        for node in self.nodes:
-            try:
-                await _stop_node(node.container)
-            except Exception as error:
-                failures.append(error)
-        if failures:
-            raise failures[0]
+        """Stop every node gracefully, in reverse of their start (the coordinator
+        first); raises the first failure."""
+        await self._stack.aclose()
 
 
-async def _stop_node(container: DemoContainer) -> None:
-    # The runtime first, while the node's pool is still open: dependency-injector
-    # orders shutdowns by direct dependencies only, and the runtime reaches the pool
-    # only through the broker, so ``shutdown`` alone may close the pool under a
-    # stopping broker (whose subscriber manager then fails and restarts forever).
-    pending = container.runtime.shutdown()
-    if inspect.isawaitable(pending):
-        await pending
-    await shutdown(container)
+def _pool_of(node: DemoNode) -> AsyncConnectionPool[AsyncConnection[Any]]:
+    if node.pool is None:
+        raise DemoClusterError(f"demo node '{node.node_id}' has no PostgreSQL pool")
+    return node.pool
 
 
 async def _subscribed(view: ClusterView, group: str, expected: set[str]) -> bool:
     return expected <= set(await view.subscriber_nodes(group))
-
-
-async def _eventually(
-    condition: Callable[[], Awaitable[bool]],
-    *,
-    within: float,
-    interval: float = 0.05,
-) -> bool:
-    deadline = time.monotonic() + within
-    while True:
-        if await condition():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(interval)
 
 
 def _names_of(sources: Sequence[EventSourceIdentifier]) -> list[str]:

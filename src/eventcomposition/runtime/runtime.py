@@ -1,5 +1,5 @@
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from types import TracebackType
 from typing import Any, Self
@@ -19,6 +19,7 @@ from logicblocks.event.processing import (
 )
 from logicblocks.event.types import StoredEvent
 
+from ..broker import BrokerRole
 from .consumer_service import ConsumerService
 from .errors import RuntimeLifecycleError
 from .registrations import (
@@ -57,8 +58,11 @@ class EventRuntime:
         event_broker: EventBroker[StoredEvent],
         service_manager: ServiceManager,
         default_consumer_settings: EventConsumerSettings | None = None,
+        *,
+        role: BrokerRole = BrokerRole.FULL,
     ) -> None:
         self._node_id = node_id
+        self._role = BrokerRole(role)
         self._event_broker = event_broker
         self._service_manager = service_manager
         self._default_consumer_settings = (
@@ -72,6 +76,11 @@ class EventRuntime:
     @property
     def node_id(self) -> str:
         return self._node_id
+
+    @property
+    def role(self) -> BrokerRole:
+        """The node's role in its cluster, as given by whoever built the runtime."""
+        return self._role
 
     @property
     def event_broker(self) -> EventBroker[StoredEvent]:
@@ -175,6 +184,24 @@ class EventRuntime:
                 await self.register_subscriber(subscriber)
                 return None
 
+    async def register_all(self, registrations: Sequence[Registration]) -> list[str]:
+        """Register every declaration; returns the consumers' service names.
+
+        A coordinator-only node processes nothing: its declarations are skipped
+        (with one log line), so one application declaration serves every role.
+        """
+        if not self._role.observes:
+            if registrations:
+                self._logger.info(
+                    "runtime.consumers-not-registered",
+                    role=str(self._role),
+                    declared=len(registrations),
+                    reason="a coordinator-only node processes nothing",
+                )
+            return []
+        names = [await self.register(registration) for registration in registrations]
+        return [name for name in names if name is not None]
+
     async def start(self) -> None:
         """Start the broker and every registered consumer."""
         match self._phase:
@@ -198,7 +225,7 @@ class EventRuntime:
         await self._service_manager.start()
         self._logger.info(
             "runtime.started",
-            role=str(getattr(self._event_broker, "role", "n/a")),
+            role=str(self._role),
             consumers=list(self._consumer_services),
         )
 

@@ -16,6 +16,7 @@ from typing import Annotated, Literal, Self
 from uuid import uuid4
 
 from logicblocks.event.persistence.postgres import ConnectionSettings
+from logicblocks.event.processing import IsolationMode
 from psycopg.conninfo import make_conninfo
 from pydantic import (
     AfterValidator,
@@ -23,6 +24,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     SecretStr,
     field_validator,
     model_validator,
@@ -36,14 +38,13 @@ from pydantic_settings import (
 )
 
 from eventcomposition.broker import BrokerRole
+from eventcomposition.runtime.settings import ErrorPolicy
 
 ENV_PREFIX = "EVENTCOMPOSITION_"
 ENV_NESTED_DELIMITER = "__"
 
 StorageType = Literal["memory", "postgres"]
 BrokerType = Literal["distributed", "singleton"]
-IsolationMode = Literal["main_thread", "shared_thread", "dedicated_thread"]
-ErrorPolicy = Literal["continue", "retry", "raise", "exit"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 LogFormat = Literal["console", "json"]
 
@@ -65,6 +66,28 @@ def _upper(value: object) -> object:
 
 def _lower(value: object) -> object:
     return value.lower() if isinstance(value, str) else value
+
+
+def _isolation_mode_by_name(value: object) -> object:
+    # Settings name logicblocks' IsolationMode members in lower case.
+    if isinstance(value, str):
+        try:
+            return IsolationMode[value.upper()]
+        except KeyError:
+            raise PydanticCustomError(
+                "isolation_mode",
+                "must be one of: {names}",
+                {"names": ", ".join(m.name.lower() for m in IsolationMode)},
+            ) from None
+    return value
+
+
+# logicblocks' own enum, named in lower case in files and environment variables.
+IsolationModeSetting = Annotated[
+    IsolationMode,
+    BeforeValidator(_isolation_mode_by_name),
+    PlainSerializer(lambda mode: mode.name.lower(), return_type=str),
+]
 
 
 def _positive(value: timedelta) -> timedelta:
@@ -126,6 +149,10 @@ class PostgresSettings(_Section):
             user=self.user,
             password=self._revealed_password() or "",
         )
+
+    def location(self) -> str:
+        """Where the database is, for messages: host, port and database, no secret."""
+        return f"{self.host}:{self.port}/{self.database}"
 
     def conninfo(self) -> str:
         """A psycopg/libpq connection string, including the password if set."""
@@ -189,8 +216,8 @@ class ConsumerSettings(_Section):
     """Defaults for every consumer the runtime starts."""
 
     poll_interval: Interval = timedelta(seconds=1)
-    isolation_mode: IsolationMode = "main_thread"
-    error_policy: ErrorPolicy = "continue"
+    isolation_mode: IsolationModeSetting = IsolationMode.MAIN_THREAD
+    error_policy: Annotated[ErrorPolicy, BeforeValidator(_lower)] = ErrorPolicy.CONTINUE
     retry_initial_delay: Interval = timedelta(milliseconds=100)
     retry_max_delay: Interval = timedelta(seconds=10)
     stop_timeout: Interval = timedelta(seconds=10)
@@ -297,7 +324,7 @@ class EventCompositionSettings(BaseSettings):
         # trap 4): consumers in other threads would hang on it.
         if (
             self.storage.type == "postgres"
-            and self.consumers.isolation_mode != "main_thread"
+            and self.consumers.isolation_mode is not IsolationMode.MAIN_THREAD
         ):
             raise PydanticCustomError(
                 "postgres_needs_main_thread",

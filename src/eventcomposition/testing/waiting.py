@@ -1,10 +1,6 @@
-"""Waiting on conditions with a timeout, instead of sleeping a fixed time."""
+"""Waiting on conditions with a timeout in tests, instead of sleeping a fixed time."""
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
-
-type Condition = Callable[[], bool | Awaitable[bool]]
+from ..waiting import Condition, wait_for
 
 
 async def wait_until(
@@ -20,14 +16,6 @@ async def wait_until(
     ``AssertionError`` names what was awaited, so a failing test says what did not
     happen.
     """
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() >= deadline:
-            what = description or getattr(condition, "__name__", repr(condition))
-            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
-        await asyncio.sleep(interval)
+    if not await wait_for(condition, timeout=timeout, interval=interval):
+        what = description or getattr(condition, "__name__", repr(condition))
+        raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")

@@ -1,10 +1,11 @@
 """The sample application's container: how an application declares its consumers.
 
-    eventcomposition run --app eventcomposition.demo:DemoContainer --role observer
+    eventcomposition run --app eventcomposition.containers.demo:DemoContainer --role observer
 
 An application subclasses ``EventRuntimeContainer``, declares its own providers
 (here a projection store and a processor) and redefines ``consumers``. Providers of
 the base are referred to as ``EventRuntimeContainer.<name>`` in the class body.
+``demo_node`` is how the demo command builds its nodes without knowing containers.
 """
 
 from dependency_injector import providers
@@ -15,10 +16,13 @@ from logicblocks.event.projection import (
 )
 
 from ..consumers import make_subscription_consumer
-from ..containers import EventRuntimeContainer
+from ..demo.cluster import DemoNode, SharedMemory
+from ..demo.orders import DemoNames
+from ..demo.processor import CustomerTotalsProcessor
 from ..runtime import SubscriptionConsumerRegistration
-from .orders import DemoNames
-from .processor import CustomerTotalsProcessor
+from ..settings import EventCompositionSettings
+from . import build_container, resolve
+from .declarations import EventRuntimeContainer
 
 
 class DemoContainer(EventRuntimeContainer):
@@ -61,4 +65,32 @@ class DemoContainer(EventRuntimeContainer):
                 event_processor=processor,
             ),
         )
+    )
+
+
+async def demo_node(
+    settings: EventCompositionSettings,
+    names: DemoNames,
+    shared: SharedMemory | None = None,
+) -> DemoNode:
+    """One node of the sample application over ``settings``, not started.
+
+    ``shared`` makes in-memory nodes of one process share their events,
+    coordination state and projections.
+    """
+    container = build_container(DemoContainer, settings)
+    container.names.override(providers.Object(names))
+    if shared is not None:
+        container.cluster_state.override(providers.Object(shared.cluster_state))
+        container.projection_storage_adapter.override(
+            providers.Object(shared.projections)
+        )
+    return DemoNode(
+        node=await resolve(container.node),
+        processor=await resolve(container.processor),
+        event_store=await resolve(container.event_store),
+        projection_store=await resolve(container.projection_store),
+        pool=await resolve(container.connection_pool)
+        if settings.storage.type == "postgres"
+        else None,
     )

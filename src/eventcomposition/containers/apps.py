@@ -1,0 +1,83 @@
+"""Finding an application's container from ``module:attribute``, for entry points."""
+
+import importlib
+import inspect
+import os
+import sys
+from typing import Any
+
+from dependency_injector import containers, providers
+
+from ..errors import EventCompositionError
+from ..node import EventNode
+from ..settings import EventCompositionSettings
+from .declarations import EventRuntimeContainer
+
+DEFAULT_APP = "eventcomposition.containers:EventRuntimeContainer"
+
+
+class ApplicationError(EventCompositionError):
+    """``--app`` does not name a usable application container."""
+
+
+def load_app(path: str) -> object:
+    """The object ``module:attribute`` names; the working directory is importable."""
+    module_name, separator, attribute = path.partition(":")
+    if not separator or not module_name or not attribute:
+        raise ApplicationError(
+            f"--app {path!r} is not of the form module:attribute "
+            "(e.g. myapp.containers:AppContainer)"
+        )
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ApplicationError(
+            f"cannot import the app module {module_name!r}: {error}"
+        ) from None
+    target: object = module
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise ApplicationError(
+                f"the app module {module_name!r} has no attribute {attribute!r}"
+            ) from None
+    return target
+
+
+def application_container(path: str, settings: EventCompositionSettings) -> Any:
+    """The container ``path`` names, built over ``settings``.
+
+    ``path`` names an ``EventRuntimeContainer`` subclass, or a callable that returns
+    a container with the same providers (``settings``, ``node``).
+    """
+    target = load_app(path)
+    if isinstance(target, type) and issubclass(target, EventRuntimeContainer):
+        container: Any = target()
+    elif isinstance(target, type) or not callable(target):
+        raise ApplicationError(
+            f"--app {path!r} is neither an EventRuntimeContainer subclass nor a "
+            "callable returning a container"
+        )
+    else:
+        container = target()
+        if not isinstance(container, containers.Container) or not all(
+            isinstance(getattr(container, name, None), providers.Provider)
+            for name in ("settings", "node")
+        ):
+            raise ApplicationError(
+                f"--app {path!r} returned {type(container).__name__}, not a "
+                "container with 'settings' and 'node' providers (subclass "
+                "EventRuntimeContainer)"
+            )
+    container.settings.override(providers.Object(settings))
+    return container
+
+
+async def node_for(path: str, settings: EventCompositionSettings) -> EventNode:
+    """The node of the application ``path`` names, over ``settings``; not started."""
+    provided = application_container(path, settings).node()
+    node: EventNode = await provided if inspect.isawaitable(provided) else provided
+    return node

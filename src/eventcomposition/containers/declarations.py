@@ -1,0 +1,133 @@
+"""``EventRuntimeContainer``: the providers that declare one node."""
+
+from collections.abc import AsyncIterator
+from operator import attrgetter
+from typing import Any
+
+from dependency_injector import containers, providers
+from logicblocks.event.processing import ServiceManager
+from logicblocks.event.processing.broker import EventBrokerStorageType
+from logicblocks.event.store import EventStore, PostgresEventStorageAdapter
+
+from ..broker import InMemoryClusterState, make_event_broker
+from ..node import EventNode
+from ..runtime import EventRuntime
+from ..settings import PostgresSettings, load_settings
+from .mapping import (
+    broker_settings_from,
+    broker_type_from,
+    consumer_settings_from,
+    postgres_database,
+)
+from .redefinitions import use_redefinitions
+
+
+async def new_node(**parts: Any) -> EventNode:
+    """An ``EventNode`` (async, so that ``await container.node()`` always works)."""
+    return EventNode(**parts)
+
+
+async def node_runtime(node: EventNode) -> AsyncIterator[EventRuntime]:
+    """The node's runtime, registered but not started (``EventNode.prepared``)."""
+    async with node.prepared() as runtime:
+        yield runtime
+
+
+class EventRuntimeContainer(containers.DeclarativeContainer):
+    """Declares one node: its settings, storage, broker, consumers, services and node.
+
+    A subclass may redefine any provider (``consumers`` and ``services`` above all):
+    the inherited providers that depend on it then use the redefinition.
+    """
+
+    settings = providers.Singleton(load_settings)
+
+    node_id = providers.Callable(attrgetter("node.id"), settings)
+    role = providers.Callable(attrgetter("node.role"), settings)
+    storage_type = providers.Callable(attrgetter("storage.type"), settings)
+    postgres_settings = providers.Callable(attrgetter("storage.postgres"), settings)
+
+    # Memory storage: one process's events and coordination state. Nodes in one
+    # process cooperate when their containers share this object.
+    cluster_state = providers.Singleton(InMemoryClusterState)
+
+    # PostgreSQL storage: a pool created closed, which the node opens first and
+    # closes last. Nothing connects while the container is being resolved.
+    connection_settings = providers.Callable(
+        PostgresSettings.connection_settings, postgres_settings
+    )
+    database = providers.Selector(
+        storage_type,
+        memory=providers.Object(None),
+        postgres=providers.Singleton(postgres_database, postgres_settings),
+    )
+    connection_pool = providers.Callable(attrgetter("pool"), database)
+
+    event_storage_adapter = providers.Selector(
+        storage_type,
+        memory=cluster_state.provided.adapter,
+        postgres=providers.Singleton(
+            PostgresEventStorageAdapter, connection_source=connection_pool
+        ),
+    )
+    event_store = providers.Singleton(EventStore, adapter=event_storage_adapter)
+
+    broker_type = providers.Callable(broker_type_from, settings)
+    broker_settings = providers.Callable(broker_settings_from, settings)
+    broker = providers.Selector(
+        storage_type,
+        memory=providers.Singleton(
+            make_event_broker,
+            node_id,
+            broker_type,
+            EventBrokerStorageType.InMemory,
+            settings=broker_settings,
+            cluster_state=cluster_state,
+        ),
+        postgres=providers.Singleton(
+            make_event_broker,
+            node_id,
+            broker_type,
+            EventBrokerStorageType.Postgres,
+            settings=broker_settings,
+            connection_settings=connection_settings,
+            connection_pool=connection_pool,
+            adapter=event_storage_adapter,
+        ),
+    )
+
+    service_manager = providers.Singleton(ServiceManager)
+    consumer_settings = providers.Callable(consumer_settings_from, settings)
+
+    # What the node registers on its runtime: redefine it in a subclass, or
+    # override it.
+    consumers = providers.List()
+
+    event_runtime = providers.Singleton(
+        EventRuntime,
+        node_id=node_id,
+        event_broker=broker,
+        service_manager=service_manager,
+        default_consumer_settings=consumer_settings,
+        role=role,
+    )
+
+    # The node's extra services (async context managers), entered after the
+    # runtime starts and exited before it stops: redefine or override it.
+    services = providers.List()
+
+    node = providers.Singleton(
+        new_node,
+        runtime=event_runtime,
+        registrations=consumers,
+        services=services,
+        database=database,
+    )
+
+    # The node's runtime, registered and not started; ``shutdown(container)``
+    # stops it and closes the database.
+    runtime = providers.Resource(node_runtime, node)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        use_redefinitions(cls)
