@@ -2,7 +2,9 @@
 
 - ``BrokerRole`` and the role-aware ``DistributedEventBroker``: coordinator-only,
   observer-only or full nodes.
-- ``EventRuntime``: register a consumer in one call; start, watch and stop a node.
+- ``EventRuntime``: register a consumer in one call; start, watch and stop it.
+- ``EventNode``: one running node: its database, runtime and extra services,
+  opened in order and closed in reverse.
 """
 
 from .broker import (
@@ -14,6 +16,7 @@ from .broker import (
     make_event_broker,
 )
 from .errors import EventCompositionError
+from .node import EventNode
 from .retry import Backoff
 from .runtime import EventConsumerSettings, EventRuntime, RuntimeLifecycleError
 
@@ -25,6 +28,7 @@ __all__ = [
     "DistributedEventBrokerSettings",
     "EventCompositionError",
     "EventConsumerSettings",
+    "EventNode",
     "EventRuntime",
     "InMemoryClusterState",
     "RuntimeLifecycleError",

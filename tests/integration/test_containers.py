@@ -349,3 +349,82 @@ async def test_a_subclass_redefinition_survives_reset_override() -> None:
         runtime = await resolve(container.runtime)
 
     assert len(runtime.service_statuses) == 2
+
+
+class ServiceJournal:
+    """Extra node services that record what they saw of the node's runtime."""
+
+    def __init__(self) -> None:
+        self.entries: list[str] = []
+
+    def service(self, name: str, runtime: EventRuntime) -> "JournalingService":
+        return JournalingService(name, runtime, self.entries)
+
+
+class JournalingService:
+    def __init__(self, name: str, runtime: EventRuntime, entries: list[str]) -> None:
+        self.name = name
+        self._runtime = runtime
+        self._entries = entries
+
+    async def __aenter__(self) -> "JournalingService":
+        self._entries.append(f"enter {self.name}: runtime {self._state()}")
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self._entries.append(f"exit {self.name}: runtime {self._state()}")
+
+    def _state(self) -> str:
+        if self._runtime.stopped:
+            return "stopped"
+        return "started" if self._runtime.started else "new"
+
+
+class AppWithServices(EventRuntimeContainer):
+    journal = providers.Singleton(ServiceJournal)
+    services = providers.List(
+        providers.Factory(
+            JournalingService,
+            name="listener",
+            runtime=EventRuntimeContainer.event_runtime,
+            entries=journal.provided.entries,
+        ),
+        providers.Factory(
+            JournalingService,
+            name="http",
+            runtime=EventRuntimeContainer.event_runtime,
+            entries=journal.provided.entries,
+        ),
+    )
+
+
+async def test_an_application_adds_services_that_run_inside_the_runtime(
+    storage: str, database: ConnectionInfo | None
+) -> None:
+    async with container_for_test(
+        AppWithServices,
+        environment="test",
+        settings_dir=SETTINGS_DIR,
+        **storage_overrides(storage, database),
+    ) as container:
+        node = await container.node()
+        journal = await resolve(container.journal)
+        assert node is await resolve(container.node)
+        assert not node.runtime.started
+        async with node:
+            assert set(node.service_statuses) >= {
+                "JournalingService",
+                "JournalingService#2",
+                "event-broker",
+            }
+            if storage == "postgres":
+                assert not (await resolve(container.connection_pool)).closed
+        if storage == "postgres":
+            assert (await resolve(container.connection_pool)).closed
+
+    assert journal.entries == [
+        "enter listener: runtime started",
+        "enter http: runtime started",
+        "exit http: runtime started",
+        "exit listener: runtime started",
+    ]
