@@ -27,7 +27,7 @@ from eventcomposition.testing.processes import (
 
 from .common import PROJECT_ROOT, SETTINGS_DIR
 
-APP = "eventcomposition.demo:DemoContainer"
+APP = "eventcomposition.containers.demo:DemoContainer"
 NAMES = DemoNames()
 ALL_CATEGORIES = frozenset(NAMES.category(shard) for shard in range(SHARD_COUNT))
 START_TIMEOUT = 90.0

@@ -57,7 +57,7 @@ BUILD_AND_RESOLVE = """
 import asyncio, json, sys, time
 t0 = time.perf_counter()
 from eventcomposition.containers import build_container, resolve, shutdown
-from eventcomposition.demo import DemoContainer
+from eventcomposition.containers.demo import DemoContainer
 from eventcomposition.logs import configure_logging
 from eventcomposition.settings import load_settings
 t1 = time.perf_counter()
@@ -139,7 +139,7 @@ async def run(ctx: BenchContext) -> None:
     say("\n== 5. Cost of the container: imports, build and resolve ==")
     say(
         f"{reps} fresh interpreters per row ({sys.executable}), with a bytecode "
-        "cache unless said otherwise; the app is eventcomposition.demo:DemoContainer "
+        "cache unless said otherwise; the app is eventcomposition.containers.demo:DemoContainer "
         "with the development settings."
     )
     # One unmeasured start fills the bytecode cache.

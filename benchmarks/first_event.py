@@ -43,7 +43,6 @@ from eventcomposition.containers import (
     EventRuntimeContainer,
     build_container,
     resolve,
-    shutdown,
 )
 from eventcomposition.demo import DemoNames, generate_orders
 from eventcomposition.runtime import SubscriptionConsumerRegistration
@@ -199,8 +198,8 @@ async def one_run(
         container.cluster_state.override(
             providers.Object(InMemoryClusterState(adapter))
         )
-    try:
-        runtime = await resolve(container.runtime)
+    node = await resolve(container.node)
+    async with node.prepared() as runtime:
         consumer = await resolve(container.consumer)
         gc.collect()
         started = time.perf_counter()
@@ -212,8 +211,6 @@ async def one_run(
             seconds=processor.first_at - started,
             allocation_seconds=consumer.accepted_at - started,
         )
-    finally:
-        await shutdown(container)
 
 
 async def run(ctx: BenchContext) -> None:

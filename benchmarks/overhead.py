@@ -58,7 +58,6 @@ from eventcomposition.containers import (
     EventRuntimeContainer,
     build_container,
     resolve,
-    shutdown,
 )
 from eventcomposition.demo import DemoNames, Order, generate_orders
 from eventcomposition.runtime import SubscriptionConsumerRegistration
@@ -302,14 +301,12 @@ async def run_composed(
         container.cluster_state.override(
             providers.Object(InMemoryClusterState(storage.memory))
         )
-    try:
-        runtime = await resolve(container.runtime)
+    node = await resolve(container.node)
+    async with node.prepared() as runtime:
         timing = Timing.begin()
         await runtime.start()
         await asyncio.wait_for(processor.done.wait(), RUN_TIMEOUT)
         return timing.end()
-    finally:
-        await shutdown(container)
 
 
 RUNNERS = {"hand-wired": run_hand_wired, "composed": run_composed}

@@ -63,7 +63,7 @@ from eventcomposition.testing.waiting import wait_until
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SETTINGS_DIR = PROJECT_ROOT / "settings"
-APP = "eventcomposition.demo:DemoContainer"
+APP = "eventcomposition.containers.demo:DemoContainer"
 NAMES = DemoNames()
 ALL_CATEGORIES = frozenset(NAMES.category(shard) for shard in range(SHARD_COUNT))
 

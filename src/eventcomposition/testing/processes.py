@@ -10,7 +10,7 @@ with fast timings.
 
     with NodeProcesses() as nodes:
         observer = nodes.run_node(
-            app="eventcomposition.demo:DemoContainer",
+            app="eventcomposition.containers.demo:DemoContainer",
             role="observer",
             node_id="observer-1",
             env=node_environment(database),
