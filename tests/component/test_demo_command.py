@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,11 @@ def assert_the_demo_passed(completed: CompletedNode) -> dict[str, list[str]]:
     output = "\n".join(completed.stdout + completed.stderr)
     assert completed.returncode == 0, output
     assert any(line.startswith("check: passed") for line in completed.stdout), output
-    rows = table_rows(completed.stdout)
+    # On PostgreSQL the node ids end with the run's id, apart from other clusters.
+    rows = {
+        re.sub(r"-[0-9a-f]{8}$", "", node): row
+        for node, row in table_rows(completed.stdout).items()
+    }
     assert set(rows) == {"observer-1", "observer-2", "coordinator-1"}, output
     observers = [rows["observer-1"], rows["observer-2"]]
     assert all(row[0] == "observer" and int(row[1]) > 0 for row in observers), output
@@ -119,6 +124,11 @@ def test_the_demo_on_postgres_uses_the_configured_database(
     assert_the_demo_passed(completed)
     assert_malformed_events_were_logged(completed)
     assert any("storage: postgres" in line for line in completed.stdout)
+    # The database outlives the run: its node ids never mix with another cluster's.
+    node_ids = table_rows(completed.stdout)
+    assert all(
+        re.search(r"^(observer|coordinator)-\d-[0-9a-f]{8}$", n) for n in node_ids
+    )
     with psycopg.connect(postgres_database.conninfo) as connection:
         rows = connection.execute(
             "SELECT id, state FROM projections WHERE name LIKE 'customer-totals-%'"

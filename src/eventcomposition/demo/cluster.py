@@ -169,8 +169,11 @@ class DemoCluster:
         self.names = names or DemoNames()
         self._settings_for = settings_for
         self._make_node = make_node
-        plan = [(f"observer-{n}", BrokerRole.OBSERVER) for n in range(1, observers + 1)]
-        plan.append((COORDINATOR_ID, BrokerRole.COORDINATOR))
+        plan = [
+            (self.names.node_id(f"observer-{n}"), BrokerRole.OBSERVER)
+            for n in range(1, observers + 1)
+        ]
+        plan.append((self.names.node_id(COORDINATOR_ID), BrokerRole.COORDINATOR))
         self._plan = plan
         self.nodes: list[DemoNode] = []
         self._shared: SharedMemory | None = None

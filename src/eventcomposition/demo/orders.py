@@ -60,6 +60,10 @@ class DemoNames:
     def projection_name(self) -> str:
         return self._scoped("customer-totals")
 
+    def node_id(self, base: str) -> str:
+        """A node's id in this run: on a shared database, apart from other clusters."""
+        return self._scoped(base)
+
     def category(self, shard: int) -> str:
         if not 0 <= shard < SHARD_COUNT:
             raise ValueError(f"shard must be in 0..{SHARD_COUNT - 1}, got {shard}")

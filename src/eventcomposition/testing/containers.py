@@ -1,7 +1,7 @@
 """Building an application's container for one test, with overrides."""
 
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ async def container_for_test[C: EventRuntimeContainer](
     settings_dir: Path | str | None = None,
     broker: EventBroker[StoredEvent] | None = None,
     consumers: Sequence[Registration] | None = None,
+    services: Sequence[AbstractAsyncContextManager[Any]] | None = None,
     cluster_state: InMemoryClusterState | None = None,
     **settings_overrides: Any,
 ) -> AsyncIterator[C]:
@@ -49,7 +50,7 @@ async def container_for_test[C: EventRuntimeContainer](
     Settings are ``settings`` if given, else loaded for ``environment`` with
     ``settings_overrides`` (by section, e.g. ``node={"role": "observer"}``).
     ``broker`` replaces the broker (a mock, say), ``consumers`` the declared
-    registrations, ``cluster_state`` the in-memory state (share one among the
+    registrations, ``services`` the node's extra services, ``cluster_state`` the in-memory state (share one among the
     containers of nodes that should cooperate in memory).
     """
     resolved = settings or load_settings(
@@ -61,6 +62,10 @@ async def container_for_test[C: EventRuntimeContainer](
     if consumers is not None:
         container.consumers.override(
             providers.List(*(providers.Object(c) for c in consumers))
+        )
+    if services is not None:
+        container.services.override(
+            providers.List(*(providers.Object(s) for s in services))
         )
     if cluster_state is not None:
         container.cluster_state.override(providers.Object(cluster_state))
