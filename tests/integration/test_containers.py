@@ -428,3 +428,14 @@ async def test_an_application_adds_services_that_run_inside_the_runtime(
         "exit http: runtime started",
         "exit listener: runtime started",
     ]
+
+
+async def test_a_test_replaces_the_node_services() -> None:
+    journal = ServiceJournal()
+    async with container_for_test(
+        AppWithServices, environment="test", settings_dir=SETTINGS_DIR, services=[]
+    ) as container:
+        node = await resolve(container.node)
+        async with node:
+            assert "JournalingService" not in node.service_statuses
+    assert journal.entries == []

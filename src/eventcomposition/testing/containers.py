@@ -50,8 +50,9 @@ async def container_for_test[C: EventRuntimeContainer](
     Settings are ``settings`` if given, else loaded for ``environment`` with
     ``settings_overrides`` (by section, e.g. ``node={"role": "observer"}``).
     ``broker`` replaces the broker (a mock, say), ``consumers`` the declared
-    registrations, ``services`` the node's extra services, ``cluster_state`` the in-memory state (share one among the
-    containers of nodes that should cooperate in memory).
+    registrations, ``services`` the node's extra services, ``cluster_state`` the
+    in-memory state (share one among the containers of nodes that should cooperate
+    in memory).
     """
     resolved = settings or load_settings(
         environment, settings_dir=settings_dir, **settings_overrides
