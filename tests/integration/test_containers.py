@@ -431,10 +431,10 @@ async def test_an_application_adds_services_that_run_inside_the_runtime(
 
 
 async def test_a_test_replaces_the_node_services() -> None:
-    journal = ServiceJournal()
     async with container_for_test(
         AppWithServices, environment="test", settings_dir=SETTINGS_DIR, services=[]
     ) as container:
+        journal = await resolve(container.journal)
         node = await resolve(container.node)
         async with node:
             assert "JournalingService" not in node.service_statuses
