@@ -155,8 +155,9 @@ class BalancingEventSubscriptionCoordinator(EventSubscriptionCoordinator):
         self._max_moves = max_moves_per_distribution
         self._release_check = release_check
         # logicblocks' default synchronisation interval unless told otherwise.
-        grace = release_grace or default_release_grace(timedelta(seconds=20))
-        self._release_grace = grace.total_seconds()
+        if release_grace is None:
+            release_grace = default_release_grace(timedelta(seconds=20))
+        self._release_grace = release_grace.total_seconds()
         self._clock = clock
         self._status = ProcessStatus.INITIALISED
         self._moving: dict[tuple[str, Source], MovingSource] = {}
