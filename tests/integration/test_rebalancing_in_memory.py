@@ -111,7 +111,9 @@ class SampledCoordinator(BalancingEventSubscriptionCoordinator):
 def balancing_broker(
     state: InMemoryClusterState, holdings: Holdings, node_id: str, role: BrokerRole
 ) -> tuple[DistributedEventBroker[StoredEvent], SampledCoordinator]:
-    subscriber_store = InMemoryEventSubscriberStore[StoredEvent]()
+    subscriber_store: InMemoryEventSubscriberStore[StoredEvent] = (
+        InMemoryEventSubscriberStore()
+    )
     subscription_state_store = state.subscription_state_store(node_id)
     manager = DefaultEventSubscriberManager(
         node_id=node_id,
