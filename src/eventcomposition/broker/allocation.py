@@ -27,6 +27,7 @@ broken deterministically (the set more subscribers ask for, then the smallest).
 import heapq
 from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from logicblocks.event.types import EventSourceIdentifier
 
@@ -61,6 +62,7 @@ class GroupState:
 class GroupPlan:
     """The target allocation of one group for one distribution.
 
+    ``sources`` are the sources the group shares out (the eligible request);
     ``holdings`` has every live subscriber (ineligible ones with nothing);
     ``assigned`` the sources given to a subscriber that did not hold them;
     ``moving`` the requested sources taken from a holder and held by nobody now
@@ -69,6 +71,7 @@ class GroupPlan:
     """
 
     group: str
+    sources: tuple[Source, ...]
     holdings: Mapping[str, tuple[Source, ...]]
     eligible: frozenset[str]
     assigned: frozenset[Source]
@@ -87,14 +90,43 @@ def target_requests(
     The largest requested set wins; then the set more subscribers ask for; then the
     smallest by the sources' text, so that the answer never depends on input order.
     """
-    askers: dict[frozenset[Source], list[str]] = {}
+    distinct: list[_Request] = []
     for subscriber in subscribers:
-        askers.setdefault(frozenset(subscriber.requests), []).append(subscriber.id)
-    if not askers:
+        for request in distinct:
+            if request.matches(subscriber.requests):
+                request.askers.append(subscriber.id)
+                break
+        else:
+            distinct.append(_Request(subscriber.requests, [subscriber.id]))
+    if not distinct:
         return (), frozenset()
-    keys = {requests: sorted(map(repr, requests)) for requests in askers}
-    chosen = min(askers, key=lambda r: (-len(r), -len(askers[r]), keys[r]))
-    return tuple(sorted(chosen, key=repr)), frozenset(askers[chosen])
+    if len(distinct) == 1:
+        [chosen] = distinct
+        return tuple(sorted(chosen.as_set, key=repr)), frozenset(chosen.askers)
+    chosen = min(
+        distinct,
+        key=lambda r: (-len(r.as_set), -len(r.askers), sorted(map(repr, r.as_set))),
+    )
+    return tuple(sorted(chosen.as_set, key=repr)), frozenset(chosen.askers)
+
+
+@dataclass
+class _Request:
+    # Every subscriber's requests are compared with the few distinct ones seen so
+    # far: comparing equal tuples is much cheaper than hashing every source (which
+    # logicblocks' identifiers do through their text), and a group seldom has more
+    # than two distinct requests (during a rolling deploy).
+    requests: tuple[Source, ...]
+    askers: list[str]
+
+    @cached_property
+    def as_set(self) -> frozenset[Source]:
+        return frozenset(self.requests)
+
+    def matches(self, requests: tuple[Source, ...]) -> bool:
+        if requests == self.requests:
+            return True
+        return len(requests) >= len(self.as_set) and frozenset(requests) == self.as_set
 
 
 def unheld(state: GroupState) -> tuple[Source, ...]:
@@ -106,50 +138,69 @@ def unheld(state: GroupState) -> tuple[Source, ...]:
 
 @dataclass
 class _Draft:
-    """What a strategy starts from: valid holdings kept, everything else let go."""
+    """What a strategy starts from: valid holdings kept, everything else let go.
+
+    Sources are positions in ``target``: identifiers hash through their text, so
+    working with integers keeps a distribution cheap.
+    """
 
     target: tuple[Source, ...]
     eligible: list[str]
-    kept: dict[str, list[Source]]
-    free: list[Source]
+    kept: dict[str, list[int]]
+    held_before: set[int]
+    free: list[int]
+    given: list[int] = field(default_factory=list)
+
+
+def _positions(
+    position: Mapping[Source, int], sources: Iterable[Source]
+) -> Iterable[int]:
+    for source in sources:
+        index = position.get(source)
+        if index is not None:
+            yield index
 
 
 def _draft(state: GroupState) -> _Draft:
     target, eligible_ids = target_requests(state.subscribers)
-    wanted = set(target)
+    position = {source: index for index, source in enumerate(target)}
     eligible = sorted(eligible_ids)
-    kept: dict[str, list[Source]] = {}
-    taken: set[Source] = set()
+    kept: dict[str, list[int]] = {}
+    taken: set[int] = set()
     for subscriber_id in eligible:
-        mine: list[Source] = []
-        for source in state.holdings.get(subscriber_id, ()):
+        mine: list[int] = []
+        for index in _positions(position, state.holdings.get(subscriber_id, ())):
             # A source held twice (left by an earlier leader) stays with the first.
-            if source in wanted and source not in taken:
-                mine.append(source)
-                taken.add(source)
+            if index not in taken:
+                mine.append(index)
+                taken.add(index)
         kept[subscriber_id] = mine
     # Sources of ineligible subscribers are not free: they must be released first.
-    blocked = taken | set(state.unreleased)
+    held_before = set(taken)
     for subscriber_id, sources in state.holdings.items():
         if subscriber_id not in eligible_ids:
-            blocked.update(sources)
-    free = [source for source in target if source not in blocked]
-    return _Draft(target=target, eligible=eligible, kept=kept, free=free)
+            held_before.update(_positions(position, sources))
+    blocked = held_before.union(_positions(position, state.unreleased))
+    free = [index for index in range(len(target)) if index not in blocked]
+    return _Draft(target, eligible, kept, held_before, free)
 
 
 def _plan(state: GroupState, draft: _Draft, moves: int) -> GroupPlan:
-    holdings = {s.id: tuple(draft.kept.get(s.id, ())) for s in state.subscribers}
-    before = {source for sources in state.holdings.values() for source in sources}
-    after = {source for sources in holdings.values() for source in sources}
-    assigned: set[Source] = set()
-    for subscriber_id, sources in holdings.items():
-        assigned.update(set(sources).difference(state.holdings.get(subscriber_id, ())))
+    target = draft.target
+    kept = draft.kept
+    holdings = {
+        s.id: tuple(target[index] for index in kept.get(s.id, ()))
+        for s in state.subscribers
+    }
+    held_after = {index for indices in kept.values() for index in indices}
     return GroupPlan(
         group=state.group,
+        sources=target,
         holdings=holdings,
         eligible=frozenset(draft.eligible),
-        assigned=frozenset(assigned),
-        moving=frozenset((before - after) & set(draft.target)),
+        # Only free sources are given out: none was held by its new subscriber.
+        assigned=frozenset(target[index] for index in draft.given),
+        moving=frozenset(target[index] for index in draft.held_before - held_after),
         moves=moves,
     )
 
@@ -161,11 +212,12 @@ def _give_to_least_loaded(draft: _Draft, capacity: Mapping[str, int]) -> None:
         if len(draft.kept[i]) < capacity[i]
     ]
     heapq.heapify(heap)
-    for source in draft.free:
+    for index in draft.free:
         if not heap:
             break
         load, subscriber_id = heapq.heappop(heap)
-        draft.kept[subscriber_id].append(source)
+        draft.kept[subscriber_id].append(index)
+        draft.given.append(index)
         if len(draft.kept[subscriber_id]) < capacity[subscriber_id]:
             heapq.heappush(heap, (load + 1, subscriber_id))
 

@@ -47,6 +47,7 @@ from .allocation import (
     SubscriberRequest,
     balanced,
     plan_allocation,
+    target_requests,
 )
 from .leadership import CheckedPostgresLockManager
 
@@ -262,7 +263,9 @@ class BalancingEventSubscriptionCoordinator(EventSubscriptionCoordinator):
             replace(state, unreleased=unreleased.get(state.group, frozenset()))
             for state in groups
         ]
-        for plan in plan_allocation(groups, self._strategy, self._max_moves):
+        plans = plan_allocation(groups, self._strategy, self._max_moves)
+        self._forget_unrequested(plans)
+        for plan in plans:
             changes.extend(_changes(plan, current, live))
             for source in plan.assigned:
                 self._moving.pop((plan.group, source), None)
@@ -298,7 +301,8 @@ class BalancingEventSubscriptionCoordinator(EventSubscriptionCoordinator):
         for state in groups:
             if state.group not in in_store:
                 continue
-            for source in _requested(state) - in_store[state.group]:
+            sources, _ = target_requests(state.subscribers)
+            for source in set(sources) - in_store[state.group]:
                 self._moving[(state.group, source)] = MovingSource(
                     state.group, source, None, now
                 )
@@ -309,19 +313,20 @@ class BalancingEventSubscriptionCoordinator(EventSubscriptionCoordinator):
         live: Collection[EventSubscriptionKey],
         now: float,
     ) -> dict[str, frozenset[Source]]:
+        if not self._moving:
+            return {}
         held = {
             (state.group, source)
             for state in groups
             for sources in state.holdings.values()
             for source in sources
         }
-        requested = {(state.group, s) for state in groups for s in _requested(state)}
         waiting: dict[str, list[MovingSource]] = {}
         for key, moving in list(self._moving.items()):
             holder_gone = moving.holder is not None and (
                 EventSubscriptionKey(moving.group, moving.holder) not in live
             )
-            if key in held or key not in requested or holder_gone:
+            if key in held or holder_gone:
                 del self._moving[key]
             else:
                 waiting.setdefault(moving.group, []).append(moving)
@@ -343,9 +348,13 @@ class BalancingEventSubscriptionCoordinator(EventSubscriptionCoordinator):
             )
         return unreleased
 
-
-def _requested(state: GroupState) -> set[Source]:
-    return {source for s in state.subscribers for source in s.requests}
+    def _forget_unrequested(self, plans: Sequence[GroupPlan]) -> None:
+        # A source nobody asks for any more is not moving anywhere.
+        if not self._moving:
+            return
+        requested = {(plan.group, source) for plan in plans for source in plan.sources}
+        for key in [key for key in self._moving if key not in requested]:
+            del self._moving[key]
 
 
 def _holders(
