@@ -1,4 +1,4 @@
-"""7. Allocation at scale, by simulation: the cost of one distribution, and the moves.
+"""6. Allocation at scale, by simulation: the cost of one distribution, and the moves.
 
 One group of N subscribers over S sources, in memory: logicblocks' in-memory
 subscriber and subscription state stores (shared as ``InMemoryClusterState`` shares
@@ -215,7 +215,7 @@ async def run(ctx: BenchContext) -> None:
     source_counts = [100, 1_000] if ctx.quick else [100, 1_000, 10_000]
     cycles = 2 if ctx.quick else 5
     say(
-        f"\n7. allocation by simulation: one group, in memory, bound "
+        f"\n6. allocation by simulation: one group, in memory, bound "
         f"{DEFAULT_MAX_MOVES_PER_DISTRIBUTION} moves per distribution"
     )
     measured = [
