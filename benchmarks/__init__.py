@@ -1,4 +1,5 @@
-"""Benchmarks of eventcomposition: overhead, latency, failover, throughput and cost.
+"""Benchmarks of eventcomposition: overhead, latency, failover, throughput, cost and
+allocation at scale.
 
 Not tests: run them with ``just bench`` (``python -m benchmarks``); ``--quick`` is a
 smoke run of under a minute, ``--only overhead,first-event`` selects some. Each
