@@ -63,13 +63,15 @@ class MigrationResult:
 
 
 async def migrate(connection_source: ConnectionSource) -> MigrationResult:
-    """Create the tables, indexes and extension the logicblocks adapters need.
+    """Create the tables, indexes and extension the logicblocks adapters need, and
+    the trigger that NOTIFYs the categories written to ``events``.
 
-    Idempotent: objects that exist are kept. Everything happens in one transaction
-    under an advisory lock, so nodes migrating one database at once do not race.
-    Tables that already existed are checked first, and every table again at the end;
-    a table that does not fit raises ``SchemaIncompatibleError`` and nothing changes.
-    Any other refusal by PostgreSQL raises ``SchemaMigrationError``.
+    Idempotent: objects that exist are kept (the trigger's function is replaced).
+    Everything happens in one transaction under an advisory lock, so nodes migrating
+    one database at once do not race. Tables, the trigger and its function that
+    already existed are checked first, and all of them again at the end; one that
+    does not fit raises ``SchemaIncompatibleError`` and nothing changes. Any other
+    refusal by PostgreSQL raises ``SchemaMigrationError``.
     """
     match connection_source:
         case AsyncConnection():
