@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, str] = {
     "throughput": "benchmarks.throughput",
     "failover": "benchmarks.failover",
     "allocation": "benchmarks.allocation",
+    "latency": "benchmarks.latency",
 }
 
 

@@ -50,6 +50,7 @@ async def apply_schema(args: argparse.Namespace) -> int:
         *result.created_extensions,
         *result.created_tables,
         *result.created_indexes,
+        *result.created_triggers,
     ]
     if created:
         print(f"migrated {postgres.location()}: created {', '.join(created)}")

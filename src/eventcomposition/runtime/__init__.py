@@ -8,7 +8,7 @@ from .registrations import (
     SubscriberRegistration,
     SubscriptionConsumerRegistration,
 )
-from .runtime import BROKER_SERVICE_NAME, EventRuntime
+from .runtime import BROKER_SERVICE_NAME, EventRuntime, ExposesSources
 from .settings import (
     ErrorPolicy,
     EventConsumerSettings,
@@ -23,6 +23,7 @@ __all__ = [
     "ErrorPolicy",
     "EventConsumerSettings",
     "EventRuntime",
+    "ExposesSources",
     "Registration",
     "RuntimeLifecycleError",
     "SubscriberRegistration",

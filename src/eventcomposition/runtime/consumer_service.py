@@ -5,11 +5,11 @@ logicblocks' ``PollingService`` can only be cancelled, which interrupts
 service polls the same way but can also be asked to drain: it finishes the
 ``consume_all`` in progress (which saves the consumer's state) and then returns.
 It also tracks a status and logs failures, which logicblocks' background services do
-not.
+not, and can be woken (``wake``) to poll at once instead of at the end of its pause.
 """
 
 import asyncio
-import contextlib
+from asyncio import FIRST_COMPLETED
 from typing import Any
 
 import structlog
@@ -61,7 +61,8 @@ class ConsumerService(Service[None]):
         self._retrying = False
         self._drain_requested = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._wake: asyncio.Event | None = None
+        self._drain: asyncio.Event | None = None
+        self._poll_now: asyncio.Event | None = None
 
     @property
     def status(self) -> ProcessStatus:
@@ -73,16 +74,22 @@ class ConsumerService(Service[None]):
 
     async def execute(self) -> None:
         # The service may run on another thread's loop: remember it, so that
-        # request_drain can wake the loop safely from anywhere.
+        # request_drain and wake can reach the loop safely from anywhere.
         self._loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
+        self._drain = asyncio.Event()
+        self._poll_now = asyncio.Event()
         if self._drain_requested:
-            self._wake.set()
+            self._drain.set()
         self._status = ProcessStatus.RUNNING
         try:
             while not self._drain_requested:
+                # Wakes that came before this poll are served by it; one that comes
+                # while it runs ends the next pause at once.
+                self._poll_now.clear()
                 await self.error_handling.execute()
-                await self._pause(self.settings.poll_interval.total_seconds())
+                await self._pause(
+                    self.settings.poll_interval.total_seconds(), self._poll_now
+                )
         except asyncio.CancelledError:
             self._status = ProcessStatus.STOPPED
             raise
@@ -96,9 +103,22 @@ class ConsumerService(Service[None]):
         self._drain_requested = True
         if self._status is ProcessStatus.RUNNING:
             self._status = ProcessStatus.STOPPING
-        loop, wake = self._loop, self._wake
-        if loop is not None and wake is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(wake.set)
+        self._set_threadsafe(self._drain)
+
+    def wake(self) -> None:
+        """Poll now rather than at the end of the pause; callable from any thread.
+
+        Wakes coalesce: any number of them during a pause make one poll, and any
+        number during a poll make exactly one more poll follow it. A retry backoff
+        is not cut short. Before the service runs there is nothing to wake: its
+        first poll comes at once anyway.
+        """
+        self._set_threadsafe(self._poll_now)
+
+    def _set_threadsafe(self, event: asyncio.Event | None) -> None:
+        loop = self._loop
+        if loop is not None and event is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(event.set)
 
     def record_failure(
         self, error: Exception, decision: ErrorHandlerDecision[Any]
@@ -132,12 +152,21 @@ class ConsumerService(Service[None]):
         if not self._drain_requested:
             self._status = ProcessStatus.RUNNING
 
-    async def _pause(self, seconds: float) -> None:
-        if self._wake is None or seconds <= 0:
+    async def _pause(
+        self, seconds: float, woken_by: asyncio.Event | None = None
+    ) -> None:
+        """Sleep ``seconds``, or less if drained or ``woken_by`` is set."""
+        if self._drain is None or seconds <= 0:
             await asyncio.sleep(0)
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+        waits = [asyncio.ensure_future(self._drain.wait())]
+        if woken_by is not None:
+            waits.append(asyncio.ensure_future(woken_by.wait()))
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"

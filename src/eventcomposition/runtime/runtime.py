@@ -1,8 +1,8 @@
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from enum import StrEnum
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self, runtime_checkable
 
 import structlog
 from logicblocks.event.processing import (
@@ -17,7 +17,12 @@ from logicblocks.event.processing import (
     ServiceManager,
     determine_multi_process_status,
 )
-from logicblocks.event.types import StoredEvent
+from logicblocks.event.types import (
+    CategoryIdentifier,
+    EventSourceIdentifier,
+    StoredEvent,
+    StreamIdentifier,
+)
 
 from ..broker import BrokerRole
 from .consumer_service import ConsumerService
@@ -33,6 +38,15 @@ from .settings import EventConsumerSettings
 logger = structlog.get_logger("eventcomposition.runtime")
 
 BROKER_SERVICE_NAME = "event-broker"
+
+
+@runtime_checkable
+class ExposesSources(Protocol):
+    """A consumer that tells which event sources it holds, so that only a change in
+    one of them wakes it (see ``EventRuntime.wake_consumers``)."""
+
+    @property
+    def sources(self) -> Sequence[EventSourceIdentifier]: ...
 
 
 class _Phase(StrEnum):
@@ -256,6 +270,18 @@ class EventRuntime:
     ) -> None:
         await self.stop()
 
+    def wake_consumers(self, categories: Collection[str] | None = None) -> int:
+        """Make consumers poll now: those holding a source in one of ``categories``,
+        or all of them when ``categories`` is None. Consumers that do not expose
+        their sources (``ExposesSources``) are always woken. Returns how many were
+        woken. Callable from any thread; see ``ConsumerService.wake``."""
+        woken = 0
+        for service in self._consumer_services.values():
+            if categories is None or _holds_any(service.consumer, categories):
+                service.wake()
+                woken += 1
+        return woken
+
     @property
     def service_statuses(self) -> Mapping[str, ProcessStatus]:
         """Each service's status by name: the broker and every consumer."""
@@ -339,6 +365,22 @@ async def _settled(future: Any) -> None:
         await future
     except BaseException:
         return
+
+
+def _holds_any(consumer: EventConsumer, categories: Collection[str]) -> bool:
+    if not isinstance(consumer, ExposesSources):
+        return True
+    for source in consumer.sources:
+        match source:
+            case (
+                CategoryIdentifier(category=category)
+                | StreamIdentifier(category=category)
+            ):
+                if category in categories:
+                    return True
+            case _:  # the whole log, or a kind of source we do not know
+                return True
+    return False
 
 
 def _consumer_name(consumer: EventConsumer) -> str:

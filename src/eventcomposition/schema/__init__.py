@@ -2,15 +2,19 @@
 
 The logicblocks wheel ships no DDL; ``migrate`` creates (idempotently) and verifies
 the ``events``, ``projections``, ``subscribers`` and ``subscriptions`` tables, their
-indexes and the ``pg_trgm`` extension. ``schema_sql`` returns the same DDL for
-operators who prefer to apply it themselves.
+indexes and the ``pg_trgm`` extension, and the trigger that NOTIFYs
+``NOTIFY_CHANNEL`` with the categories each inserting statement wrote.
+``schema_sql`` returns the same DDL for operators who prefer to apply it themselves.
 """
 
 from .errors import SchemaError, SchemaIncompatibleError, SchemaMigrationError
 from .migrate import ConnectionSource, MigrationResult, migrate, schema_sql
+from .notifications import NOTIFY_CHANNEL, NOTIFY_WILDCARD
 from .tables import OWNED_TABLES, ExpectedColumn, ExpectedTable
 
 __all__ = [
+    "NOTIFY_CHANNEL",
+    "NOTIFY_WILDCARD",
     "OWNED_TABLES",
     "ConnectionSource",
     "ExpectedColumn",

@@ -12,6 +12,12 @@ from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
 from .errors import SchemaIncompatibleError, SchemaMigrationError
+from .notifications import (
+    NOTIFY_FUNCTION,
+    NOTIFY_TRIGGER,
+    function_problems,
+    trigger_problems,
+)
 from .tables import OWNED_TABLES, REQUIRED_EXTENSIONS, ExpectedTable
 
 type ConnectionSource = (
@@ -44,22 +50,28 @@ class MigrationResult:
     created_tables: tuple[str, ...]
     created_indexes: tuple[str, ...]
     created_extensions: tuple[str, ...]
+    created_triggers: tuple[str, ...] = ()
 
     @property
     def changed(self) -> bool:
         return bool(
-            self.created_tables or self.created_indexes or self.created_extensions
+            self.created_tables
+            or self.created_indexes
+            or self.created_extensions
+            or self.created_triggers
         )
 
 
 async def migrate(connection_source: ConnectionSource) -> MigrationResult:
-    """Create the tables, indexes and extension the logicblocks adapters need.
+    """Create the tables, indexes and extension the logicblocks adapters need, and
+    the trigger that NOTIFYs the categories written to ``events``.
 
-    Idempotent: objects that exist are kept. Everything happens in one transaction
-    under an advisory lock, so nodes migrating one database at once do not race.
-    Tables that already existed are checked first, and every table again at the end;
-    a table that does not fit raises ``SchemaIncompatibleError`` and nothing changes.
-    Any other refusal by PostgreSQL raises ``SchemaMigrationError``.
+    Idempotent: objects that exist are kept (the trigger's function is replaced).
+    Everything happens in one transaction under an advisory lock, so nodes migrating
+    one database at once do not race. Tables, the trigger and its function that
+    already existed are checked first, and all of them again at the end; one that
+    does not fit raises ``SchemaIncompatibleError`` and nothing changes. Any other
+    refusal by PostgreSQL raises ``SchemaMigrationError``.
     """
     match connection_source:
         case AsyncConnection():
@@ -103,8 +115,11 @@ async def _migrate(connection: AsyncConnection[Any]) -> MigrationResult:
             await _raise_if_incompatible(
                 cursor, [table for table in OWNED_TABLES if table.name in existed]
             )
+            await _raise_if_notify_incompatible(cursor, after_migration=False)
+            trigger_existed = await _trigger_exists(cursor)
             await cursor.execute(schema_sql().encode("utf-8"))
             await _raise_if_incompatible(cursor, OWNED_TABLES)
+            await _raise_if_notify_incompatible(cursor, after_migration=True)
 
             exists = await _existing_relations(cursor, owned_objects)
             extensions_after = await _installed_extensions(cursor)
@@ -129,6 +144,7 @@ async def _migrate(connection: AsyncConnection[Any]) -> MigrationResult:
             for name in REQUIRED_EXTENSIONS
             if name in extensions_after - extensions_before
         ),
+        created_triggers=() if trigger_existed else (NOTIFY_TRIGGER,),
     )
 
 
@@ -161,6 +177,30 @@ async def _raise_if_incompatible(
             problems[table.name] = found
     if problems:
         raise SchemaIncompatibleError(problems)
+
+
+async def _trigger_exists(cursor: AsyncCursor[Any]) -> bool:
+    await cursor.execute(
+        "SELECT EXISTS (SELECT FROM pg_trigger "
+        "WHERE tgrelid = to_regclass('events') AND tgname = %s)",
+        [NOTIFY_TRIGGER],
+    )
+    row = await cursor.fetchone()
+    return bool(row and row[0])
+
+
+async def _raise_if_notify_incompatible(
+    cursor: AsyncCursor[Any], *, after_migration: bool
+) -> None:
+    problems = {
+        f"function '{NOTIFY_FUNCTION}()'": await function_problems(cursor),
+        f"trigger '{NOTIFY_TRIGGER}' on table 'events'": await trigger_problems(
+            cursor, must_exist=after_migration
+        ),
+    }
+    found = {name: listed for name, listed in problems.items() if listed}
+    if found:
+        raise SchemaIncompatibleError({}, other_problems=found)
 
 
 async def _table_problems(cursor: AsyncCursor[Any], table: ExpectedTable) -> list[str]:

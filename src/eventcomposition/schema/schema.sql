@@ -80,3 +80,45 @@ CREATE TABLE IF NOT EXISTS subscriptions (
 
 CREATE INDEX IF NOT EXISTS subscriptions_node_id_idx
     ON subscriptions (node_id);
+
+-- ---------------------------------------------------------------------------------
+-- Wake-ups: NOTIFY on the events table (eventcomposition.services.notify listens).
+--
+-- Once per inserting statement, the distinct categories it wrote go to the channel
+-- 'eventcomposition_events' as a JSON array of strings. NOTIFY payloads must be
+-- shorter than 8000 bytes; a longer list is replaced by the wildcard '*', which
+-- means "wake every consumer". Notifications are delivered at commit, only for
+-- committed transactions, and identical payloads of one transaction are sent once.
+-- The trigger is created only when missing, so that a repeated migration takes no
+-- lock that would stall readers of events; `migrate` checks an existing trigger or
+-- function of these names before and after this section runs.
+CREATE OR REPLACE FUNCTION eventcomposition_notify_events() RETURNS trigger
+    LANGUAGE plpgsql AS $function$
+DECLARE
+    categories text;
+BEGIN
+    SELECT json_agg(DISTINCT category)::text INTO categories FROM inserted_events;
+    IF categories IS NOT NULL THEN
+        PERFORM pg_notify(
+            'eventcomposition_events',
+            CASE WHEN octet_length(categories) < 8000 THEN categories ELSE '*' END
+        );
+    END IF;
+    RETURN NULL;
+END
+$function$;
+
+DO $do$
+BEGIN
+    IF NOT EXISTS (
+        SELECT FROM pg_trigger
+        WHERE tgrelid = to_regclass('events')
+          AND tgname = 'eventcomposition_notify_events'
+    ) THEN
+        CREATE TRIGGER eventcomposition_notify_events
+            AFTER INSERT ON events
+            REFERENCING NEW TABLE AS inserted_events
+            FOR EACH STATEMENT EXECUTE FUNCTION eventcomposition_notify_events();
+    END IF;
+END
+$do$;
