@@ -10,6 +10,11 @@ and ``postgres`` refuse to run as root.
 ``postgres_server_from_environment`` returns an ``ExternalPostgres`` instead when
 ``EVENTCOMPOSITION_TEST_DATABASE_URL`` names a server (a libpq URL of an admin
 database, e.g. ``postgresql://user:password@127.0.0.1:5432/postgres``).
+
+Not pytest-postgresql (10.0.0, tried November 2026): as root its ``pg_ctl`` fails
+("cannot be run as root") with no way to name another user, its password mode sets
+one method for socket and TCP, and after a restart it returns once the port is open,
+so the next connection can get "the database system is starting up".
 """
 
 import os
