@@ -5,6 +5,7 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
+import port_for
 import pytest
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
@@ -19,7 +20,6 @@ from eventcomposition.retry import Backoff
 from eventcomposition.testing.postgres import (
     ConnectionInfo,
     ThrowawayPostgres,
-    free_port,
 )
 
 PASSWORD = "correct-Horse-7"
@@ -60,7 +60,9 @@ async def test_the_right_password_opens_a_working_pool(
 
 
 async def test_an_unreachable_server_is_retried_then_reported() -> None:
-    closed = ConnectionInfo(host="127.0.0.1", port=free_port(), user="nobody")
+    closed = ConnectionInfo(
+        host="127.0.0.1", port=port_for.select_random(), user="nobody"
+    )
     attempts = 3
 
     with pytest.raises(DatabaseUnavailableError) as raised:

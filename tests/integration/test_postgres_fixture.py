@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import port_for
 import psycopg
 import pytest
 from psycopg import AsyncConnection
@@ -23,7 +24,6 @@ from eventcomposition.testing import (
     PostgresServerError,
     PostgresUnavailableError,
     ThrowawayPostgres,
-    free_port,
     postgres_server_from_environment,
 )
 from eventcomposition.testing.postgres import BINDIR_VARIABLE
@@ -162,17 +162,27 @@ def test_an_unreachable_external_server_is_reported(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv(
-        DATABASE_URL_VARIABLE, f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+        DATABASE_URL_VARIABLE,
+        f"postgresql://postgres@127.0.0.1:{port_for.select_random()}/postgres",
     )
 
     with pytest.raises(PostgresUnavailableError, match="cannot connect to the server"):
         postgres_server_from_environment()
 
 
+def ephemeral_port_range() -> range:
+    """The ports Linux hands out for bind(0) and to client sockets."""
+    text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text(encoding="utf-8")
+    low, high = (int(part) for part in text.split())
+    return range(low, high + 1)
+
+
 def test_restart_keeps_data_and_port_and_stop_removes_everything(
     throwaway_postgres: ThrowawayPostgres,
 ) -> None:
     info = throwaway_postgres.connection_info
+    # Nothing the OS gives out by itself can take the port while the server is down.
+    assert info.port not in ephemeral_port_range()
     with psycopg.connect(info.conninfo, autocommit=True) as connection:
         connection.execute("CREATE TABLE kept (value text)")
         connection.execute("INSERT INTO kept VALUES ('before restart')")

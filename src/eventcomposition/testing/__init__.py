@@ -17,7 +17,6 @@ from .postgres import (
     create_database,
     drop_database,
     find_postgres_binaries,
-    free_port,
     postgres_server_from_environment,
     unique_database_name,
 )
@@ -34,7 +33,6 @@ __all__ = [
     "create_database",
     "drop_database",
     "find_postgres_binaries",
-    "free_port",
     "postgres_server_from_environment",
     "unique_database_name",
 ]

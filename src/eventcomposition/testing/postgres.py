@@ -10,6 +10,11 @@ and ``postgres`` refuse to run as root.
 ``postgres_server_from_environment`` returns an ``ExternalPostgres`` instead when
 ``EVENTCOMPOSITION_TEST_DATABASE_URL`` names a server (a libpq URL of an admin
 database, e.g. ``postgresql://user:password@127.0.0.1:5432/postgres``).
+
+Not pytest-postgresql (10.0.0, tried November 2026): as root its ``pg_ctl`` fails
+("cannot be run as root") with no way to name another user, its password mode sets
+one method for socket and TCP, and after a restart it returns once the port is open,
+so the next connection can get "the database system is starting up".
 """
 
 import os
@@ -17,7 +22,6 @@ import pwd
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 import weakref
@@ -29,6 +33,7 @@ from typing import Literal, Self
 from urllib.parse import quote
 from uuid import uuid4
 
+import port_for
 import psycopg
 from logicblocks.event.persistence.postgres import ConnectionSettings
 from psycopg import sql
@@ -211,13 +216,6 @@ def _version_key(version: str) -> tuple[int, ...]:
     if re.fullmatch(r"\d+(\.\d+)*", version) is None:
         return (-1,)
     return tuple(int(part) for part in version.split("."))
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -498,7 +496,10 @@ class ThrowawayPostgres:
                 f"Check that the PostgreSQL server is installed completely; "
                 f"{INSTALL_HINT}"
             )
-        self._port = free_port()
+        # port-for picks outside the kernel's ephemeral range: a port the OS hands
+        # out for bind(0) or to a client socket could be taken while the server is
+        # down for a restart, and a restart must come back on the same port.
+        self._port = port_for.select_random()
         self._write_settings()
 
     def _unprivileged_user(self) -> _RunAs | None:
@@ -552,7 +553,7 @@ class ThrowawayPostgres:
             )
             if not lost_port_race:
                 break
-            self._port = free_port()
+            self._port = port_for.select_random()
             self._write_settings()
         raise PostgresUnavailableError(
             f"the PostgreSQL server did not start (pg_ctl exit "

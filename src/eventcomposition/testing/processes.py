@@ -18,6 +18,12 @@ with fast timings.
         observer.wait_for_log("node.running", timeout=30)
         observer.terminate()
         assert observer.wait(timeout=10) == 0
+
+Not mirakuru (3.1.0) or pytest-xprocess (1.0.2), tried November 2026: mirakuru
+replaces the child's ``preexec_fn`` with ``setsid`` (so no death signal), merges
+the environment into ours and drops the output it read up to its start banner;
+pytest-xprocess writes stdout and stderr into one file for processes that outlive
+a test.
 """
 
 import asyncio
