@@ -85,6 +85,11 @@ class MultiSourceSubscriptionConsumer(EventSubscriptionConsumer[StoredEvent]):
     several failed), so the runtime still sees and reports them.
     """
 
+    @property
+    def sources(self) -> tuple[EventSourceIdentifier, ...]:
+        """The sources allocated to this subscriber now."""
+        return tuple(self._delegates)
+
     async def consume_all(self) -> None:
         failures: list[Exception] = []
         # logicblocks keeps the delegates in ``_delegates`` (pinned by a test).
