@@ -4,12 +4,18 @@ import asyncio
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psycopg
 import pytest
 from logicblocks.event.processing import EventSubscriberHealth
 from logicblocks.event.store import EventStore, InMemoryEventStorageAdapter
-from logicblocks.event.types import CategoryIdentifier, NewEvent, StoredEvent
+from logicblocks.event.types import (
+    CategoryIdentifier,
+    EventSourceIdentifier,
+    NewEvent,
+    StoredEvent,
+)
 
 from eventcomposition.consumers import (
     BatchProcessor,
@@ -427,3 +433,48 @@ class TestPoisonEvents:
 
         assert recorder.numbers == [0, 1, 2]
         assert await checkpoints.dead_letters(GROUP) == []
+
+
+class CountingReader(StoreEventReader):
+    def __init__(self, event_store: EventStore) -> None:
+        super().__init__(event_store)
+        self.reads = 0
+
+    async def read(
+        self, source: EventSourceIdentifier, *, after: int | None, limit: int
+    ) -> Sequence[StoredEvent]:
+        self.reads += 1
+        return await super().read(source, after=after, limit=limit)
+
+
+class CountingStore(InMemoryCheckpointStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __getattribute__(self, name: str) -> Any:
+        attribute = super().__getattribute__(name)
+        if name in {"claim", "renew", "release", "position", "transaction"}:
+            super().__setattr__("calls", super().__getattribute__("calls") + 1)
+        return attribute
+
+
+async def test_an_idle_source_costs_one_read_per_poll(event_store: EventStore) -> None:
+    await publish(event_store, "orders", 3)
+    reader, store = CountingReader(event_store), CountingStore()
+    subscriber = TransactionalConsumer(
+        group=GROUP,
+        id="a",
+        node_id="node",
+        subscription_requests=[CategoryIdentifier(category="orders")],
+        processor=Recorder(),
+        checkpoint_store=store,
+        event_reader=reader,
+    )
+    await accept(subscriber, event_store)
+    await subscriber.consume_all()
+    reads, calls = reader.reads, store.calls
+
+    await subscriber.consume_all()
+
+    assert (reader.reads - reads, store.calls - calls) == (1, 0)
