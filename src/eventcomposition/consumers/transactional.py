@@ -159,6 +159,10 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
         return self._store
 
     @property
+    def event_reader(self) -> EventReader:
+        return self._reader
+
+    @property
     def sources(self) -> tuple[EventSourceIdentifier, ...]:
         """The sources allocated to this subscriber now (claimed or waiting to be)."""
         return tuple(
