@@ -347,7 +347,11 @@ async def test_two_nodes_share_the_sources_and_apply_each_event_once(
         runtime = node(name, postgres_database, pool)
         await runtime.register_subscription_consumer(
             transactional(
-                pool, InsertingProcessor(), subscriber_id=name, categories=categories
+                pool,
+                InsertingProcessor(),
+                subscriber_id=name,
+                categories=categories,
+                lease=timedelta(seconds=30),
             )
         )
         await runtime.start()
@@ -358,6 +362,28 @@ async def test_two_nodes_share_the_sources_and_apply_each_event_once(
 
     await wait_until(all_applied, timeout=30, description="1200 events applied")
     assert all(runtime.status is ProcessStatus.RUNNING for runtime in runtimes)
+
+    # A graceful stop releases the claims: the other node takes the sources over
+    # at once, not after the 30 s lease.
+    await runtimes[0].stop()
+    checkpoints = PostgresCheckpointStore(pool)
+    assert all(
+        claim.released
+        for claim in await checkpoints.claims(GROUP)
+        if claim.holder.node_id == "node-node-1"
+    )
+    for index, category in enumerate(categories):
+        await publish(pool, category, 50, start=index * 1000 + 300)
+
+    async def all_applied_by_the_stayer() -> bool:
+        return await applied_counts(pool) == (1400, 1400)
+
+    await wait_until(
+        all_applied_by_the_stayer, timeout=8, description="1400 events applied"
+    )
+    assert {claim.holder.node_id for claim in await checkpoints.claims(GROUP)} == {
+        "node-node-2"
+    }
 
 
 async def test_a_stopped_source_shows_the_node_errored(
