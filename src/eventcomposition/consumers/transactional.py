@@ -25,7 +25,6 @@ from uuid import uuid4
 
 import psycopg
 import structlog
-from logicblocks.event.processing import EventSubscriberHealth
 from logicblocks.event.processing.consumers import EventSubscriptionConsumer
 from logicblocks.event.sources import EventSource
 from logicblocks.event.store import EventStore
@@ -186,10 +185,9 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
             if state.stopped is not None
         }
 
-    def health(self) -> EventSubscriberHealth:
-        if self.stopped_sources:
-            return EventSubscriberHealth.UNHEALTHY
-        return EventSubscriberHealth.HEALTHY
+    # health() stays HEALTHY with a stopped source: an unhealthy subscriber stops
+    # heartbeating, so the coordinator would move all its sources, healthy ones too.
+    # A stopped source shows in consume_all's error, hence the consumer's status.
 
     # -- allocation ----------------------------------------------------------------
 
