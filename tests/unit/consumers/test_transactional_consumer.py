@@ -378,6 +378,23 @@ class TestPoisonEvents:
         assert recorder.numbers[-1] == 7
         assert await checkpoints.dead_letters(GROUP) == []
 
+    async def test_halving_finds_the_poison_event_in_few_attempts(
+        self, event_store: EventStore, checkpoints: InMemoryCheckpointStore
+    ) -> None:
+        await publish(event_store, "orders", 512)
+        recorder = Recorder(poison=[300])
+        subscriber = consumer(
+            event_store, checkpoints, recorder, batch_size=512, poison_attempts=1
+        )
+        await accept(subscriber, event_store)
+
+        await subscriber.consume_all()
+
+        # Each halving costs one failed and at most one committed attempt.
+        assert recorder.calls <= 2 * 9 + 2
+        assert recorder.numbers == [n for n in range(512) if n != 300]
+        assert [letter.attempts for letter in await checkpoints.dead_letters()] == [1]
+
     async def test_stop_stops_only_that_source_and_reports_it(
         self, event_store: EventStore, checkpoints: InMemoryCheckpointStore
     ) -> None:
