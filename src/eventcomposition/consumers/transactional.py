@@ -240,24 +240,18 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
     # -- consumption ----------------------------------------------------------------
 
     async def consume_all(self) -> None:
+        """One batch from each source in turn, round after round, while any has a
+        backlog: a long backlog does not hold the other sources up."""
         await self._renew_due_claims()
         transient: list[Exception] = []
-        for state in list(self._sources.values()):
-            if state.withdrawn or state.stopped is not None:
-                continue
-            if state.retry_at > self._clock():
-                continue
-            state.busy = True
-            try:
-                await self._consume_source(state)
-                state.transient_failures = 0
-            except TRANSIENT_ERRORS as error:
-                transient.append(error)  # type: ignore[arg-type]
-                await self._transient_failure(state, error)
-            finally:
-                state.busy = False
-            if state.withdrawn:
-                await self._let_go(state)
+        pending = list(self._sources.values())
+        while pending:
+            backlogged = []
+            for state in pending:
+                if await self._take_turn(state, transient):
+                    backlogged.append(state)
+            pending = backlogged
+            await self._renew_due_claims()
         if self.stopped_sources:
             raise SourcesStoppedError(self.group, self.stopped_sources)
         if len(transient) == 1:
@@ -268,6 +262,27 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
                 "reach the database",
                 transient,
             )
+
+    async def _take_turn(self, state: _Source, transient: list[Exception]) -> bool:
+        """Consume one batch of ``state``'s source; True when more may be waiting."""
+        if state.withdrawn or state.stopped is not None:
+            return False
+        if state.retry_at > self._clock():
+            return False
+        state.busy = True
+        try:
+            more = await self._consume_batch(state)
+            state.transient_failures = 0
+        except TRANSIENT_ERRORS as error:
+            transient.append(error)  # type: ignore[arg-type]
+            await self._transient_failure(state, error)
+            more = False
+        finally:
+            state.busy = False
+        if state.withdrawn:
+            await self._let_go(state)
+            return False
+        return more
 
     async def _transient_failure(self, state: _Source, error: BaseException) -> None:
         state.transient_failures += 1
@@ -282,27 +297,25 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
             retry_in_seconds=delay,
         )
 
-    async def _consume_source(self, state: _Source) -> None:
+    async def _consume_batch(self, state: _Source) -> bool:
         if state.claim is None and not await self._claim(state):
-            return
+            return False
         if not state.position_loaded:
             state.position = await self._store.position(self.group, state.key)
             state.position_loaded = True
+        events = await self._reader.read(
+            state.identifier, after=state.position, limit=self._batch_size
+        )
+        if not events:
+            return False
         try:
-            while not state.withdrawn:
-                events = await self._reader.read(
-                    state.identifier, after=state.position, limit=self._batch_size
-                )
-                if not events:
-                    return
-                if not await self._apply(state, events):
-                    return
-                if len(events) < self._batch_size:
-                    return
+            applied = await self._apply(state, events)
         except ClaimLostError as error:
             await state.log.awarning("consumer.claim-lost", reason=str(error))
             state.claim = None
             state.position_loaded = False
+            return False
+        return applied and len(events) == self._batch_size
 
     async def _claim(self, state: _Source) -> bool:
         claim = await self._store.claim(

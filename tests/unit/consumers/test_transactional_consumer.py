@@ -191,6 +191,25 @@ class TestBatches:
         assert set(subscriber.sources) == set(subscriber.claimed_sources)
         assert len(subscriber.sources) == 2
 
+    async def test_backlogged_sources_take_turns_batch_by_batch(
+        self, event_store: EventStore, checkpoints: InMemoryCheckpointStore
+    ) -> None:
+        await publish(event_store, "orders-1", 5)
+        await publish(event_store, "orders-2", 3, start=100)
+        recorder = Recorder()
+        subscriber = consumer(
+            event_store,
+            checkpoints,
+            recorder,
+            categories=("orders-1", "orders-2"),
+            batch_size=2,
+        )
+        await accept(subscriber, event_store, "orders-1", "orders-2")
+
+        await subscriber.consume_all()
+
+        assert recorder.batches == [[0, 1], [100, 101], [2, 3], [102], [4]]
+
     async def test_an_in_memory_transaction_has_no_connection(self) -> None:
         store = InMemoryCheckpointStore()
         async with store.transaction() as transaction:
