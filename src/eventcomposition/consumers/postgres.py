@@ -21,6 +21,7 @@ from logicblocks.event.types import (
     StreamIdentifier,
 )
 from psycopg import AsyncConnection
+from psycopg.pq import TransactionStatus
 from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -118,6 +119,22 @@ class PostgresTransaction(Transaction):
         return self._connection
 
 
+@asynccontextmanager
+async def _autocommitting(pool: Pool) -> AsyncIterator[AsyncConnection[Any]]:
+    """A pooled connection whose statements commit each on their own: one round
+    trip per statement, where psycopg would send BEGIN and the pool COMMIT too."""
+    async with pool.connection() as connection:
+        was = connection.autocommit
+        await connection.set_autocommit(True)
+        try:
+            yield connection
+        finally:
+            # Pooled connections are shared: leave a sound one as it was (a broken
+            # one is discarded by the pool).
+            if connection.info.transaction_status is TransactionStatus.IDLE:
+                await connection.set_autocommit(was)
+
+
 def _connection_of(transaction: Transaction) -> AsyncConnection[Any]:
     if not isinstance(transaction, PostgresTransaction):
         raise TypeError(
@@ -147,7 +164,7 @@ class PostgresEventReader(EventReader):
                 check_readable(source)
                 raise AssertionError("unreachable")
         async with (
-            self._pool.connection() as connection,
+            _autocommitting(self._pool) as connection,
             connection.cursor(row_factory=class_row(StoredEvent)) as cursor,
         ):
             await cursor.execute(query, parameters)
@@ -169,11 +186,9 @@ class PostgresCheckpointStore(CheckpointStore):
         return self._pool
 
     async def _fetch(self, query: str, parameters: Mapping[str, Any]) -> list[Any]:
-        async with self._pool.connection() as connection:
+        async with _autocommitting(self._pool) as connection:
             cursor = await connection.execute(query, parameters)
-            rows = await cursor.fetchall() if cursor.description else []
-            await connection.commit()
-            return rows
+            return await cursor.fetchall() if cursor.description else []
 
     async def now(self) -> datetime:
         rows = await self._fetch("SELECT now()", {})
