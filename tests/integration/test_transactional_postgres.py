@@ -409,3 +409,23 @@ async def test_a_stopped_source_shows_the_node_errored(
         description="the node to show the stopped source",
     )
     assert await applied_counts(pool) == (3, 3)
+
+
+async def test_reads_leave_pooled_connections_as_they_found_them(
+    postgres_database: ConnectionInfo,
+) -> None:
+    async with AsyncConnectionPool[AsyncConnection[Any]](
+        postgres_database.conninfo, min_size=1, max_size=1, open=False
+    ) as single:
+        await publish(single, "orders", 3)
+        reader = PostgresEventReader(single)
+        checkpoints = PostgresCheckpointStore(single)
+
+        events = await reader.read(
+            CategoryIdentifier(category="orders"), after=None, limit=10
+        )
+        await checkpoints.positions(GROUP)
+
+        assert [number(event) for event in events] == [0, 1, 2]
+        async with single.connection() as connection:
+            assert connection.autocommit is False
