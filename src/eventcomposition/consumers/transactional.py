@@ -16,7 +16,7 @@ source backs off and tries again, and nothing is parked for them.
 import os
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -103,6 +103,12 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
     (``EventRuntime.register_subscription_consumer``): it is a logicblocks
     ``EventSubscriptionConsumer`` whose ``accept``, ``withdraw`` and ``consume_all``
     are its own.
+
+    A source stopped by a poison event (``on_poison="stop"``) keeps its claim, so no
+    other node takes it over, and makes every later ``consume_all`` raise
+    ``SourcesStoppedError`` once the other sources have had their turn: the runtime
+    then shows the consumer, and the node, errored. Restarting the node (or
+    withdrawing the source) tries the event again.
     """
 
     def __init__(
@@ -120,7 +126,7 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
         on_poison: PoisonPolicy | str = PoisonPolicy.PARK,
         poison_attempts: int = 3,
         transient_backoff: Backoff | None = None,
-        clock: Any = time.monotonic,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(
             group=group,
