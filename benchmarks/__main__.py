@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, str] = {
     "failover": "benchmarks.failover",
     "allocation": "benchmarks.allocation",
     "latency": "benchmarks.latency",
+    "transactional": "benchmarks.transactional",
 }
 
 

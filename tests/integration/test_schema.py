@@ -138,6 +138,9 @@ class TestMigrate:
             "projections",
             "subscribers",
             "subscriptions",
+            "consumer_claims",
+            "consumer_checkpoints",
+            "consumer_dead_letters",
         )
         assert result.created_extensions == ("pg_trgm",)
         found = await relations(empty_connection)
@@ -170,6 +173,9 @@ class TestMigrate:
             "projections",
             "subscribers",
             "subscriptions",
+            "consumer_claims",
+            "consumer_checkpoints",
+            "consumer_dead_letters",
         )
         assert await relations(empty_connection) == after_first
 
@@ -190,6 +196,9 @@ class TestMigrate:
                 "projections",
                 "subscribers",
                 "subscriptions",
+                "consumer_claims",
+                "consumer_checkpoints",
+                "consumer_dead_letters",
             )
 
     async def test_nodes_migrating_at_once_do_not_race(
@@ -206,6 +215,9 @@ class TestMigrate:
             "projections",
             "subscribers",
             "subscriptions",
+            "consumer_claims",
+            "consumer_checkpoints",
+            "consumer_dead_letters",
         )
 
     async def test_keeps_a_compatible_existing_table_and_adds_its_indexes(
@@ -274,6 +286,57 @@ class TestMigrate:
         assert "no primary key or unique index on exactly (id, name)" in str(
             raised.value
         )
+
+    async def test_names_an_incompatible_checkpoint_table(
+        self, empty_database: ConnectionInfo, empty_connection: AsyncConnection[Any]
+    ) -> None:
+        await empty_connection.execute(
+            'CREATE TABLE consumer_checkpoints ("group" TEXT NOT NULL, '
+            "source TEXT NOT NULL, sequence_number TEXT NOT NULL, "
+            'updated_at TIMESTAMPTZ NOT NULL, PRIMARY KEY ("group", source))'
+        )
+
+        with pytest.raises(SchemaIncompatibleError) as raised:
+            await migrate(empty_database.conninfo)
+
+        assert raised.value.tables == ("consumer_checkpoints",)
+        assert "column 'sequence_number' has type text, expected bigint" in str(
+            raised.value
+        )
+        assert not await table_exists(empty_connection, "events")
+
+    async def test_names_a_dead_letter_table_without_its_key(
+        self, empty_database: ConnectionInfo, empty_connection: AsyncConnection[Any]
+    ) -> None:
+        await migrate(empty_database.conninfo)
+        await empty_connection.execute(
+            "ALTER TABLE consumer_dead_letters "
+            "DROP CONSTRAINT consumer_dead_letters_pkey"
+        )
+
+        with pytest.raises(SchemaIncompatibleError) as raised:
+            await migrate(empty_database.conninfo)
+
+        assert raised.value.tables == ("consumer_dead_letters",)
+        assert (
+            "no primary key or unique index on exactly (group, source, "
+            "sequence_number), which eventcomposition relies on" in str(raised.value)
+        )
+
+    async def test_names_an_incompatible_claims_table(
+        self, empty_database: ConnectionInfo, empty_connection: AsyncConnection[Any]
+    ) -> None:
+        await empty_connection.execute(
+            'CREATE TABLE consumer_claims ("group" TEXT NOT NULL, source TEXT NOT NULL, '
+            'holder TEXT NOT NULL, PRIMARY KEY ("group", source))'
+        )
+
+        with pytest.raises(SchemaIncompatibleError) as raised:
+            await migrate(empty_database.conninfo)
+
+        assert raised.value.tables == ("consumer_claims",)
+        assert "column 'epoch' is missing" in str(raised.value)
+        assert "column 'holder' is NOT NULL without a default" in str(raised.value)
 
     async def test_unreachable_server_raises_a_migration_error(
         self, postgres_database: ConnectionInfo

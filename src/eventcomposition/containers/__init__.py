@@ -22,7 +22,13 @@ from typing import Any, overload
 from dependency_injector import containers, providers
 
 from ..settings import EventCompositionSettings, load_settings
-from .apps import DEFAULT_APP, ApplicationError, application_container, node_for
+from .apps import (
+    DEFAULT_APP,
+    ApplicationError,
+    application_consumers,
+    application_container,
+    node_for,
+)
 from .declarations import EventRuntimeContainer
 from .mapping import broker_settings_from, consumer_settings_from
 
@@ -30,6 +36,7 @@ __all__ = [
     "DEFAULT_APP",
     "ApplicationError",
     "EventRuntimeContainer",
+    "application_consumers",
     "application_container",
     "broker_settings_from",
     "build_container",

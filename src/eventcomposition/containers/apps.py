@@ -4,12 +4,15 @@ import importlib
 import inspect
 import os
 import sys
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager, nullcontext
 from typing import Any
 
 from dependency_injector import containers, providers
 
 from ..errors import EventCompositionError
 from ..node import EventNode
+from ..runtime import Registration
 from ..settings import EventCompositionSettings
 from .declarations import EventRuntimeContainer
 
@@ -74,6 +77,22 @@ def application_container(path: str, settings: EventCompositionSettings) -> Any:
             )
     container.settings.override(providers.Object(settings))
     return container
+
+
+@asynccontextmanager
+async def application_consumers(
+    path: str, settings: EventCompositionSettings
+) -> AsyncIterator[Sequence[Registration]]:
+    """The consumers the application ``path`` declares, with its database open.
+
+    For commands that work with an application's consumers outside a running node
+    (``dead-letters retry``).
+    """
+    container = application_container(path, settings)
+    database = container.database()
+    async with database if database is not None else nullcontext():
+        consumers: Sequence[Registration] = container.consumers()
+        yield consumers
 
 
 async def node_for(path: str, settings: EventCompositionSettings) -> EventNode:

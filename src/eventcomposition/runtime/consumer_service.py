@@ -10,7 +10,7 @@ not, and can be woken (``wake``) to poll at once instead of at the end of its pa
 
 import asyncio
 from asyncio import FIRST_COMPLETED
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import structlog
 from logicblocks.event.processing import (
@@ -27,6 +27,14 @@ from logicblocks.event.processing import (
 from .settings import EventConsumerSettings
 
 logger = structlog.get_logger("eventcomposition.runtime")
+
+
+@runtime_checkable
+class ReleasesClaims(Protocol):
+    """A consumer holding claims on sources (a transactional consumer), to be
+    released once it has drained, so other nodes take its sources over at once."""
+
+    async def release_claims(self) -> None: ...
 
 
 class _ObservedErrorHandler(ErrorHandler[Any]):
@@ -90,6 +98,8 @@ class ConsumerService(Service[None]):
                 await self._pause(
                     self.settings.poll_interval.total_seconds(), self._poll_now
                 )
+            if isinstance(self.consumer, ReleasesClaims):
+                await self.consumer.release_claims()
         except asyncio.CancelledError:
             self._status = ProcessStatus.STOPPED
             raise

@@ -247,7 +247,7 @@ async def _table_problems(cursor: AsyncCursor[Any], table: ExpectedTable) -> lis
         )
         problems.append(
             f"there is no primary key or unique index on exactly ({key}), "
-            "which logicblocks relies on"
+            f"which {table.used_by} relies on"
         )
     return problems
 
@@ -269,11 +269,11 @@ def _column_problems(
         if column.database_fills_it and not has_default:
             yield (
                 f"column '{column.name}' has no default or identity, "
-                "and logicblocks never writes it"
+                f"and {table.used_by} never writes it"
             )
     for name, (_, not_null, has_default) in columns.items():
         if name not in expected_names and not_null and not has_default:
             yield (
                 f"column '{name}' is NOT NULL without a default, "
-                "and logicblocks 0.1.11 never writes it"
+                f"and {table.used_by} never writes it"
             )

@@ -81,6 +81,44 @@ CREATE TABLE IF NOT EXISTS subscriptions (
 CREATE INDEX IF NOT EXISTS subscriptions_node_id_idx
     ON subscriptions (node_id);
 
+-- Transactional consumers (eventcomposition.consumers): who may commit work for a
+-- source of a subscriber group. Each claim takes the next epoch; every checkpoint
+-- write checks holder and epoch, so a subscriber that lost the source cannot
+-- commit. Leases are measured with the database clock.
+CREATE TABLE IF NOT EXISTS consumer_claims (
+    "group"           text                     NOT NULL,
+    source            text                     NOT NULL,
+    holder_node       text                     NOT NULL,
+    holder_subscriber text                     NOT NULL,
+    epoch             bigint                   NOT NULL,
+    lease_expires_at  timestamp with time zone NOT NULL,
+    released          boolean                  NOT NULL,
+    claimed_at        timestamp with time zone NOT NULL,
+    CONSTRAINT consumer_claims_pkey PRIMARY KEY ("group", source)
+);
+
+-- The sequence number of the last event each group applied from each source,
+-- written in the transaction that applied it.
+CREATE TABLE IF NOT EXISTS consumer_checkpoints (
+    "group"         text                     NOT NULL,
+    source          text                     NOT NULL,
+    sequence_number bigint                   NOT NULL,
+    updated_at      timestamp with time zone NOT NULL,
+    CONSTRAINT consumer_checkpoints_pkey PRIMARY KEY ("group", source)
+);
+
+-- Events a group's processor kept failing, parked so that their source goes on.
+CREATE TABLE IF NOT EXISTS consumer_dead_letters (
+    "group"         text                     NOT NULL,
+    source          text                     NOT NULL,
+    sequence_number bigint                   NOT NULL,
+    event_id        text                     NOT NULL,
+    error           text                     NOT NULL,
+    attempts        integer                  NOT NULL,
+    parked_at       timestamp with time zone NOT NULL,
+    CONSTRAINT consumer_dead_letters_pkey PRIMARY KEY ("group", source, sequence_number)
+);
+
 -- ---------------------------------------------------------------------------------
 -- Wake-ups: NOTIFY on the events table (eventcomposition.services.notify listens).
 --

@@ -1,4 +1,5 @@
-"""What the logicblocks 0.1.11 PostgreSQL adapters need of each table they use.
+"""What the logicblocks 0.1.11 PostgreSQL adapters, and eventcomposition's
+transactional consumers, need of each table they use.
 
 Kept next to ``schema.sql`` (which creates exactly this) so that ``migrate`` can check
 tables that existed before it ran.
@@ -9,6 +10,8 @@ from dataclasses import dataclass
 TEXT = ("text", "character varying")
 JSONB = ("jsonb",)
 TIMESTAMPTZ = ("timestamp with time zone",)
+BIGINT = ("bigint",)
+CONSUMERS = "eventcomposition"
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,8 @@ class ExpectedTable:
     """Columns the library relies on being unique together (ON CONFLICT targets,
     duplicate detection)."""
     indexes: tuple[str, ...]
+    used_by: str = "logicblocks 0.1.11"
+    """Who reads and writes the table, as error messages name it."""
 
 
 OWNED_TABLES: tuple[ExpectedTable, ...] = (
@@ -86,6 +91,50 @@ OWNED_TABLES: tuple[ExpectedTable, ...] = (
         ),
         unique_key=frozenset({"group", "id"}),
         indexes=("subscriptions_node_id_idx",),
+    ),
+    # The transactional consumers' own tables (eventcomposition.consumers).
+    ExpectedTable(
+        name="consumer_claims",
+        columns=(
+            ExpectedColumn("group", TEXT),
+            ExpectedColumn("source", TEXT),
+            ExpectedColumn("holder_node", TEXT),
+            ExpectedColumn("holder_subscriber", TEXT),
+            ExpectedColumn("epoch", BIGINT),
+            ExpectedColumn("lease_expires_at", TIMESTAMPTZ),
+            ExpectedColumn("released", ("boolean",)),
+            ExpectedColumn("claimed_at", TIMESTAMPTZ),
+        ),
+        unique_key=frozenset({"group", "source"}),
+        indexes=(),
+        used_by=CONSUMERS,
+    ),
+    ExpectedTable(
+        name="consumer_checkpoints",
+        columns=(
+            ExpectedColumn("group", TEXT),
+            ExpectedColumn("source", TEXT),
+            ExpectedColumn("sequence_number", BIGINT),
+            ExpectedColumn("updated_at", TIMESTAMPTZ),
+        ),
+        unique_key=frozenset({"group", "source"}),
+        indexes=(),
+        used_by=CONSUMERS,
+    ),
+    ExpectedTable(
+        name="consumer_dead_letters",
+        columns=(
+            ExpectedColumn("group", TEXT),
+            ExpectedColumn("source", TEXT),
+            ExpectedColumn("sequence_number", BIGINT),
+            ExpectedColumn("event_id", TEXT),
+            ExpectedColumn("error", TEXT),
+            ExpectedColumn("attempts", ("integer", "bigint")),
+            ExpectedColumn("parked_at", TIMESTAMPTZ),
+        ),
+        unique_key=frozenset({"group", "source", "sequence_number"}),
+        indexes=(),
+        used_by=CONSUMERS,
     ),
 )
 

@@ -69,7 +69,7 @@ def _never_called(source: Any) -> Any:
 
 
 def test_subscription_consumer_keeps_its_source_consumers_in_delegates() -> None:
-    # eventcomposition.consumers.MultiSourceSubscriptionConsumer iterates these.
+    # eventcomposition.consumers.subscription.MultiSourceSubscriptionConsumer iterates these.
     consumer: Any = EventSubscriptionConsumer[StoredEvent](
         group="g",
         id="s",

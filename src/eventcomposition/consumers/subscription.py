@@ -87,8 +87,8 @@ class MultiSourceSubscriptionConsumer(EventSubscriptionConsumer[StoredEvent]):
 
     @property
     def sources(self) -> tuple[EventSourceIdentifier, ...]:
-        """The sources the broker has allocated to this subscriber right now."""
-        return tuple(dict(self._delegates))
+        """The sources allocated to this subscriber now."""
+        return tuple(self._delegates)
 
     async def consume_all(self) -> None:
         failures: list[Exception] = []

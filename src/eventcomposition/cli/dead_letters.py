@@ -1,0 +1,127 @@
+"""``eventcomposition dead-letters list|retry``: events parked by transactional
+consumers, shown or delivered again to their group's processor."""
+
+import argparse
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from ..consumers import (
+    DeadLetter,
+    PostgresCheckpointStore,
+    TransactionalConsumer,
+    retry_dead_letters,
+)
+from ..containers import DEFAULT_APP, application_consumers
+from ..logs import configure_logging
+from ..runtime import Registration, SubscriptionConsumerRegistration
+from ..settings import load_settings
+from .db import reachable_postgres
+from .errors import CommandError
+from .options import add_settings_arguments
+
+
+def add_parser(
+    subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]",
+) -> None:
+    parser = subparsers.add_parser(
+        "dead-letters", help="list or retry events parked by transactional consumers"
+    )
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="show the parked events")
+    add_settings_arguments(listing)
+    listing.add_argument("--group", help="only this subscriber group's")
+    listing.set_defaults(func=lambda args: asyncio.run(list_dead_letters(args)))
+
+    retry = actions.add_parser(
+        "retry",
+        help="deliver the parked events again to their group's processor, "
+        "removing each one applied",
+    )
+    retry.add_argument(
+        "--app",
+        default=DEFAULT_APP,
+        help="module:attribute of the application's container, whose consumers "
+        "declare the groups' processors",
+    )
+    add_settings_arguments(retry)
+    retry.add_argument("--group", help="only this subscriber group's")
+    retry.set_defaults(func=lambda args: asyncio.run(retry_parked(args)))
+
+
+async def list_dead_letters(args: argparse.Namespace) -> int:
+    storage = load_settings(args.env, settings_dir=args.settings_dir).storage.type
+    if storage != "postgres":
+        raise CommandError(
+            f"storage.type is {storage}: dead letters outlive a process only in "
+            "PostgreSQL; set storage.type = postgres (or EVENTCOMPOSITION_STORAGE__TYPE)"
+        )
+    postgres = await reachable_postgres(args)
+    where = postgres.location()
+    async with AsyncConnectionPool[AsyncConnection[Any]](
+        postgres.conninfo(), min_size=1, max_size=1, open=False
+    ) as pool:
+        letters = await PostgresCheckpointStore(pool).dead_letters(args.group)
+    if not letters:
+        print(f"no dead letters in {where}")
+        return 0
+    print("\n".join(describe(letter) for letter in letters))
+    return 0
+
+
+def describe(letter: DeadLetter) -> str:
+    return (
+        f"{letter.group}  {letter.source}  sequence_number={letter.sequence_number}  "
+        f"event={letter.event_id}  attempts={letter.attempts}  "
+        f"parked_at={letter.parked_at.isoformat(timespec='seconds')}  {letter.error}"
+    )
+
+
+async def retry_parked(args: argparse.Namespace) -> int:
+    settings = load_settings(args.env, settings_dir=args.settings_dir)
+    configure_logging(settings.logging.level, settings.logging.format)
+    async with application_consumers(args.app, settings) as registrations:
+        consumers = transactional_consumers(registrations, args.group)
+        if not consumers:
+            raise CommandError(
+                f"the app {args.app} declares no transactional consumer"
+                + (f" of group '{args.group}'" if args.group else "")
+                + ": pass the --app whose consumers process these dead letters"
+            )
+        failed = 0
+        for group, consumer in consumers.items():
+            result = await retry_dead_letters(
+                checkpoint_store=consumer.checkpoint_store,
+                event_reader=consumer.event_reader,
+                group=group,
+                processor=consumer.processor,
+            )
+            print(
+                f"{group}: applied {len(result.applied)}, "
+                f"still parked {len(result.failed)}"
+            )
+            for letter, why in result.failed:
+                print(
+                    f"  {letter.source} sequence_number={letter.sequence_number}: {why}"
+                )
+            failed += len(result.failed)
+        return 1 if failed else 0
+
+
+def transactional_consumers(
+    registrations: Sequence[Registration], group: str | None
+) -> dict[str, TransactionalConsumer]:
+    found: dict[str, TransactionalConsumer] = {}
+    for registration in registrations:
+        if not isinstance(registration, SubscriptionConsumerRegistration):
+            continue
+        consumer = registration.consumer
+        if isinstance(consumer, TransactionalConsumer) and group in (
+            None,
+            consumer.group,
+        ):
+            found.setdefault(consumer.group, consumer)
+    return found

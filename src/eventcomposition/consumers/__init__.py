@@ -1,0 +1,68 @@
+"""The kinds of consumer an application declares.
+
+- ``make_subscription_consumer``: logicblocks' per-event processors, delivered at
+  least once (``subscription``).
+- ``make_transactional_consumer``: ``BatchProcessor``s whose writes commit in one
+  transaction with the source's checkpoint, fenced by claims: exactly once in effect
+  (``transactional``), with checkpoint stores in PostgreSQL and memory that also
+  keep the claims and the dead letters.
+"""
+
+from .batch import (
+    BatchProcessor,
+    ClaimLostError,
+    Transaction,
+    TransactionUnsupportedError,
+)
+from .claims import Claim, ClaimRecord, DeadLetter, Holder, SourceRef, source_of
+from .dead_letters import RetryResult, retry_dead_letters
+from .memory import InMemoryCheckpointStore, InMemoryTransaction
+from .postgres import PostgresCheckpointStore, PostgresEventReader, PostgresTransaction
+from .stores import CheckpointStore, EventReader, StoreEventReader
+from .subscription import (
+    MultiSourceSubscriptionConsumer,
+    RestartingSourceConsumer,
+    make_subscription_consumer,
+    source_key,
+    state_category_name,
+)
+from .transactional import (
+    TRANSIENT_ERRORS,
+    PoisonPolicy,
+    SourcesStoppedError,
+    TransactionalConsumer,
+    make_transactional_consumer,
+)
+
+__all__ = [
+    "TRANSIENT_ERRORS",
+    "BatchProcessor",
+    "CheckpointStore",
+    "Claim",
+    "ClaimLostError",
+    "ClaimRecord",
+    "DeadLetter",
+    "EventReader",
+    "Holder",
+    "InMemoryCheckpointStore",
+    "InMemoryTransaction",
+    "MultiSourceSubscriptionConsumer",
+    "PoisonPolicy",
+    "PostgresCheckpointStore",
+    "PostgresEventReader",
+    "PostgresTransaction",
+    "RestartingSourceConsumer",
+    "RetryResult",
+    "SourceRef",
+    "SourcesStoppedError",
+    "StoreEventReader",
+    "Transaction",
+    "TransactionUnsupportedError",
+    "TransactionalConsumer",
+    "make_subscription_consumer",
+    "make_transactional_consumer",
+    "retry_dead_letters",
+    "source_key",
+    "source_of",
+    "state_category_name",
+]

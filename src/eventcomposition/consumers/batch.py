@@ -1,0 +1,76 @@
+"""What a transactional consumer hands its processor: a batch and a transaction."""
+
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import structlog
+from logicblocks.event.types import StoredEvent
+from psycopg import AsyncConnection
+
+from ..errors import EventCompositionError
+
+logger = structlog.get_logger("eventcomposition.consumers")
+
+type CommitCallback = Callable[[], Awaitable[None] | None]
+
+
+class ClaimLostError(EventCompositionError):
+    """Another subscriber claimed the source: this one's batch was rolled back."""
+
+
+class TransactionUnsupportedError(EventCompositionError):
+    """The processor asked a transaction for something its store does not offer."""
+
+
+class Transaction(ABC):
+    """The unit of work in which a batch's effects and its checkpoint commit.
+
+    - On PostgreSQL, ``connection`` is the psycopg ``AsyncConnection`` inside the
+      open transaction in which the checkpoint is written: whatever the processor
+      writes through it commits or rolls back with the checkpoint.
+    - In memory there is no connection; a processor applies its effects with
+      ``on_commit``: the callbacks run, in order, only when the checkpoint commits,
+      and are dropped when the batch rolls back. They should not fail: the
+      checkpoint has moved by the time they run.
+
+    ``on_commit`` works on PostgreSQL too (after the commit), e.g. to notify
+    something in the process once the batch is durable.
+    """
+
+    def __init__(self) -> None:
+        self._callbacks: list[CommitCallback] = []
+
+    @property
+    @abstractmethod
+    def connection(self) -> AsyncConnection[Any]:
+        raise NotImplementedError
+
+    def on_commit(self, callback: CommitCallback) -> None:
+        self._callbacks.append(callback)
+
+    async def run_commit_callbacks(self) -> None:
+        """Run the callbacks once committed. A failing one is logged and skipped:
+        the commit stands, so nothing may make the batch look failed."""
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            try:
+                result = callback()
+                if result is not None:
+                    await result
+            except Exception:
+                await logger.aexception("consumer.commit-callback-failed")
+
+
+class BatchProcessor(ABC):
+    """Applies a batch of events of one source, in order, within ``transaction``.
+
+    Raising rolls the batch back; the consumer then looks for the failing event
+    (see ``make_transactional_consumer``).
+    """
+
+    @abstractmethod
+    async def process_batch(
+        self, events: Sequence[StoredEvent], transaction: Transaction
+    ) -> None:
+        raise NotImplementedError

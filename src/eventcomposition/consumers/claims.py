@@ -1,0 +1,91 @@
+"""Claims: which subscriber may commit work for a source of a group, and since when.
+
+A subscriber claims a source before it reads it. Each claim of a source gets the
+next epoch, and every checkpoint write checks the holder and the epoch in its own
+transaction, so a subscriber that lost a source cannot commit for it any more.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from logicblocks.event.types import (
+    CategoryIdentifier,
+    EventSourceIdentifier,
+    StreamIdentifier,
+)
+
+from .batch import ClaimLostError
+from .subscription import source_key
+
+type SourceRef = EventSourceIdentifier | str
+"""A source, by identifier or by its ``source_key`` (``category`` or
+``category/stream``)."""
+
+
+def key_of(source: SourceRef) -> str:
+    return source if isinstance(source, str) else source_key(source)
+
+
+def source_of(key: str) -> CategoryIdentifier | StreamIdentifier:
+    """The identifier a ``source_key`` names (``category`` or ``category/stream``)."""
+    category, slash, stream = key.partition("/")
+    if slash:
+        return StreamIdentifier(category=category, stream=stream)
+    return CategoryIdentifier(category=category)
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a claim: a node and one of its subscribers."""
+
+    node_id: str
+    subscriber_id: str
+
+    def __str__(self) -> str:
+        return f"{self.node_id}/{self.subscriber_id}"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim held by this process: the fence its commits carry."""
+
+    group: str
+    source: str
+    holder: Holder
+    epoch: int
+
+
+@dataclass(frozen=True)
+class ClaimRecord:
+    """A claim as stored, for readers such as a rebalancing coordinator."""
+
+    group: str
+    source: str
+    holder: Holder
+    epoch: int
+    lease_expires_at: datetime
+    released: bool
+
+    def is_free(self, now: datetime) -> bool:
+        """Whether another subscriber may claim the source at ``now``."""
+        return self.released or self.lease_expires_at <= now
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """An event parked after its processor failed it too many times."""
+
+    group: str
+    source: str
+    sequence_number: int
+    event_id: str
+    error: str
+    attempts: int
+    parked_at: datetime
+
+
+def claim_lost(claim: Claim) -> ClaimLostError:
+    return ClaimLostError(
+        f"source '{claim.source}' of group '{claim.group}' is no longer claimed by "
+        f"{claim.holder} (epoch {claim.epoch}): its batch was rolled back"
+    )

@@ -1,0 +1,506 @@
+"""Transactional batch consumers: exactly once in effect.
+
+Every poll, for each source allocated to it by the broker, the consumer claims the
+source (once), reads up to ``batch_size`` events after its checkpoint, hands them to
+the ``BatchProcessor`` and moves the checkpoint in the same transaction, fenced by
+the claim; it goes on while a full batch came back. A batch holds events of one
+source only, in sequence-number order.
+
+When a batch fails, the consumer halves it until it finds the failing event,
+committing the events before it. The event is tried again on the next polls; after
+``poison_attempts`` failures it is parked as a dead letter (and the source goes on)
+or its source stops, as ``on_poison`` says. Database outages are transient: the
+source backs off and tries again, and nothing is parked for them.
+"""
+
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+from uuid import uuid4
+
+import psycopg
+import structlog
+from logicblocks.event.processing.consumers import EventSubscriptionConsumer
+from logicblocks.event.sources import EventSource
+from logicblocks.event.store import EventStore
+from logicblocks.event.types import EventSourceIdentifier, StoredEvent
+
+from ..errors import EventCompositionError
+from ..retry import Backoff
+from .batch import BatchProcessor, ClaimLostError
+from .claims import Claim, DeadLetter, Holder
+from .stores import CheckpointStore, EventReader, check_readable
+from .subscription import source_key
+
+logger = structlog.get_logger("eventcomposition.consumers")
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    psycopg.OperationalError,  # unreachable, restarted, deadlock, serialisation, pool
+    psycopg.InterfaceError,  # a connection closed under us
+    ConnectionError,
+    TimeoutError,
+)
+"""Failures of the database rather than of an event: retried, never parked."""
+
+
+class PoisonPolicy(StrEnum):
+    """What happens to an event its processor keeps failing."""
+
+    PARK = "park"
+    """Park it as a dead letter and go on with the rest of its source."""
+    STOP = "stop"
+    """Stop its source (the others go on); the consumer reports errored."""
+
+
+class SourcesStoppedError(EventCompositionError):
+    """Sources stopped at an event their processor kept failing (``on_poison="stop"``)."""
+
+    def __init__(self, group: str, stopped: Mapping[str, str]) -> None:
+        self.stopped = dict(stopped)
+        described = "; ".join(f"{key}: {why}" for key, why in self.stopped.items())
+        super().__init__(
+            f"{len(self.stopped)} source(s) of subscriber group '{group}' stopped: "
+            f"{described}; fix the processor (or the data) and restart the node, "
+            "or use on_poison = 'park' to set such events aside"
+        )
+
+
+@dataclass
+class _Source:
+    identifier: EventSourceIdentifier
+    key: str
+    claim: Claim | None = None
+    position: int | None = None
+    position_loaded: bool = False
+    renewed_at: float = 0.0
+    withdrawn: bool = False
+    busy: bool = False
+    stopped: str | None = None
+    failing: tuple[int, int] | None = None
+    """The sequence number of the event that failed last, and how often it did."""
+    transient_failures: int = 0
+    retry_at: float = 0.0
+    log: Any = field(default=None, repr=False)
+
+
+def _no_delegates(source: EventSource[EventSourceIdentifier, Any]) -> Any:
+    raise AssertionError("a TransactionalConsumer keeps no delegate consumers")
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
+    """A subscription consumer whose batches commit with their checkpoints.
+
+    Register it like any subscription consumer
+    (``EventRuntime.register_subscription_consumer``): it is a logicblocks
+    ``EventSubscriptionConsumer`` whose ``accept``, ``withdraw`` and ``consume_all``
+    are its own.
+
+    A source stopped by a poison event (``on_poison="stop"``) keeps its claim, so no
+    other node takes it over, and makes every later ``consume_all`` raise
+    ``SourcesStoppedError`` once the other sources have had their turn: the runtime
+    then shows the consumer, and the node, errored. Restarting the node (or
+    withdrawing the source) tries the event again.
+    """
+
+    def __init__(
+        self,
+        *,
+        group: str,
+        id: str,
+        node_id: str,
+        subscription_requests: Sequence[EventSourceIdentifier],
+        processor: BatchProcessor,
+        checkpoint_store: CheckpointStore,
+        event_reader: EventReader,
+        batch_size: int = 500,
+        claim_lease: timedelta = timedelta(seconds=10),
+        on_poison: PoisonPolicy | str = PoisonPolicy.PARK,
+        poison_attempts: int = 3,
+        transient_backoff: Backoff | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(
+            group=group,
+            id=id,
+            subscription_requests=list(subscription_requests),
+            delegate_factory=_no_delegates,
+        )
+        self._holder = Holder(node_id=node_id, subscriber_id=id)
+        self._processor = processor
+        self._store = checkpoint_store
+        self._reader = event_reader
+        self._batch_size = batch_size
+        self._lease = claim_lease
+        self._on_poison = PoisonPolicy(on_poison)
+        self._poison_attempts = poison_attempts
+        self._backoff = transient_backoff or Backoff(
+            initial=timedelta(milliseconds=100), maximum=timedelta(seconds=10)
+        )
+        self._clock = clock
+        self._sources: dict[EventSourceIdentifier, _Source] = {}
+        self._log = logger.bind(subscriber=f"{group}/{id}", node_id=node_id)
+
+    # -- what others may read ----------------------------------------------------
+
+    @property
+    def holder(self) -> Holder:
+        return self._holder
+
+    @property
+    def processor(self) -> BatchProcessor:
+        return self._processor
+
+    @property
+    def checkpoint_store(self) -> CheckpointStore:
+        return self._store
+
+    @property
+    def event_reader(self) -> EventReader:
+        return self._reader
+
+    @property
+    def sources(self) -> tuple[EventSourceIdentifier, ...]:
+        """The sources allocated to this subscriber now (claimed or waiting to be)."""
+        return tuple(
+            state.identifier for state in self._sources.values() if not state.withdrawn
+        )
+
+    @property
+    def claimed_sources(self) -> tuple[EventSourceIdentifier, ...]:
+        return tuple(
+            state.identifier
+            for state in self._sources.values()
+            if state.claim is not None
+        )
+
+    @property
+    def stopped_sources(self) -> Mapping[str, str]:
+        """Sources stopped by a poison event, with why, by key."""
+        return {
+            state.key: state.stopped
+            for state in self._sources.values()
+            if state.stopped is not None
+        }
+
+    # health() stays HEALTHY with a stopped source: an unhealthy subscriber stops
+    # heartbeating, so the coordinator would move all its sources, healthy ones too.
+    # A stopped source shows in consume_all's error, hence the consumer's status.
+
+    # -- allocation ----------------------------------------------------------------
+
+    async def accept(self, source: EventSource[EventSourceIdentifier, Any]) -> None:
+        identifier = source.identifier
+        check_readable(identifier)
+        state = self._sources.get(identifier)
+        if state is not None:
+            state.withdrawn = False
+            return
+        key = source_key(identifier)
+        self._sources[identifier] = _Source(
+            identifier=identifier, key=key, log=self._log.bind(source=key)
+        )
+        await self._log.ainfo("consumer.source-accepted", source=key)
+
+    async def withdraw(self, source: EventSource[EventSourceIdentifier, Any]) -> None:
+        state = self._sources.get(source.identifier)
+        if state is None:
+            return
+        state.withdrawn = True
+        if not state.busy:
+            await self._let_go(state)
+
+    async def release_claims(self) -> None:
+        """Release every claim, e.g. once the node has stopped consuming, so that
+        other nodes take the sources over at once instead of after the lease."""
+        for state in list(self._sources.values()):
+            state.withdrawn = True
+            if not state.busy:
+                await self._let_go(state)
+
+    async def _let_go(self, state: _Source) -> None:
+        if self._sources.get(state.identifier) is state and state.withdrawn:
+            del self._sources[state.identifier]
+        claim, state.claim = state.claim, None
+        if claim is None:
+            return
+        try:
+            await self._store.release(claim)
+        except TRANSIENT_ERRORS as error:
+            await state.log.awarning(
+                "consumer.release-failed",
+                error=_describe(error),
+                lease_seconds=self._lease.total_seconds(),
+            )
+            return
+        await state.log.ainfo("consumer.source-released", epoch=claim.epoch)
+
+    # -- consumption ----------------------------------------------------------------
+
+    async def consume_all(self) -> None:
+        """One batch from each source in turn, round after round, while any has a
+        backlog: a long backlog does not hold the other sources up."""
+        await self._renew_due_claims()
+        transient: list[Exception] = []
+        pending = list(self._sources.values())
+        while pending:
+            backlogged = []
+            for state in pending:
+                if await self._take_turn(state, transient):
+                    backlogged.append(state)
+            pending = backlogged
+            await self._renew_due_claims()
+        if self.stopped_sources:
+            raise SourcesStoppedError(self.group, self.stopped_sources)
+        if len(transient) == 1:
+            raise transient[0]
+        if transient:
+            raise ExceptionGroup(
+                f"{len(transient)} sources of {self.group}/{self.id} could not "
+                "reach the database",
+                transient,
+            )
+
+    async def _take_turn(self, state: _Source, transient: list[Exception]) -> bool:
+        """Consume one batch of ``state``'s source; True when more may be waiting."""
+        if state.withdrawn or state.stopped is not None:
+            return False
+        if state.retry_at > self._clock():
+            return False
+        state.busy = True
+        try:
+            more = await self._consume_batch(state)
+            state.transient_failures = 0
+        except TRANSIENT_ERRORS as error:
+            transient.append(error)  # type: ignore[arg-type]
+            await self._transient_failure(state, error)
+            more = False
+        finally:
+            state.busy = False
+        if state.withdrawn:
+            await self._let_go(state)
+            return False
+        return more
+
+    async def _transient_failure(self, state: _Source, error: BaseException) -> None:
+        state.transient_failures += 1
+        delay = self._backoff.delay(state.transient_failures).total_seconds()
+        state.retry_at = self._clock() + delay
+        # A commit cut off may have gone through: read the checkpoint again.
+        state.position_loaded = False
+        await state.log.awarning(
+            "consumer.source-transient-failure",
+            error=_describe(error),
+            consecutive_failures=state.transient_failures,
+            retry_in_seconds=delay,
+        )
+
+    async def _consume_batch(self, state: _Source) -> bool:
+        if state.claim is None and not await self._claim(state):
+            return False
+        if not state.position_loaded:
+            state.position = await self._store.position(self.group, state.key)
+            state.position_loaded = True
+        events = await self._reader.read(
+            state.identifier, after=state.position, limit=self._batch_size
+        )
+        if not events:
+            return False
+        try:
+            applied = await self._apply(state, events)
+        except ClaimLostError as error:
+            await state.log.awarning("consumer.claim-lost", reason=str(error))
+            state.claim = None
+            state.position_loaded = False
+            return False
+        return applied and len(events) == self._batch_size
+
+    async def _claim(self, state: _Source) -> bool:
+        claim = await self._store.claim(
+            self.group, state.key, self._holder, self._lease
+        )
+        if claim is None:
+            return False
+        state.claim = claim
+        state.renewed_at = self._clock()
+        state.position_loaded = False
+        await state.log.ainfo("consumer.source-claimed", epoch=claim.epoch)
+        return True
+
+    async def _renew_due_claims(self) -> None:
+        due_after = self._lease.total_seconds() / 3
+        now = self._clock()
+        due = [
+            state
+            for state in self._sources.values()
+            if state.claim is not None
+            and not state.busy
+            and now - state.renewed_at >= due_after
+        ]
+        if not due:
+            return
+        claims = [state.claim for state in due if state.claim is not None]
+        try:
+            held = await self._store.renew(claims, self._lease)
+        except TRANSIENT_ERRORS as error:
+            await self._log.awarning("consumer.renew-failed", error=_describe(error))
+            return
+        for state in due:
+            if state.claim in held:
+                state.renewed_at = now
+            else:
+                await state.log.awarning("consumer.claim-lost", reason="lease renewal")
+                state.claim = None
+                state.position_loaded = False
+
+    async def _apply(self, state: _Source, events: Sequence[StoredEvent]) -> bool:
+        """Apply ``events``, halving on failure; False when the source must wait."""
+        if (
+            len(events) > 1
+            and state.failing is not None
+            and state.failing[0] == events[0].sequence_number
+        ):
+            # The event that failed last time comes first: try it alone.
+            return await self._apply(state, events[:1]) and await self._apply(
+                state, events[1:]
+            )
+        try:
+            await self._commit(state, events)
+        except ClaimLostError:
+            raise
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception as error:
+            if len(events) > 1:
+                half = len(events) // 2
+                return await self._apply(state, events[:half]) and await self._apply(
+                    state, events[half:]
+                )
+            return await self._poisoned(state, events[0], error)
+        return True
+
+    async def _commit(self, state: _Source, events: Sequence[StoredEvent]) -> None:
+        claim = state.claim
+        if claim is None:
+            raise AssertionError("committing without a claim")
+        last = events[-1].sequence_number
+        async with self._store.transaction() as transaction:
+            await self._processor.process_batch(events, transaction)
+            await self._store.advance(transaction, claim, last, self._lease)
+        state.position = last
+        state.renewed_at = self._clock()
+        if state.failing is not None and state.failing[0] <= last:
+            state.failing = None
+
+    async def _poisoned(
+        self, state: _Source, event: StoredEvent, error: Exception
+    ) -> bool:
+        sequence_number = event.sequence_number
+        attempts = 1
+        if state.failing is not None and state.failing[0] == sequence_number:
+            attempts = state.failing[1] + 1
+        state.failing = (sequence_number, attempts)
+        where = {
+            "sequence_number": sequence_number,
+            "event_id": event.id,
+            "stream": event.stream,
+            "position": event.position,
+            "attempts": attempts,
+            "error": _describe(error),
+        }
+        if attempts < self._poison_attempts:
+            await state.log.awarning("consumer.event-failed", **where)
+            return False
+        if self._on_poison is PoisonPolicy.STOP:
+            state.stopped = (
+                f"event {event.id} (sequence number {sequence_number}) failed "
+                f"{attempts} times: {_describe(error)}"
+            )
+            await state.log.aerror("consumer.source-stopped", **where)
+            return False
+        claim = state.claim
+        if claim is None:
+            raise AssertionError("parking without a claim")
+        async with self._store.transaction() as transaction:
+            await self._store.park(
+                transaction,
+                claim,
+                DeadLetter(
+                    group=self.group,
+                    source=state.key,
+                    sequence_number=sequence_number,
+                    event_id=event.id,
+                    error=_describe(error),
+                    attempts=attempts,
+                    parked_at=datetime.now(UTC),
+                ),
+                self._lease,
+            )
+        state.position = sequence_number
+        state.failing = None
+        await state.log.aerror("consumer.event-parked", **where)
+        return True
+
+
+def make_transactional_consumer(
+    *,
+    event_store: EventStore,
+    checkpoint_store: CheckpointStore,
+    subscriber_group: str,
+    subscription_requests: Sequence[EventSourceIdentifier],
+    processor: BatchProcessor,
+    batch_size: int = 500,
+    subscriber_id: str | None = None,
+    node_id: str | None = None,
+    claim_lease: timedelta = timedelta(seconds=10),
+    on_poison: PoisonPolicy | str = PoisonPolicy.PARK,
+    poison_attempts: int = 3,
+    event_reader: EventReader | None = None,
+) -> TransactionalConsumer:
+    """A subscriber for ``subscription_requests`` whose batches go to ``processor``.
+
+    Events are read with ``checkpoint_store.event_reader(event_store)`` unless an
+    ``event_reader`` is given: on PostgreSQL one direct query on the ``events`` table
+    of the store's database, in memory through ``event_store``. ``node_id`` names the
+    claim holder with the subscriber's id (host and process id by default).
+    """
+    if not subscription_requests:
+        raise ValueError(
+            f"subscriber group '{subscriber_group}' requests no event sources: "
+            "give at least one category or stream"
+        )
+    for request in subscription_requests:
+        check_readable(request)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if poison_attempts < 1:
+        raise ValueError(f"poison_attempts must be at least 1, got {poison_attempts}")
+    if claim_lease <= timedelta(0):
+        raise ValueError(f"claim_lease must be positive, got {claim_lease}")
+    try:
+        policy = PoisonPolicy(on_poison)
+    except ValueError:
+        raise ValueError(
+            f"on_poison must be 'park' or 'stop', got {on_poison!r}"
+        ) from None
+    return TransactionalConsumer(
+        group=subscriber_group,
+        id=subscriber_id or uuid4().hex,
+        node_id=node_id or f"{socket.gethostname()}-{os.getpid()}",
+        subscription_requests=subscription_requests,
+        processor=processor,
+        checkpoint_store=checkpoint_store,
+        event_reader=event_reader or checkpoint_store.event_reader(event_store),
+        batch_size=batch_size,
+        claim_lease=claim_lease,
+        on_poison=policy,
+        poison_attempts=poison_attempts,
+    )

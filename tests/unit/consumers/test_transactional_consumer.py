@@ -1,0 +1,517 @@
+"""Transactional consumers with the in-memory stores: batches, claims, poison events."""
+
+import asyncio
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from logicblocks.event.processing import EventSubscriberHealth
+from logicblocks.event.store import EventStore, InMemoryEventStorageAdapter
+from logicblocks.event.types import (
+    CategoryIdentifier,
+    EventSourceIdentifier,
+    NewEvent,
+    StoredEvent,
+)
+
+from eventcomposition.consumers import (
+    BatchProcessor,
+    ClaimLostError,
+    Holder,
+    InMemoryCheckpointStore,
+    PoisonPolicy,
+    SourcesStoppedError,
+    StoreEventReader,
+    Transaction,
+    TransactionalConsumer,
+    TransactionUnsupportedError,
+    make_transactional_consumer,
+    retry_dead_letters,
+)
+from eventcomposition.retry import Backoff
+
+GROUP = "totals"
+LEASE = timedelta(seconds=10)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 1, tzinfo=UTC)
+        self.monotonic = 1000.0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+        self.monotonic += seconds
+
+
+class Recorder(BatchProcessor):
+    """Applies each batch on commit; fails on payloads listed in ``poison``."""
+
+    def __init__(self, poison: Sequence[int] = ()) -> None:
+        self.poison = set(poison)
+        self.applied: list[StoredEvent] = []
+        self.batches: list[list[int]] = []
+        self.calls = 0
+        self.transient_failures = 0
+        self.gate: asyncio.Event | None = None
+        self.entered = asyncio.Event()
+
+    async def process_batch(
+        self, events: Sequence[StoredEvent], transaction: Transaction
+    ) -> None:
+        self.calls += 1
+        self.entered.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.transient_failures:
+            self.transient_failures -= 1
+            raise psycopg.OperationalError("server closed the connection")
+        for event in events:
+            if number(event) in self.poison:
+                raise ValueError(f"cannot apply order {number(event)}")
+        batch = list(events)
+
+        def apply() -> None:
+            self.applied.extend(batch)
+            self.batches.append([number(event) for event in batch])
+
+        transaction.on_commit(apply)
+
+    @property
+    def numbers(self) -> list[int]:
+        return [number(event) for event in self.applied]
+
+
+def number(event: StoredEvent) -> int:
+    payload = event.payload
+    assert isinstance(payload, dict)
+    value = payload["n"]
+    assert isinstance(value, int)
+    return value
+
+
+async def publish(store: EventStore, category: str, count: int, start: int = 0) -> None:
+    await store.stream(category=category, stream="s").publish(
+        events=[
+            NewEvent(name="placed", payload={"n": n})
+            for n in range(start, start + count)
+        ]
+    )
+
+
+@pytest.fixture
+def event_store() -> EventStore:
+    return EventStore(adapter=InMemoryEventStorageAdapter())
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def checkpoints(clock: Clock) -> InMemoryCheckpointStore:
+    return InMemoryCheckpointStore(clock=clock)
+
+
+def consumer(
+    event_store: EventStore,
+    checkpoints: InMemoryCheckpointStore,
+    processor: BatchProcessor,
+    *,
+    categories: Sequence[str] = ("orders",),
+    subscriber_id: str = "a",
+    batch_size: int = 500,
+    on_poison: PoisonPolicy = PoisonPolicy.PARK,
+    poison_attempts: int = 2,
+    clock: Clock | None = None,
+) -> TransactionalConsumer:
+    return TransactionalConsumer(
+        group=GROUP,
+        id=subscriber_id,
+        node_id=f"node-{subscriber_id}",
+        subscription_requests=[CategoryIdentifier(category=c) for c in categories],
+        processor=processor,
+        checkpoint_store=checkpoints,
+        event_reader=StoreEventReader(event_store),
+        batch_size=batch_size,
+        claim_lease=LEASE,
+        on_poison=on_poison,
+        poison_attempts=poison_attempts,
+        transient_backoff=Backoff(initial=timedelta(seconds=1)),
+        clock=time.monotonic if clock is None else (lambda: clock.monotonic),
+    )
+
+
+async def accept(
+    subscriber: TransactionalConsumer, store: EventStore, *categories: str
+) -> None:
+    for category in categories or ("orders",):
+        await subscriber.accept(store.category(category=category))
+
+
+class TestBatches:
+    async def test_full_batches_then_the_remainder_in_order(
+        self, event_store: EventStore, checkpoints: InMemoryCheckpointStore
+    ) -> None:
+        await publish(event_store, "orders", 1200)
+        recorder = Recorder()
+        subscriber = consumer(event_store, checkpoints, recorder)
+        await accept(subscriber, event_store)
+
+        await subscriber.consume_all()
+
+        assert [len(batch) for batch in recorder.batches] == [500, 500, 200]
+        assert recorder.numbers == list(range(1200))
+        positions = await checkpoints.positions(GROUP)
+        assert positions == {"orders": recorder.applied[-1].sequence_number}
+
+    async def test_a_batch_never_mixes_sources_and_an_idle_poll_applies_nothing(
+        self, event_store: EventStore, checkpoints: InMemoryCheckpointStore
+    ) -> None:
+        await publish(event_store, "orders-1", 3)
+        await publish(event_store, "orders-2", 4, start=100)
+        recorder = Recorder()
+        subscriber = consumer(
+            event_store, checkpoints, recorder, categories=("orders-1", "orders-2")
+        )
+        await accept(subscriber, event_store, "orders-1", "orders-2")
+
+        await subscriber.consume_all()
+        await subscriber.consume_all()
+
+        assert recorder.batches == [[0, 1, 2], [100, 101, 102, 103]]
+        assert {event.category for event in recorder.applied[:3]} == {"orders-1"}
+        assert set(subscriber.sources) == set(subscriber.claimed_sources)
+        assert len(subscriber.sources) == 2
+
+    async def test_backlogged_sources_take_turns_batch_by_batch(
+        self, event_store: EventStore, checkpoints: InMemoryCheckpointStore
+    ) -> None:
+        await publish(event_store, "orders-1", 5)
+        await publish(event_store, "orders-2", 3, start=100)
+        recorder = Recorder()
+        subscriber = consumer(
+            event_store,
+            checkpoints,
+            recorder,
+            categories=("orders-1", "orders-2"),
+            batch_size=2,
+        )
+        await accept(subscriber, event_store, "orders-1", "orders-2")
+
+        await subscriber.consume_all()
+
+        assert recorder.batches == [[0, 1], [100, 101], [2, 3], [102], [4]]
+
+    async def test_an_in_memory_transaction_has_no_connection(self) -> None:
+        store = InMemoryCheckpointStore()
+        async with store.transaction() as transaction:
+            with pytest.raises(TransactionUnsupportedError, match="on_commit"):
+                _ = transaction.connection
+
+    async def test_rejects_bad_arguments_with_a_clear_message(
+        self, event_store: EventStore, checkpoints: InMemoryCheckpointStore
+    ) -> None:
+        common = {
+            "event_store": event_store,
+            "checkpoint_store": checkpoints,
+            "subscriber_group": GROUP,
+            "processor": Recorder(),
+        }
+        with pytest.raises(ValueError, match="requests no event sources"):
+            make_transactional_consumer(subscription_requests=[], **common)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="on_poison must be 'park' or 'stop'"):
+            make_transactional_consumer(
+                subscription_requests=[CategoryIdentifier(category="orders")],
+                on_poison="skip",
+                **common,  # type: ignore[arg-type]
+            )
+
+
+class TestClaims:
+    async def test_a_second_subscriber_waits_until_the_first_releases(
+        self, event_store: EventStore, checkpoints: InMemoryCheckpointStore
+    ) -> None:
+        await publish(event_store, "orders", 5)
+        first, second = Recorder(), Recorder()
+        a = consumer(event_store, checkpoints, first, subscriber_id="a")
+        b = consumer(event_store, checkpoints, second, subscriber_id="b")
+        await accept(a, event_store)
+        await a.consume_all()
+        await accept(b, event_store)
+
+        await b.consume_all()
+        assert b.claimed_sources == ()
+        assert not await checkpoints.is_released(GROUP, "orders")
+
+        await a.withdraw(event_store.category(category="orders"))
+        assert await checkpoints.is_released(GROUP, "orders")
+        await publish(event_store, "orders", 3, start=5)
+        await b.consume_all()
+
+        assert first.numbers == [0, 1, 2, 3, 4]
+        assert second.numbers == [5, 6, 7]
+        (record,) = await checkpoints.claims(GROUP)
+        assert (record.holder, record.epoch, record.released) == (
+            Holder("node-b", "b"),
+            2,
+            False,
+        )
+
+    async def test_a_stale_holder_rolls_back_and_stops_the_source(
+        self,
+        event_store: EventStore,
+        checkpoints: InMemoryCheckpointStore,
+        clock: Clock,
+    ) -> None:
+        await publish(event_store, "orders", 4)
+        slow, fast = Recorder(), Recorder()
+        slow.gate = asyncio.Event()
+        a = consumer(event_store, checkpoints, slow, subscriber_id="a")
+        b = consumer(event_store, checkpoints, fast, subscriber_id="b")
+        await accept(a, event_store)
+        await accept(b, event_store)
+
+        stuck = asyncio.create_task(a.consume_all())
+        await asyncio.wait_for(slow.entered.wait(), 5)
+        clock.advance(LEASE.total_seconds() + 1)  # a's lease expires mid-batch
+        await b.consume_all()
+        slow.gate.set()
+        await stuck
+
+        assert fast.numbers == [0, 1, 2, 3]
+        assert slow.numbers == []
+        assert a.claimed_sources == ()
+        assert a.sources == b.sources
+        assert (await checkpoints.claims(GROUP))[0].epoch == 2
+
+    async def test_a_fence_refuses_a_commit_with_an_old_epoch(
+        self, checkpoints: InMemoryCheckpointStore
+    ) -> None:
+        holder = Holder("node", "a")
+        old = await checkpoints.claim(GROUP, "orders", holder, LEASE)
+        new = await checkpoints.claim(GROUP, "orders", holder, LEASE)
+        assert old is not None
+        assert new is not None
+        assert new.epoch == old.epoch + 1
+
+        with pytest.raises(ClaimLostError, match="epoch 1"):
+            async with checkpoints.transaction() as transaction:
+                await checkpoints.advance(transaction, old, 7, LEASE)
+        assert await checkpoints.position(GROUP, "orders") is None
+
+    async def test_withdrawing_during_a_batch_releases_once_it_has_committed(
+        self, event_store: EventStore, checkpoints: InMemoryCheckpointStore
+    ) -> None:
+        await publish(event_store, "orders", 3)
+        recorder = Recorder()
+        recorder.gate = asyncio.Event()
+        a = consumer(event_store, checkpoints, recorder)
+        await accept(a, event_store)
+
+        running = asyncio.create_task(a.consume_all())
+        await asyncio.wait_for(recorder.entered.wait(), 5)
+        await a.withdraw(event_store.category(category="orders"))
+        assert not await checkpoints.is_released(GROUP, "orders")
+        assert a.sources == ()
+        recorder.gate.set()
+        await running
+
+        assert recorder.numbers == [0, 1, 2]
+        assert await checkpoints.is_released(GROUP, "orders")
+
+    async def test_an_idle_claim_is_renewed_and_one_taken_over_is_let_go(
+        self,
+        event_store: EventStore,
+        checkpoints: InMemoryCheckpointStore,
+        clock: Clock,
+    ) -> None:
+        a = consumer(event_store, checkpoints, Recorder(), clock=clock)
+        await accept(a, event_store)
+        await a.consume_all()
+        clock.advance(LEASE.total_seconds() / 2)
+        await a.consume_all()  # renews: the lease now ends later
+        clock.advance(LEASE.total_seconds() * 0.6)
+        assert not await checkpoints.is_released(GROUP, "orders")
+
+        clock.advance(LEASE.total_seconds())
+        taken = await checkpoints.claim(GROUP, "orders", Holder("other", "b"), LEASE)
+        assert taken is not None
+        await a.consume_all()  # only tries to claim again
+        clock.advance(LEASE.total_seconds() / 2)
+        await a.consume_all()
+
+        assert a.claimed_sources == ()
+        assert a.sources != ()
+
+
+class TestPoisonEvents:
+    async def test_parks_the_failing_event_after_its_attempts_and_goes_on(
+        self, event_store: EventStore, checkpoints: InMemoryCheckpointStore
+    ) -> None:
+        await publish(event_store, "orders", 20)
+        recorder = Recorder(poison=[7])
+        subscriber = consumer(
+            event_store, checkpoints, recorder, batch_size=20, poison_attempts=2
+        )
+        await accept(subscriber, event_store)
+
+        await subscriber.consume_all()
+        assert recorder.numbers == list(range(7))
+        assert await checkpoints.dead_letters(GROUP) == []
+
+        await subscriber.consume_all()
+
+        assert recorder.numbers == [n for n in range(20) if n != 7]
+        (letter,) = await checkpoints.dead_letters(GROUP)
+        poison = next(
+            event
+            for event in await StoreEventReader(event_store).read(
+                subscriber.sources[0], after=None, limit=20
+            )
+            if number(event) == 7
+        )
+        assert (letter.source, letter.sequence_number, letter.event_id) == (
+            "orders",
+            poison.sequence_number,
+            poison.id,
+        )
+        assert letter.attempts == 2
+        assert letter.error == "ValueError: cannot apply order 7"
+
+        recorder.poison.clear()
+        result = await retry_dead_letters(
+            checkpoint_store=checkpoints,
+            event_reader=StoreEventReader(event_store),
+            group=GROUP,
+            processor=recorder,
+        )
+        assert result.applied == [letter]
+        assert recorder.numbers[-1] == 7
+        assert await checkpoints.dead_letters(GROUP) == []
+
+    async def test_halving_finds_the_poison_event_in_few_attempts(
+        self, event_store: EventStore, checkpoints: InMemoryCheckpointStore
+    ) -> None:
+        await publish(event_store, "orders", 512)
+        recorder = Recorder(poison=[300])
+        subscriber = consumer(
+            event_store, checkpoints, recorder, batch_size=512, poison_attempts=1
+        )
+        await accept(subscriber, event_store)
+
+        await subscriber.consume_all()
+
+        # Each halving costs one failed and at most one committed attempt.
+        assert recorder.calls <= 2 * 9 + 2
+        assert recorder.numbers == [n for n in range(512) if n != 300]
+        assert [letter.attempts for letter in await checkpoints.dead_letters()] == [1]
+
+    async def test_stop_stops_only_that_source_and_reports_it(
+        self, event_store: EventStore, checkpoints: InMemoryCheckpointStore
+    ) -> None:
+        await publish(event_store, "orders-1", 5)
+        await publish(event_store, "orders-2", 5, start=100)
+        recorder = Recorder(poison=[2])
+        subscriber = consumer(
+            event_store,
+            checkpoints,
+            recorder,
+            categories=("orders-1", "orders-2"),
+            on_poison=PoisonPolicy.STOP,
+            poison_attempts=1,
+        )
+        await accept(subscriber, event_store, "orders-1", "orders-2")
+
+        with pytest.raises(SourcesStoppedError, match="orders-1: event") as raised:
+            await subscriber.consume_all()
+        await publish(event_store, "orders-2", 1, start=105)
+        with pytest.raises(SourcesStoppedError):
+            await subscriber.consume_all()
+
+        assert list(raised.value.stopped) == ["orders-1"]
+        assert recorder.numbers == [0, 1, 100, 101, 102, 103, 104, 105]
+        assert list(subscriber.stopped_sources) == ["orders-1"]
+        assert subscriber.health() is EventSubscriberHealth.HEALTHY
+        assert await checkpoints.dead_letters(GROUP) == []
+
+    async def test_transient_failures_back_off_and_are_never_parked(
+        self,
+        event_store: EventStore,
+        checkpoints: InMemoryCheckpointStore,
+        clock: Clock,
+    ) -> None:
+        await publish(event_store, "orders", 3)
+        recorder = Recorder()
+        recorder.transient_failures = 3
+        subscriber = consumer(
+            event_store, checkpoints, recorder, poison_attempts=1, clock=clock
+        )
+        await accept(subscriber, event_store)
+
+        with pytest.raises(psycopg.OperationalError):
+            await subscriber.consume_all()
+        calls = recorder.calls
+        await subscriber.consume_all()  # backing off: nothing tried
+        assert recorder.calls == calls
+        for _ in range(2):
+            clock.advance(60)
+            with pytest.raises(psycopg.OperationalError):
+                await subscriber.consume_all()
+        clock.advance(60)
+        await subscriber.consume_all()
+
+        assert recorder.numbers == [0, 1, 2]
+        assert await checkpoints.dead_letters(GROUP) == []
+
+
+class CountingReader(StoreEventReader):
+    def __init__(self, event_store: EventStore) -> None:
+        super().__init__(event_store)
+        self.reads = 0
+
+    async def read(
+        self, source: EventSourceIdentifier, *, after: int | None, limit: int
+    ) -> Sequence[StoredEvent]:
+        self.reads += 1
+        return await super().read(source, after=after, limit=limit)
+
+
+class CountingStore(InMemoryCheckpointStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __getattribute__(self, name: str) -> Any:
+        attribute = super().__getattribute__(name)
+        if name in {"claim", "renew", "release", "position", "transaction"}:
+            super().__setattr__("calls", super().__getattribute__("calls") + 1)
+        return attribute
+
+
+async def test_an_idle_source_costs_one_read_per_poll(event_store: EventStore) -> None:
+    await publish(event_store, "orders", 3)
+    reader, store = CountingReader(event_store), CountingStore()
+    subscriber = TransactionalConsumer(
+        group=GROUP,
+        id="a",
+        node_id="node",
+        subscription_requests=[CategoryIdentifier(category="orders")],
+        processor=Recorder(),
+        checkpoint_store=store,
+        event_reader=reader,
+    )
+    await accept(subscriber, event_store)
+    await subscriber.consume_all()
+    reads, calls = reader.reads, store.calls
+
+    await subscriber.consume_all()
+
+    assert (reader.reads - reads, store.calls - calls) == (1, 0)
