@@ -37,9 +37,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
 
+from ..settings.variables import (
+    ENV_PREFIX,
+    ENVIRONMENT_VARIABLE,
+    SETTINGS_DIR_VARIABLE,
+    environment_variable,
+)
 from .postgres import ConnectionInfo
-
-ENV_PREFIX = "EVENTCOMPOSITION_"
 
 FAST_TIMINGS: Mapping[str, str | int | float] = {
     "broker.subscriber_manager_heartbeat_interval": 0.2,
@@ -67,7 +71,7 @@ def setting_variable(key: str) -> str:
     ``setting_variable("storage.postgres.port")`` is
     ``EVENTCOMPOSITION_STORAGE__POSTGRES__PORT``.
     """
-    return ENV_PREFIX + "__".join(part.upper() for part in key.split("."))
+    return environment_variable(key)
 
 
 def node_environment(
@@ -96,9 +100,9 @@ def node_environment(
         if not name.upper().startswith((ENV_PREFIX, "PG"))
     }
     env["PYTHONUNBUFFERED"] = "1"
-    env[ENV_PREFIX + "ENV"] = environment
+    env[ENVIRONMENT_VARIABLE] = environment
     if settings_dir is not None:
-        env[ENV_PREFIX + "SETTINGS_DIR"] = str(settings_dir)
+        env[SETTINGS_DIR_VARIABLE] = str(settings_dir)
     values: dict[str, str | int | float] = {
         "logging.format": "json",
         "logging.level": log_level,
