@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 
 from ..errors import EventCompositionError
 from ..settings import SettingsError
-from . import cluster, db, demo, run, settings_show
+from . import cluster, db, demo, publish, run, settings_show
 
 PROGRAM = "eventcomposition"
 
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     settings_show.add_parser(commands)
     db.add_parser(commands)
     cluster.add_parser(commands)
+    publish.add_parser(commands)
     return parser
 
 
