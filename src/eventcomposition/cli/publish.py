@@ -15,8 +15,8 @@ from logicblocks.event.store import EventStore, PostgresEventStorageAdapter
 
 from ..containers import postgres_location
 from ..database import connection_pool
-from ..logs import configure_logging
 from ..demo import DemoNames, generate_orders, publish_orders
+from ..logs import configure_logging
 from ..publishing import (
     EventToPublish,
     parse_event,
