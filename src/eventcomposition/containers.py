@@ -212,6 +212,7 @@ class EventRuntimeContainer(containers.DeclarativeContainer):
 
     # What the runtime registers: redefine it in a subclass, or override it.
     consumers = providers.List()
+    migrations = providers.List()  # the application's, after ours: schema.Migration
 
     runtime = providers.Resource(
         runtime_resource,

@@ -3,22 +3,35 @@
 The logicblocks wheel ships no DDL; ``migrate`` creates (idempotently) and verifies
 the ``events``, ``projections``, ``subscribers`` and ``subscriptions`` tables, their
 indexes and the ``pg_trgm`` extension. ``schema_sql`` returns the same DDL for
-operators who prefer to apply it themselves.
+operators who prefer to apply it themselves. An application's own migrations
+(``Migration``, ``sql_migrations``) run after it: ``migrate(pool, application=...)``.
 """
 
+from .application import (
+    MIGRATIONS_TABLE,
+    ApplicationMigrationError,
+    Migration,
+    MigrationDeclaration,
+    sql_migrations,
+)
 from .errors import SchemaError, SchemaIncompatibleError, SchemaMigrationError
 from .migrate import ConnectionSource, MigrationResult, migrate, schema_sql
 from .tables import OWNED_TABLES, ExpectedColumn, ExpectedTable
 
 __all__ = [
+    "MIGRATIONS_TABLE",
     "OWNED_TABLES",
+    "ApplicationMigrationError",
     "ConnectionSource",
     "ExpectedColumn",
     "ExpectedTable",
+    "Migration",
+    "MigrationDeclaration",
     "MigrationResult",
     "SchemaError",
     "SchemaIncompatibleError",
     "SchemaMigrationError",
     "migrate",
     "schema_sql",
+    "sql_migrations",
 ]
