@@ -4,11 +4,13 @@ Real ``eventcomposition`` processes on a real PostgreSQL database.
 """
 
 import json
+import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from logicblocks.event.projection import (
     PostgresProjectionStorageAdapter,
     ProjectionStore,
@@ -183,8 +185,9 @@ async def test_a_running_node_projects_published_orders_with_a_quiet_info_log(
     )
 
 
-async def test_a_node_with_closed_output_stays_idle_and_stops_on_sigterm(
-    postgres_database: ConnectionInfo, postgres_pool: Pool
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_a_node_with_closed_output_stays_idle_and_stops_on_a_signal(
+    postgres_database: ConnectionInfo, postgres_pool: Pool, signum: signal.Signals
 ) -> None:
     # DEBUG: the node writes lines every second, every one of them failing.
     # One-second intervals: an idle node then uses about 2% of a core here, where
@@ -221,5 +224,5 @@ async def test_a_node_with_closed_output_stays_idle_and_stops_on_sigterm(
         assert node.running
         assert cpu_used / wall < 0.05, f"{cpu_used:.2f}s of CPU in {wall:.2f}s"
 
-        node.terminate()
+        node.send_signal(signum)
         assert await node.await_exit(STOP_TIMEOUT) == 0

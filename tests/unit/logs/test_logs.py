@@ -41,6 +41,19 @@ def test_a_closed_pipe_drops_the_lines_without_raising(
     assert capfd.readouterr().err == ""
 
 
+def test_a_full_disk_drops_the_lines_without_raising(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    # Every write to /dev/full fails with ENOSPC, as on a full disk.
+    with open("/dev/full", "w") as stream:
+        configure_logging("INFO", "console", stream=stream)
+
+        structlog.get_logger("test").warning("consumer.retrying")
+        logging.getLogger("psycopg.pool").warning("connection lost")
+
+    assert capfd.readouterr().err == ""
+
+
 def test_a_closed_stream_drops_the_lines_without_raising() -> None:
     stream = io.StringIO()
     configure_logging("INFO", "json", stream=stream)
