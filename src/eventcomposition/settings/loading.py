@@ -197,7 +197,7 @@ def _settings_folders(
 ) -> tuple[Path, ...]:
     """The shipped profiles, then the application's folder when there is one."""
     if explicit is not None:
-        folder, source = Path(explicit), "--settings-dir"
+        folder, source = Path(explicit), "argument"
     elif environ.get(SETTINGS_DIR_VARIABLE):
         folder, source = Path(environ[SETTINGS_DIR_VARIABLE]), SETTINGS_DIR_VARIABLE
     else:
