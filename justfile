@@ -42,6 +42,10 @@ format-check:
 typecheck:
     uv run --locked mypy
 
+# Build the wheel and use it from a folder outside the repository.
+check-wheel:
+    scripts/check-wheel
+
 # Everything CI checks.
 check: lint format-check typecheck test
 

@@ -20,6 +20,7 @@ import tempfile
 import time
 from typing import Any
 
+from eventcomposition.settings import ENV_PREFIX
 from eventcomposition.testing import ConnectionInfo
 from eventcomposition.testing.containers import postgres_overrides
 
@@ -102,7 +103,7 @@ def fresh_python(
     env = {
         name: value
         for name, value in os.environ.items()
-        if not name.startswith(("EVENTCOMPOSITION_", "PG"))
+        if not name.startswith((ENV_PREFIX, "PG"))
     }
     if bytecode:
         env = bytecode_cached(env)

@@ -193,7 +193,12 @@ async def run_steps(ctx: BenchContext, signals: list[str]) -> tuple[list[Step], 
             cluster = Cluster(
                 nodes,
                 pool,
-                cluster_environment(database, settings={}, log_level="INFO"),
+                cluster_environment(
+                    database,
+                    # It times the hand-over by the PROJECTION_SAVED lines.
+                    settings={"logging.library_events": "true"},
+                    log_level="INFO",
+                ),
             )
             started = await cluster.start_observers("observer-1", "observer-2")
             observers = {node.name: node for node in started}

@@ -15,17 +15,30 @@ from psycopg_pool import AsyncConnectionPool
 
 from .errors import EventCompositionError
 from .retry import Backoff
+from .settings.variables import PASSWORD_VARIABLE
 
 logger = structlog.get_logger("eventcomposition.database")
 
 # SQLSTATE classes that no retry can fix: bad credentials (28) and a missing
 # database (3D).
-_FATAL_SQLSTATE_CLASSES = ("28", "3D")
-_FATAL_MESSAGES = ("password authentication failed", "does not exist")
+_AUTHENTICATION_SQLSTATE_CLASS = "28"
+_FATAL_SQLSTATE_CLASSES = (_AUTHENTICATION_SQLSTATE_CLASS, "3D")
+# libpq's own refusals carry no SQLSTATE: a server that asks for a password the
+# client does not have ("fe_sendauth: no password supplied") is one.
+_AUTHENTICATION_MESSAGES = (
+    "password authentication failed",
+    "no password supplied",
+    "authentication failed",
+)
+_FATAL_MESSAGES = (*_AUTHENTICATION_MESSAGES, "does not exist")
 
 
 class DatabaseUnavailableError(EventCompositionError):
     """PostgreSQL could not be reached, or refused the connection."""
+
+
+class DatabaseAuthenticationError(DatabaseUnavailableError):
+    """PostgreSQL refused the user or the password (or asked for a missing one)."""
 
 
 async def probe(conninfo: str, *, connect_timeout: int) -> None:
@@ -43,6 +56,13 @@ def _is_fatal(error: psycopg.Error) -> bool:
     return any(text in str(error) for text in _FATAL_MESSAGES)
 
 
+def _is_authentication_failure(error: psycopg.Error) -> bool:
+    sqlstate = error.sqlstate or ""
+    if sqlstate.startswith(_AUTHENTICATION_SQLSTATE_CLASS):
+        return True
+    return any(text in str(error) for text in _AUTHENTICATION_MESSAGES)
+
+
 async def wait_for_database(
     conninfo: str,
     *,
@@ -53,9 +73,11 @@ async def wait_for_database(
 ) -> None:
     """Return once PostgreSQL accepts a connection; retry with backoff until then.
 
-    Fails at once on errors no retry can fix (bad password, unknown database), and
-    after ``attempts`` tries otherwise, with a ``DatabaseUnavailableError`` naming
-    ``where`` (host, port, database: never the password).
+    Fails at once on errors no retry can fix: a missing or wrong password with a
+    ``DatabaseAuthenticationError``, an unknown database with a
+    ``DatabaseUnavailableError``. Other errors are retried, and after ``attempts``
+    tries raise ``DatabaseUnavailableError``. Messages name ``where`` (host, port,
+    database), never the password.
     """
     delays = backoff or Backoff(initial=timedelta(milliseconds=500))
     for attempt in range(1, attempts + 1):
@@ -64,11 +86,16 @@ async def wait_for_database(
             return
         except psycopg.Error as error:
             reason = str(error).strip().splitlines()[-1] if str(error) else repr(error)
+            if _is_authentication_failure(error):
+                raise DatabaseAuthenticationError(
+                    f"PostgreSQL at {where} refused to authenticate: {reason}; check "
+                    f"storage.postgres.user and set the password in {PASSWORD_VARIABLE}"
+                ) from None
             if _is_fatal(error):
                 raise DatabaseUnavailableError(
                     f"PostgreSQL at {where} refused the connection: {reason}; check "
-                    "the storage.postgres settings (the password comes from "
-                    "EVENTCOMPOSITION_STORAGE__POSTGRES__PASSWORD)"
+                    f"the storage.postgres settings (the password comes from "
+                    f"{PASSWORD_VARIABLE})"
                 ) from None
             if attempt == attempts:
                 raise DatabaseUnavailableError(

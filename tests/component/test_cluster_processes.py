@@ -77,6 +77,8 @@ STOP_TIMEOUT = 5.0
 COORDINATOR_RUNNING = "event.processing.broker.coordinator.running"
 COORDINATOR_STARTING = "event.processing.broker.coordinator.starting"
 PROJECTION_SAVED = "event.projection.saved"
+# The tests follow processing by its PROJECTION_SAVED lines, DEBUG-only otherwise.
+LIBRARY_EVENTS = {"logging.library_events": "true"}
 ACCEPTING_SOURCE = "event.consumer.subscription.accepting-source"
 OBSERVER_STARTING = "event.processing.broker.observer.starting"
 SUBSCRIBER_MANAGER_STARTING = "event.processing.broker.subscriber-manager.starting"
@@ -345,7 +347,9 @@ def cluster(
     return Cluster(
         nodes,
         postgres_pool,
-        node_environment(postgres_database, settings_dir=SETTINGS_DIR),
+        node_environment(
+            postgres_database, settings_dir=SETTINGS_DIR, settings=LIBRARY_EVENTS
+        ),
     )
 
 
@@ -438,6 +442,7 @@ async def test_a_terminated_observer_leaves_and_its_sources_move_at_once(
             settings={
                 "broker.coordinator_subscriber_max_time_since_last_seen": 30,
                 "broker.subscriber_manager_subscriber_max_age": 60,
+                **LIBRARY_EVENTS,
             },
         ),
     )
@@ -524,7 +529,9 @@ async def test_nodes_survive_a_postgres_restart_and_back_off_meanwhile(
         cluster = Cluster(
             nodes,
             pool,
-            node_environment(database, settings_dir=SETTINGS_DIR),
+            node_environment(
+                database, settings_dir=SETTINGS_DIR, settings=LIBRARY_EVENTS
+            ),
         )
         observers = await cluster.start_observers("observer-1", "observer-2")
         leader = await cluster.start_coordinator("coordinator-1")

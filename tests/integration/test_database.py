@@ -1,5 +1,6 @@
 """Opening PostgreSQL pools: retries, refusals and the idle-connection check."""
 
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
@@ -11,6 +12,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from eventcomposition.database import (
+    DatabaseAuthenticationError,
     DatabaseUnavailableError,
     IdleConnectionCheck,
     connection_pool,
@@ -36,14 +38,34 @@ async def test_a_wrong_password_fails_at_once_without_echoing_it(
 ) -> None:
     wrong = replace(password_server.connection_info, password="wrong-Password-9")
 
-    with pytest.raises(DatabaseUnavailableError) as raised:
+    with pytest.raises(DatabaseAuthenticationError) as raised:
         await wait_for_database(wrong.conninfo, where="test server", attempts=5)
 
     message = str(raised.value)
-    assert "refused the connection" in message
+    assert "refused to authenticate" in message
     assert "password authentication failed" in message
+    assert "EVENTCOMPOSITION_STORAGE__POSTGRES__PASSWORD" in message
     assert "wrong-Password-9" not in message
     assert "\n" not in message
+
+
+async def test_a_missing_password_is_an_authentication_failure_at_once(
+    password_server: ThrowawayPostgres,
+) -> None:
+    without = replace(password_server.connection_info, password="")
+    started = time.monotonic()
+
+    with pytest.raises(DatabaseAuthenticationError) as raised:
+        await wait_for_database(without.conninfo, where="test server", attempts=5)
+
+    # Retried as "unreachable", five attempts took about 9 s.
+    assert time.monotonic() - started < 2
+    message = str(raised.value)
+    assert message.startswith("PostgreSQL at test server refused to authenticate: ")
+    assert "no password supplied" in message
+    assert message.endswith(
+        "set the password in EVENTCOMPOSITION_STORAGE__POSTGRES__PASSWORD"
+    )
 
 
 async def test_the_right_password_opens_a_working_pool(

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 
 from ..errors import EventCompositionError
 from ..settings import SettingsError
-from . import cluster, db, dead_letters, demo, run, settings_show
+from . import cluster, db, dead_letters, demo, publish, run, settings_show
 
 PROGRAM = "eventcomposition"
 
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_parser(commands)
     cluster.add_parser(commands)
     dead_letters.add_parser(commands)
+    publish.add_parser(commands)
     return parser
 
 

@@ -2,12 +2,14 @@
 
 import argparse
 import asyncio
+import time
 from collections import defaultdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from psycopg import AsyncConnection
 
+from ..settings import load_settings
 from .db import reachable_postgres
 from .options import add_settings_arguments
 from .settings_show import format_table
@@ -20,10 +22,12 @@ NODES = """
 # that holds it is the one whose subscriber it belongs to.
 SUBSCRIPTIONS = """
     SELECT s."group", s.id, s.node_id AS allocated_by, s.event_sources,
-           r.node_id AS held_by
+           r.node_id AS held_by, r.last_seen
     FROM subscriptions s LEFT JOIN subscribers r USING ("group", id)
     ORDER BY held_by NULLS LAST, s."group", s.id
 """
+# How often --wait looks for a first heartbeat.
+WAIT_POLL_SECONDS = 0.2
 LEADERSHIP = """
     SELECT count(*) FROM pg_locks
     WHERE locktype = 'advisory' AND granted AND database = (
@@ -40,6 +44,14 @@ def add_parser(
     status = actions.add_parser(
         "status", help="live nodes, their last heartbeat and the sources they hold"
     )
+    status.add_argument(
+        "--wait",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="wait up to SECONDS for a first node heartbeat (nodes that are still "
+        "starting have none)",
+    )
     add_settings_arguments(status)
     status.set_defaults(func=lambda args: asyncio.run(show_status(args)))
 
@@ -47,16 +59,34 @@ def add_parser(
 async def show_status(args: argparse.Namespace) -> int:
     postgres = await reachable_postgres(args)
     where = postgres.location()
+    settings = load_settings(args.env, settings_dir=args.settings_dir)
+    # A node is live while the coordinator would still allocate to it.
+    live_within = settings.broker.coordinator_subscriber_max_time_since_last_seen
+    deadline = time.monotonic() + max(args.wait, 0)
     async with await AsyncConnection.connect(postgres.conninfo()) as connection:
-        nodes = await (await connection.execute(NODES)).fetchall()
+        while True:
+            nodes = await (await connection.execute(NODES)).fetchall()
+            if _any_live(nodes, live_within) or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(WAIT_POLL_SECONDS)
         subscriptions = await (await connection.execute(SUBSCRIPTIONS)).fetchall()
         locks_row = await (await connection.execute(LEADERSHIP)).fetchone()
     print(
         render_status(
-            where, nodes, subscriptions, int(locks_row[0] if locks_row else 0)
+            where,
+            nodes,
+            subscriptions,
+            int(locks_row[0] if locks_row else 0),
+            live_within=live_within,
+            waited=args.wait,
         )
     )
-    return 0
+    return 0 if args.wait <= 0 or _any_live(nodes, live_within) else 1
+
+
+def _any_live(nodes: list[tuple[Any, ...]], live_within: timedelta) -> bool:
+    now = datetime.now(UTC)
+    return any(now - row[1] <= live_within for row in nodes)
 
 
 def render_status(
@@ -64,9 +94,17 @@ def render_status(
     nodes: list[tuple[Any, ...]],
     subscriptions: list[tuple[Any, ...]],
     advisory_locks: int,
+    *,
+    live_within: timedelta,
+    waited: float = 0,
 ) -> str:
+    """The report: live nodes and the work they hold, then what departed nodes
+    left behind (stale), each once."""
     allocators = {row[2] for row in subscriptions}
     now = datetime.now(UTC)
+    live_nodes = {
+        node_id for node_id, last_seen, _ in nodes if now - last_seen <= live_within
+    }
     node_rows = [
         (
             str(node_id),
@@ -77,23 +115,35 @@ def render_status(
             str(count),
         )
         for node_id, last_seen, count in nodes
+        if node_id in live_nodes
     ]
     held: dict[str, list[str]] = defaultdict(list)
-    for group, subscriber_id, _, sources, holder in subscriptions:
+    stale: list[tuple[str, str]] = []
+    for group, subscriber_id, _, sources, holder, _last_seen in subscriptions:
         names = ", ".join(_source_name(source) for source in sources) or "(none)"
-        held[holder or "(no live subscriber)"].append(
-            f"{group}/{subscriber_id}: {names}"
-        )
+        entry = f"{group}/{subscriber_id}: {names}"
+        if holder in live_nodes:
+            held[holder].append(entry)
+        else:
+            stale.append((holder or "(unregistered)", entry))
     lines = [f"cluster at {where}", ""]
-    lines.append(
-        format_table(("node", "role", "last heartbeat", "subscribers"), node_rows)
-        if node_rows
-        else "no live nodes with subscribers (coordinator-only nodes register none)"
-    )
+    if node_rows:
+        lines.append(
+            format_table(("node", "role", "last heartbeat", "subscribers"), node_rows)
+        )
+    elif waited > 0:
+        lines.append(f"no node sent a heartbeat within {waited:g}s")
+    else:
+        lines.append(
+            "no live nodes: nodes that are still starting show after their first "
+            "heartbeat (use --wait SECONDS to wait for one); coordinator-only nodes "
+            "register none"
+        )
     coordinators = sorted(allocators - {row[0] for row in nodes})
     if coordinators:
         lines.append(
-            f"coordinator-only nodes that allocated work: {', '.join(coordinators)}"
+            "nodes without subscribers that allocated the current subscriptions "
+            f"(coordinator-only, or departed): {', '.join(coordinators)}"
         )
     lines.append(
         f"leadership lock: {'held' if advisory_locks else 'not held (no coordinator running)'}"
@@ -109,8 +159,15 @@ def render_status(
             ],
         )
         if held
-        else "no subscriptions allocated yet"
+        else "no live work allocated yet"
     )
+    if stale:
+        lines.append("")
+        lines.append(
+            "stale allocations of departed nodes (not live work; the coordinator "
+            "replaces them at its next distribution):"
+        )
+        lines.append(format_table(("departed node", "subscriber: sources"), stale))
     return "\n".join(lines)
 
 

@@ -16,12 +16,11 @@ from ..consumers import (
     retry_dead_letters,
 )
 from ..containers import DEFAULT_APP, application_consumers
-from ..logs import configure_logging
 from ..runtime import Registration, SubscriptionConsumerRegistration
 from ..settings import load_settings
 from .db import reachable_postgres
 from .errors import CommandError
-from .options import add_settings_arguments
+from .options import add_settings_arguments, configure_logging_from
 
 
 def add_parser(
@@ -82,7 +81,7 @@ def describe(letter: DeadLetter) -> str:
 
 async def retry_parked(args: argparse.Namespace) -> int:
     settings = load_settings(args.env, settings_dir=args.settings_dir)
-    configure_logging(settings.logging.level, settings.logging.format)
+    configure_logging_from(settings)
     async with application_consumers(args.app, settings) as registrations:
         consumers = transactional_consumers(registrations, args.group)
         if not consumers:

@@ -163,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(
         _at_least_warning(settings.logging.level),
         settings.logging.format,
+        library_events=settings.logging.library_events,
         stream=_CURRENT_STDERR,
     )
     result = asyncio.run(

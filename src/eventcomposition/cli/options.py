@@ -2,6 +2,20 @@
 
 import argparse
 
+from ..logs import configure_logging
+from ..settings import EventCompositionSettings
+
+
+def configure_logging_from(settings: EventCompositionSettings, **bound: str) -> None:
+    """Configure the process's logging as ``settings.logging`` says."""
+    configure_logging(
+        settings.logging.level,
+        settings.logging.format,
+        library_events=settings.logging.library_events,
+        stream=None,
+        **bound,
+    )
+
 
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(

@@ -6,11 +6,10 @@ import asyncio
 import structlog
 
 from ..broker import BrokerRole
-from ..containers import DEFAULT_APP, node_for
-from ..logs import configure_logging
+from ..containers import DEFAULT_APP, application_migrations, node_for
 from ..settings import load_settings
 from .db import prepare_database
-from .options import add_settings_arguments
+from .options import add_settings_arguments, configure_logging_from
 
 logger = structlog.get_logger("eventcomposition.cli")
 
@@ -54,15 +53,14 @@ async def run(args: argparse.Namespace) -> int:
         settings_dir=args.settings_dir,
         **({"node": node_settings} if node_settings else {}),
     )
-    configure_logging(
-        settings.logging.level,
-        settings.logging.format,
-        node_id=settings.node.id,
-        role=str(settings.node.role),
+    configure_logging_from(
+        settings, node_id=settings.node.id, role=str(settings.node.role)
     )
     node = await node_for(args.app, settings)
     if args.migrate and settings.storage.type == "postgres":
-        await prepare_database(settings.storage.postgres)
+        await prepare_database(
+            settings.storage.postgres, application_migrations(args.app, settings)
+        )
     await logger.ainfo(
         "node.starting",
         app=args.app,

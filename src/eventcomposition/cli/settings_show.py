@@ -3,7 +3,7 @@
 import argparse
 from collections.abc import Sequence
 
-from ..settings import settings_with_sources
+from ..settings import settings_files, settings_with_sources
 from .options import add_settings_arguments
 
 
@@ -14,7 +14,8 @@ def add_parser(
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     show = actions.add_parser(
         "show",
-        help="print every setting, its value (secrets masked) and its source",
+        help="print the settings files used, every setting, its value (secrets "
+        "masked) and its source",
     )
     add_settings_arguments(show)
     show.set_defaults(func=show_settings)
@@ -25,6 +26,11 @@ def show_settings(args: argparse.Namespace) -> int:
         (row.key, row.value, row.source)
         for row in settings_with_sources(args.env, settings_dir=args.settings_dir)
     ]
+    files = settings_files(args.env, settings_dir=args.settings_dir)
+    print("settings files, lowest priority first:")
+    for path in files:
+        print(f"  {path}")
+    print()
     print(format_table(("setting", "value", "source"), rows))
     return 0
 

@@ -27,6 +27,7 @@ from .apps import (
     ApplicationError,
     application_consumers,
     application_container,
+    application_migrations,
     node_for,
 )
 from .declarations import EventRuntimeContainer
@@ -38,6 +39,7 @@ __all__ = [
     "EventRuntimeContainer",
     "application_consumers",
     "application_container",
+    "application_migrations",
     "broker_settings_from",
     "build_container",
     "consumer_settings_from",

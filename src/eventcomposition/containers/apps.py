@@ -13,6 +13,7 @@ from dependency_injector import containers, providers
 from ..errors import EventCompositionError
 from ..node import EventNode
 from ..runtime import Registration
+from ..schema import MigrationDeclaration
 from ..settings import EventCompositionSettings
 from .declarations import EventRuntimeContainer
 
@@ -93,6 +94,16 @@ async def application_consumers(
     async with database if database is not None else nullcontext():
         consumers: Sequence[Registration] = container.consumers()
         yield consumers
+
+
+def application_migrations(
+    path: str, settings: EventCompositionSettings
+) -> list[MigrationDeclaration]:
+    """The migrations the application ``path`` declares, in order."""
+    declared: Sequence[MigrationDeclaration] = application_container(
+        path, settings
+    ).migrations()
+    return list(declared)
 
 
 async def node_for(path: str, settings: EventCompositionSettings) -> EventNode:

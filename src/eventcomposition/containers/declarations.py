@@ -103,6 +103,11 @@ class EventRuntimeContainer(containers.DeclarativeContainer):
     # override it.
     consumers = providers.List()
 
+    # The application's own database migrations (eventcomposition.schema.Migration,
+    # or paths of .sql files), applied in order after this package's schema by
+    # `db migrate --app` and `run --migrate`: redefine it in a subclass.
+    migrations = providers.List()
+
     event_runtime = providers.Singleton(
         EventRuntime,
         node_id=node_id,

@@ -1,7 +1,8 @@
 """Apply the eventcomposition schema and check the tables it owns."""
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any
 
@@ -11,6 +12,12 @@ from psycopg import AsyncConnection, AsyncCursor
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
+from .application import (
+    Migration,
+    MigrationDeclaration,
+    apply_migrations,
+    checked_migrations,
+)
 from .errors import SchemaIncompatibleError, SchemaMigrationError
 from .notifications import (
     NOTIFY_FUNCTION,
@@ -51,6 +58,8 @@ class MigrationResult:
     created_indexes: tuple[str, ...]
     created_extensions: tuple[str, ...]
     created_triggers: tuple[str, ...] = ()
+    applied_migrations: tuple[str, ...] = ()
+    """The application migrations this call applied, in order."""
 
     @property
     def changed(self) -> bool:
@@ -59,26 +68,35 @@ class MigrationResult:
             or self.created_indexes
             or self.created_extensions
             or self.created_triggers
+            or self.applied_migrations
         )
 
 
-async def migrate(connection_source: ConnectionSource) -> MigrationResult:
-    """Create the tables, indexes and extension the logicblocks adapters need, and
-    the trigger that NOTIFYs the categories written to ``events``.
+async def migrate(
+    connection_source: ConnectionSource,
+    application: Iterable[MigrationDeclaration] = (),
+) -> MigrationResult:
+    """Create the tables, indexes and extension the logicblocks adapters need and
+    the trigger that NOTIFYs the categories written to ``events``, then apply the
+    ``application``'s own migrations not applied yet.
 
     Idempotent: objects that exist are kept (the trigger's function is replaced).
-    Everything happens in one transaction under an advisory lock, so nodes migrating
-    one database at once do not race. Tables, the trigger and its function that
-    already existed are checked first, and all of them again at the end; one that
-    does not fit raises ``SchemaIncompatibleError`` and nothing changes. Any other
-    refusal by PostgreSQL raises ``SchemaMigrationError``.
+    The schema is applied in one transaction under an advisory lock, so nodes
+    migrating one database at once do not race; the application's migrations follow
+    under the same lock, each in its own transaction (see
+    ``eventcomposition.schema.application``). Tables, the trigger and its function
+    that already existed are checked first, and all of them again at the end; one
+    that does not fit raises ``SchemaIncompatibleError`` and nothing changes. Any
+    other refusal by PostgreSQL raises ``SchemaMigrationError``; a failing
+    application migration raises ``ApplicationMigrationError`` naming it.
     """
+    migrations = checked_migrations(application)
     match connection_source:
         case AsyncConnection():
-            return await _migrate(connection_source)
+            return await _migrate_all(connection_source, migrations)
         case AsyncConnectionPool():
             async with connection_source.connection() as connection:
-                return await _migrate(connection)
+                return await _migrate_all(connection, migrations)
         case ConnectionSettings():
             conninfo = make_conninfo(
                 host=connection_source.host,
@@ -97,7 +115,33 @@ async def migrate(connection_source: ConnectionSource) -> MigrationResult:
             f"schema: {error}; check the host, port, database name and credentials"
         ) from error
     async with connection:
+        return await _migrate_all(connection, migrations)
+
+
+async def _migrate_all(
+    connection: AsyncConnection[Any], migrations: Sequence[Migration]
+) -> MigrationResult:
+    if not migrations:
         return await _migrate(connection)
+    async with _migration_lock(connection):
+        result = await _migrate(connection)
+        applied = await apply_migrations(connection, migrations)
+    return replace(result, applied_migrations=applied)
+
+
+@asynccontextmanager
+async def _migration_lock(connection: AsyncConnection[Any]) -> AsyncIterator[None]:
+    # A session lock spans the transactions of the schema and of every application
+    # migration; the schema's own transaction lock on the same key is re-entrant.
+    async with connection.transaction():
+        await connection.execute("SELECT pg_advisory_lock(%s)", [_MIGRATION_LOCK_KEY])
+    try:
+        yield
+    finally:
+        async with connection.transaction():
+            await connection.execute(
+                "SELECT pg_advisory_unlock(%s)", [_MIGRATION_LOCK_KEY]
+            )
 
 
 async def _migrate(connection: AsyncConnection[Any]) -> MigrationResult:

@@ -6,11 +6,11 @@ validated :class:`EventCompositionSettings` (or one of its sections).
 
 from eventcomposition.settings.loading import (
     DEFAULT_ENVIRONMENT,
-    ENVIRONMENT_VARIABLE,
-    SETTINGS_DIR_VARIABLE,
+    SHIPPED_PROFILES_DIR,
     SettingsError,
     SettingSource,
     load_settings,
+    settings_files,
     settings_with_sources,
 )
 from eventcomposition.settings.models import (
@@ -27,11 +27,23 @@ from eventcomposition.settings.models import (
     StorageType,
     generate_node_id,
 )
+from eventcomposition.settings.variables import (
+    ENV_PREFIX,
+    ENVIRONMENT_VARIABLE,
+    PACKAGE_VARIABLES,
+    PASSWORD_VARIABLE,
+    SETTINGS_DIR_VARIABLE,
+    environment_variable,
+)
 
 __all__ = [
     "DEFAULT_ENVIRONMENT",
     "ENVIRONMENT_VARIABLE",
+    "ENV_PREFIX",
+    "PACKAGE_VARIABLES",
+    "PASSWORD_VARIABLE",
     "SETTINGS_DIR_VARIABLE",
+    "SHIPPED_PROFILES_DIR",
     "BrokerSettings",
     "BrokerType",
     "ConsumerSettings",
@@ -45,7 +57,9 @@ __all__ = [
     "SettingsError",
     "StorageSettings",
     "StorageType",
+    "environment_variable",
     "generate_node_id",
     "load_settings",
+    "settings_files",
     "settings_with_sources",
 ]

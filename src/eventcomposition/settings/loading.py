@@ -3,8 +3,10 @@
 Sources, lowest priority first:
 
 1. the model defaults;
-2. ``<settings dir>/base.toml``;
-3. ``<settings dir>/<environment>.toml``;
+2. the profiles shipped with the package (``base.toml``, then
+   ``<environment>.toml``);
+3. the application's settings folder, when there is one (its ``base.toml``, then
+   its ``<environment>.toml``);
 4. environment variables ``EVENTCOMPOSITION_<SECTION>__<KEY>`` (case-insensitive);
 5. the keyword arguments of :func:`load_settings`.
 
@@ -13,7 +15,7 @@ The TOML files merge deeply: an overlay that sets one key of a table keeps the r
 
 import os
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import Enum
@@ -26,18 +28,37 @@ from pydantic_settings import SettingsError as PydanticSettingsError
 
 from eventcomposition.errors import EventCompositionError
 from eventcomposition.settings.models import (
-    ENV_NESTED_DELIMITER,
-    ENV_PREFIX,
     EventCompositionSettings,
     reading_toml_files,
 )
+from eventcomposition.settings.variables import (
+    ENV_NESTED_DELIMITER,
+    ENV_PREFIX,
+    ENVIRONMENT_VARIABLE,
+    PACKAGE_VARIABLES,
+    PASSWORD_VARIABLE,
+    SETTINGS_DIR_VARIABLE,
+)
 
-ENVIRONMENT_VARIABLE = "EVENTCOMPOSITION_ENV"
-SETTINGS_DIR_VARIABLE = "EVENTCOMPOSITION_SETTINGS_DIR"
 DEFAULT_ENVIRONMENT = "development"
+PRODUCTION_ENVIRONMENT = "production"
 DEFAULT_SETTINGS_DIR = Path("settings")
 BASE_FILE_STEM = "base"
 MASK = "**********"
+_PASSWORD_KEY = ("storage", "postgres", "password")
+
+
+def _shipped_profiles() -> Path:
+    # A built wheel carries the top-level settings/ folder here (pyproject.toml's
+    # force-include); an editable install runs from the source tree, beside it.
+    installed = Path(__file__).with_name("profiles")
+    if installed.is_dir():
+        return installed
+    return Path(__file__).resolve().parents[3] / "settings"
+
+
+SHIPPED_PROFILES_DIR = _shipped_profiles()
+"""The profiles shipped with the package: base, development, test, production."""
 
 type _Path = tuple[str, ...]
 type _Layer = Mapping[_Path, str]
@@ -68,12 +89,13 @@ def load_settings(
     """Load and validate the settings of one node.
 
     ``environment`` defaults to ``$EVENTCOMPOSITION_ENV``, else ``development``.
-    ``settings_dir`` defaults to ``$EVENTCOMPOSITION_SETTINGS_DIR``, else
-    ``./settings``. A settings folder holding no ``*.toml`` file (or a default
-    ``./settings`` that does not exist, as when the package is installed elsewhere)
-    leaves the built-in defaults, the environment variables and ``overrides``.
-    ``base.toml`` is optional; an environment chosen explicitly must have its
-    ``<environment>.toml`` in a settings folder that has TOML files.
+    The application's settings folder, ``settings_dir``, defaults to
+    ``$EVENTCOMPOSITION_SETTINGS_DIR``, else ``./settings`` when it exists; its
+    files overlay the profiles shipped with the package. ``base.toml`` is
+    optional; the environment must have its ``<environment>.toml`` in one of the
+    two folders. A password in a file is refused in production. Every
+    ``EVENTCOMPOSITION_*`` variable must name a setting (or be one of the
+    package's own, such as ``EVENTCOMPOSITION_ENV``).
 
     ``overrides`` are the highest-priority values, by section, e.g.
     ``load_settings("test", storage={"postgres": {"port": 6543}})``; they merge
@@ -83,6 +105,13 @@ def load_settings(
     """
     plan = _plan(environment, settings_dir, overrides)
     return _validate(plan, overrides)
+
+
+def settings_files(
+    environment: str | None = None, *, settings_dir: Path | str | None = None
+) -> tuple[Path, ...]:
+    """The TOML files :func:`load_settings` reads, lowest priority first."""
+    return _plan(environment, settings_dir, {}).files
 
 
 def settings_with_sources(
@@ -112,9 +141,10 @@ class _Plan:
 
     environment: str
     environment_source: str
-    settings_dir: Path
+    folders: tuple[Path, ...]  # shipped profiles first, then the application's
     files: tuple[Path, ...]
     layers: tuple[_Layer, ...]  # lowest priority first
+    unknown_variables: tuple[str, ...]  # problems, one line each
 
 
 def _plan(
@@ -124,33 +154,73 @@ def _plan(
 ) -> _Plan:
     environ = os.environ
     name, environment_source = _choose_environment(environment, environ)
-    directory, directory_is_explicit = _choose_settings_dir(settings_dir, environ)
-    if directory_is_explicit and not directory.is_dir():
-        raise SettingsError(f"settings folder {directory} does not exist")
-
-    available = sorted(directory.glob("*.toml")) if directory.is_dir() else []
-    base_file = directory / f"{BASE_FILE_STEM}.toml"
-    environment_file = directory / f"{name}.toml"
-    files = [path for path in (base_file, environment_file) if path in available]
-    # A default environment may lack its file; one asked for must have it.
-    missing = bool(available) and environment_file not in available
-    if missing and environment_source != "default":
-        known = [path.stem for path in available if path.stem != BASE_FILE_STEM]
+    folders = _settings_folders(settings_dir, environ)
+    files = [
+        folder / f"{stem}.toml"
+        for folder in folders
+        for stem in (BASE_FILE_STEM, name)
+        if (folder / f"{stem}.toml").is_file()
+    ]
+    if not any(path.stem == name for path in files):
+        known = sorted(
+            {
+                path.stem
+                for folder in folders
+                for path in folder.glob("*.toml")
+                if path.stem != BASE_FILE_STEM
+            }
+        )
         raise SettingsError(
-            f"unknown environment {name!r}: there is no {environment_file}; "
+            f"unknown environment {name!r} (from {environment_source}): no "
+            f"{name}.toml in {' or '.join(str(folder) for folder in folders)}; "
             f"known environments: {', '.join(known) or '(none)'}"
         )
 
     layers: list[_Layer] = [_file_layer(path) for path in files]
-    layers.append(_environment_variable_layer(environ))
+    if name == PRODUCTION_ENVIRONMENT:
+        _refuse_passwords_in_files(layers)
+    variables, unknown = _environment_variable_layer(environ)
+    layers.append(variables)
     layers.append({path: "argument" for path, _ in _leaves(overrides)})
     return _Plan(
         environment=name,
         environment_source=environment_source,
-        settings_dir=directory,
+        folders=folders,
         files=tuple(files),
         layers=tuple(layers),
+        unknown_variables=tuple(unknown),
     )
+
+
+def _settings_folders(
+    explicit: Path | str | None, environ: Mapping[str, str]
+) -> tuple[Path, ...]:
+    """The shipped profiles, then the application's folder when there is one."""
+    if explicit is not None:
+        folder, source = Path(explicit), "argument"
+    elif environ.get(SETTINGS_DIR_VARIABLE):
+        folder, source = Path(environ[SETTINGS_DIR_VARIABLE]), SETTINGS_DIR_VARIABLE
+    else:
+        folder, source = DEFAULT_SETTINGS_DIR, ""
+    if not folder.is_dir():
+        if source:
+            raise SettingsError(
+                f"settings folder {folder} (from {source}) does not exist; create "
+                "it or point at an existing folder"
+            )
+        return (SHIPPED_PROFILES_DIR,)
+    if folder.resolve() == SHIPPED_PROFILES_DIR.resolve():
+        return (SHIPPED_PROFILES_DIR,)
+    return (SHIPPED_PROFILES_DIR, folder)
+
+
+def _refuse_passwords_in_files(layers: Sequence[_Layer]) -> None:
+    for layer in layers:
+        if _PASSWORD_KEY in layer:
+            raise SettingsError(
+                f"{layer[_PASSWORD_KEY]} holds storage.postgres.password, which "
+                f"production refuses in a file: remove it and set {PASSWORD_VARIABLE}"
+            )
 
 
 def _choose_environment(
@@ -176,16 +246,6 @@ def _choose_environment(
     return name, source
 
 
-def _choose_settings_dir(
-    explicit: Path | str | None, environ: Mapping[str, str]
-) -> tuple[Path, bool]:
-    if explicit is not None:
-        return Path(explicit), True
-    if environ.get(SETTINGS_DIR_VARIABLE):
-        return Path(environ[SETTINGS_DIR_VARIABLE]), True
-    return DEFAULT_SETTINGS_DIR, False
-
-
 def _file_layer(path: Path) -> _Layer:
     # pydantic-settings reads the file again to build the values; reading it here
     # too names the file in syntax errors and records which keys it sets.
@@ -201,18 +261,45 @@ def _file_layer(path: Path) -> _Layer:
     return {leaf: str(path) for leaf, _ in _leaves(data)}
 
 
-def _environment_variable_layer(environ: Mapping[str, str]) -> _Layer:
-    # Mirrors pydantic-settings: prefix and delimiter, case-insensitive, empty
-    # values ignored. Only the names are kept, to say which variable set a key.
+def _environment_variable_layer(
+    environ: Mapping[str, str],
+) -> tuple[_Layer, list[str]]:
+    """The keys the variables set, and a problem for each that names no setting.
+
+    Mirrors pydantic-settings: prefix and delimiter, case-insensitive, empty values
+    ignored. Only the names are kept, to say which variable set a key.
+    """
     layer: dict[_Path, str] = {}
-    selectors = {ENVIRONMENT_VARIABLE, SETTINGS_DIR_VARIABLE}
+    unknown: list[str] = []
     for variable, value in environ.items():
         upper = variable.upper()
-        if not value or not upper.startswith(ENV_PREFIX) or upper in selectors:
+        if not value or not upper.startswith(ENV_PREFIX) or upper in PACKAGE_VARIABLES:
             continue
-        key = upper.removeprefix(ENV_PREFIX).lower()
-        layer[tuple(key.split(ENV_NESTED_DELIMITER))] = f"env {variable}"
-    return layer
+        key = tuple(upper.removeprefix(ENV_PREFIX).lower().split(ENV_NESTED_DELIMITER))
+        layer[key] = f"env {variable}"
+        problem = _unknown_key(key)
+        if problem:
+            unknown.append(f"{problem} (from env {variable})")
+    return layer, sorted(unknown)
+
+
+def _unknown_key(path: _Path) -> str | None:
+    """Why ``path`` names no setting of the model, or None when it names one."""
+    model: type[BaseModel] = EventCompositionSettings
+    for depth, name in enumerate(path):
+        field = model.model_fields.get(name)
+        if field is None:
+            known = ", ".join(model.model_fields)
+            return (
+                f"{'.'.join(path[: depth + 1]) or '(empty)'}: unknown key; expected "
+                f"one of: {known}"
+            )
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        elif depth < len(path) - 1:
+            return f"{'.'.join(path)}: unknown key; {'.'.join(path[: depth + 1])} has no keys"
+    return None
 
 
 def _leaves(data: Mapping[str, Any], prefix: _Path = ()) -> Iterator[tuple[_Path, Any]]:
@@ -239,6 +326,7 @@ def _validate(plan: _Plan, overrides: Mapping[str, Any]) -> EventCompositionSett
         for layer in plan.layers[:-1]
         if ("environment",) in layer
     ]
+    problems.extend(plan.unknown_variables)
     settings: EventCompositionSettings | None = None
     try:
         with reading_toml_files(plan.files):
@@ -251,8 +339,9 @@ def _validate(plan: _Plan, overrides: Mapping[str, Any]) -> EventCompositionSett
         problems.append(str(error))
     if problems or settings is None:
         raise SettingsError(
-            f"invalid settings (environment {plan.environment!r}, settings folder "
-            f"{plan.settings_dir}):\n" + "\n".join(f"  - {p}" for p in problems)
+            f"invalid settings (environment {plan.environment!r}, settings folders "
+            f"{', '.join(str(folder) for folder in plan.folders)}):\n"
+            + "\n".join(f"  - {p}" for p in problems)
         )
     return settings
 
@@ -262,7 +351,11 @@ def _describe(error: ValidationError, layers: tuple[_Layer, ...]) -> list[str]:
     lines: list[str] = []
     for detail in error.errors(include_input=False, include_url=False):
         line = _describe_one(detail, layers)
-        if line not in lines:
+        # An unknown key from a variable is already among the unknown variables.
+        from_variable = "(from env " in line
+        if line not in lines and not (
+            detail["type"] == "extra_forbidden" and from_variable
+        ):
             lines.append(line)
     return lines
 

@@ -39,9 +39,11 @@ from pydantic_settings import (
 
 from eventcomposition.broker import BrokerRole
 from eventcomposition.runtime.settings import ErrorPolicy
-
-ENV_PREFIX = "EVENTCOMPOSITION_"
-ENV_NESTED_DELIMITER = "__"
+from eventcomposition.settings.variables import (
+    ENV_NESTED_DELIMITER,
+    ENV_PREFIX,
+    PASSWORD_VARIABLE,
+)
 
 StorageType = Literal["memory", "postgres"]
 BrokerType = Literal["distributed", "singleton"]
@@ -232,6 +234,9 @@ class ConsumerSettings(_Section):
 class LoggingSettings(_Section):
     level: Annotated[LogLevel, BeforeValidator(_upper)] = "INFO"
     format: Annotated[LogFormat, BeforeValidator(_lower)] = "console"
+    # logicblocks' lines for every event written and projection saved: DEBUG unless
+    # asked for.
+    library_events: bool = False
 
 
 # pydantic-settings chooses its sources per class, but the TOML files differ per
@@ -302,8 +307,8 @@ class EventCompositionSettings(BaseSettings):
         ):
             raise PydanticCustomError(
                 "production_password_required",
-                "storage.postgres.password is required in production; set "
-                "EVENTCOMPOSITION_STORAGE__POSTGRES__PASSWORD",
+                "storage.postgres.password is required in production; set {variable}",
+                {"variable": PASSWORD_VARIABLE},
             )
         return self
 

@@ -40,10 +40,11 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ..errors import EventCompositionError
+from ..settings.variables import ENV_PREFIX
 
-DATABASE_URL_VARIABLE = "EVENTCOMPOSITION_TEST_DATABASE_URL"
+DATABASE_URL_VARIABLE = ENV_PREFIX + "TEST_DATABASE_URL"
 """Names an existing server to use instead of starting a throwaway one."""
-BINDIR_VARIABLE = "EVENTCOMPOSITION_TEST_POSTGRES_BINDIR"
+BINDIR_VARIABLE = ENV_PREFIX + "TEST_POSTGRES_BINDIR"
 """Names the directory holding initdb, pg_ctl and postgres, skipping the search."""
 
 INSTALL_HINT = (

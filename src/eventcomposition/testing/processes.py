@@ -43,9 +43,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
 
+from ..settings.variables import (
+    ENV_PREFIX,
+    ENVIRONMENT_VARIABLE,
+    SETTINGS_DIR_VARIABLE,
+    environment_variable,
+)
 from .postgres import ConnectionInfo
-
-ENV_PREFIX = "EVENTCOMPOSITION_"
 
 FAST_TIMINGS: Mapping[str, str | int | float] = {
     "broker.subscriber_manager_heartbeat_interval": 0.2,
@@ -73,7 +77,7 @@ def setting_variable(key: str) -> str:
     ``setting_variable("storage.postgres.port")`` is
     ``EVENTCOMPOSITION_STORAGE__POSTGRES__PORT``.
     """
-    return ENV_PREFIX + "__".join(part.upper() for part in key.split("."))
+    return environment_variable(key)
 
 
 def node_environment(
@@ -102,9 +106,9 @@ def node_environment(
         if not name.upper().startswith((ENV_PREFIX, "PG"))
     }
     env["PYTHONUNBUFFERED"] = "1"
-    env[ENV_PREFIX + "ENV"] = environment
+    env[ENVIRONMENT_VARIABLE] = environment
     if settings_dir is not None:
-        env[ENV_PREFIX + "SETTINGS_DIR"] = str(settings_dir)
+        env[SETTINGS_DIR_VARIABLE] = str(settings_dir)
     values: dict[str, str | int | float] = {
         "logging.format": "json",
         "logging.level": log_level,
@@ -208,7 +212,10 @@ class NodeProcess:
         env: Mapping[str, str],
         name: str | None = None,
         cwd: Path | str | None = None,
+        output_closed: bool = False,
     ) -> None:
+        """``output_closed``: stdout and stderr are a pipe nobody reads (closed
+        at its far end, as after ``| head``), so every write fails with EPIPE."""
         self.argv = list(argv)
         self.name = name or " ".join(self.argv[-4:])
         self._condition = threading.Condition()
@@ -217,19 +224,25 @@ class NodeProcess:
         self._records: list[LogRecord] = []
         self.started_at = time.monotonic()
         in_main_thread = threading.current_thread() is threading.main_thread()
+        output: int = subprocess.PIPE
+        if output_closed:
+            read_end, output = os.pipe()
+            os.close(read_end)
         self._process = subprocess.Popen(
             self.argv,
             env=dict(env),
             cwd=cwd,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stdout=output,
+            stderr=output,
             # Only from the main thread: the death signal follows the thread that
             # forked, and a worker thread may end long before the node should.
             preexec_fn=_die_with_parent
             if in_main_thread and _prctl is not None
             else None,
         )
+        if output_closed:
+            os.close(output)
         self._finalizer = weakref.finalize(self, _kill_if_running, self._process)
         self._readers = [
             self._reader(self._process.stderr, self._stderr, parse=True),
@@ -247,12 +260,19 @@ class NodeProcess:
         migrate: bool = False,
         extra_args: Sequence[str] = (),
         cwd: Path | str | None = None,
+        output_closed: bool = False,
     ) -> Self:
         """Start ``eventcomposition run`` with these options."""
         argv = run_command(
             app=app, role=role, node_id=node_id, migrate=migrate, extra_args=extra_args
         )
-        return cls(argv, env=env, name=node_id or role or "node", cwd=cwd)
+        return cls(
+            argv,
+            env=env,
+            name=node_id or role or "node",
+            cwd=cwd,
+            output_closed=output_closed,
+        )
 
     def __repr__(self) -> str:
         return (
@@ -296,6 +316,13 @@ class NodeProcess:
     @property
     def running(self) -> bool:
         return self._process.poll() is None
+
+    def cpu_seconds(self) -> float:
+        """The CPU time (user and system) the running process has used (Linux)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
+        # After the command name: state is field 3, utime 14 and stime 15.
+        ticks = int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     @property
     def stderr_lines(self) -> list[str]:
@@ -497,6 +524,7 @@ class NodeProcesses:
         migrate: bool = False,
         extra_args: Sequence[str] = (),
         cwd: Path | str | None = None,
+        output_closed: bool = False,
     ) -> NodeProcess:
         """Start ``eventcomposition run`` with these options (see ``NodeProcess``)."""
         return self.add(
@@ -508,6 +536,7 @@ class NodeProcesses:
                 migrate=migrate,
                 extra_args=extra_args,
                 cwd=cwd,
+                output_closed=output_closed,
             )
         )
 
@@ -533,15 +562,20 @@ def run_to_completion(
     env: Mapping[str, str],
     timeout: float = 60.0,
     cwd: Path | str | None = None,
+    input: str | None = None,
 ) -> CompletedNode:
-    """Run a command that should end by itself; its status and output lines."""
+    """Run a command that should end by itself; its status and output lines.
+
+    ``input`` is its standard input (default: none, end of file at once).
+    """
     started = time.monotonic()
     try:
         completed = subprocess.run(
             list(argv),
             env=dict(env),
             cwd=cwd,
-            stdin=subprocess.DEVNULL,
+            input=input.encode("utf-8") if input is not None else None,
+            stdin=subprocess.DEVNULL if input is None else None,
             capture_output=True,
             timeout=timeout,
             check=False,

@@ -5,6 +5,8 @@ from textwrap import dedent
 
 import pytest
 
+from eventcomposition.settings import loading
+
 type WriteSettings = Callable[[Mapping[str, str]], Path]
 
 
@@ -17,6 +19,13 @@ def isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Pat
     working_directory = tmp_path / "cwd"
     working_directory.mkdir()
     monkeypatch.chdir(working_directory)
+    # Shipped profiles that set nothing, so a test sees the model defaults and
+    # its own files only.
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    for environment in ("development", "test", "production"):
+        (shipped / f"{environment}.toml").write_text("")
+    monkeypatch.setattr(loading, "SHIPPED_PROFILES_DIR", shipped)
     return working_directory
 
 

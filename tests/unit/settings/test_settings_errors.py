@@ -191,7 +191,7 @@ def test_an_unknown_environment_lists_the_known_ones(
     message = str(load_error(directory, "staging"))
 
     assert message.startswith("unknown environment 'staging'")
-    assert message.endswith("known environments: development, production")
+    assert message.endswith("known environments: development, production, test")
 
 
 def test_an_unknown_environment_from_the_variable_is_an_error(
@@ -202,8 +202,8 @@ def test_an_unknown_environment_from_the_variable_is_an_error(
 
     message = str(load_error(directory))
 
-    assert "unknown environment 'prod'" in message
-    assert "known environments: test" in message
+    assert "unknown environment 'prod' (from env EVENTCOMPOSITION_ENV)" in message
+    assert "known environments: development, production, test" in message
 
 
 @pytest.mark.parametrize("name", ["../base", "base", "", "a b"])

@@ -188,14 +188,16 @@ def test_the_settings_folder_comes_from_the_variable_else_the_working_directory(
     assert load_settings().logging.level == "DEBUG"
 
 
-def test_a_folder_without_toml_files_accepts_any_environment(tmp_path: Path) -> None:
+def test_a_folder_without_toml_files_uses_the_shipped_environments(
+    tmp_path: Path,
+) -> None:
     settings = load_settings("production", settings_dir=tmp_path, node={"id": "n1"})
 
     assert settings.environment == "production"
     assert settings.storage.type == "memory"
 
 
-def test_the_default_environment_may_have_no_file(
+def test_a_folder_needs_no_file_for_a_shipped_environment(
     write_settings: WriteSettings,
 ) -> None:
     directory = write_settings({"base": '[logging]\nformat = "json"\n', "test": ""})
