@@ -8,6 +8,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
+from ..broker import CoordinatorLeader, leading_coordinator
 from .db import reachable_postgres
 from .run import add_settings_arguments
 from .settings_show import format_table
@@ -23,12 +24,6 @@ SUBSCRIPTIONS = """
            r.node_id AS held_by
     FROM subscriptions s LEFT JOIN subscribers r USING ("group", id)
     ORDER BY held_by NULLS LAST, s."group", s.id
-"""
-LEADERSHIP = """
-    SELECT count(*) FROM pg_locks
-    WHERE locktype = 'advisory' AND granted AND database = (
-        SELECT oid FROM pg_database WHERE datname = current_database()
-    )
 """
 
 
@@ -49,12 +44,8 @@ async def show_status(args: argparse.Namespace) -> int:
     async with await AsyncConnection.connect(postgres.conninfo()) as connection:
         nodes = await (await connection.execute(NODES)).fetchall()
         subscriptions = await (await connection.execute(SUBSCRIPTIONS)).fetchall()
-        locks_row = await (await connection.execute(LEADERSHIP)).fetchone()
-    print(
-        render_status(
-            where, nodes, subscriptions, int(locks_row[0] if locks_row else 0)
-        )
-    )
+        leader = await leading_coordinator(connection)
+    print(render_status(where, nodes, subscriptions, leader))
     return 0
 
 
@@ -62,7 +53,7 @@ def render_status(
     where: str,
     nodes: list[tuple[Any, ...]],
     subscriptions: list[tuple[Any, ...]],
-    advisory_locks: int,
+    leader: CoordinatorLeader | None,
 ) -> str:
     allocators = {row[2] for row in subscriptions}
     now = datetime.now(UTC)
@@ -94,9 +85,7 @@ def render_status(
         lines.append(
             f"coordinator-only nodes that allocated work: {', '.join(coordinators)}"
         )
-    lines.append(
-        f"leadership lock: {'held' if advisory_locks else 'not held (no coordinator running)'}"
-    )
+    lines.append(f"leading coordinator: {_leader_name(leader)}")
     lines.append("")
     lines.append(
         format_table(
@@ -111,6 +100,12 @@ def render_status(
         else "no subscriptions allocated yet"
     )
     return "\n".join(lines)
+
+
+def _leader_name(leader: CoordinatorLeader | None) -> str:
+    if leader is None:
+        return "none (no coordinator holds the leadership lock)"
+    return leader.node_id or f"unnamed (server process {leader.pid})"
 
 
 def _source_name(source: Any) -> str:
