@@ -73,6 +73,7 @@ class DistributedEventBroker[E: Event](LogicblocksDistributedEventBroker[E]):
         self._restarts = ErrorHandlingService[None](
             CallableService(self._run), error_handler=handler
         )
+        self._has_run = False
         self._consecutive_failures = 0
         self._restart_delay = timedelta(0)
 
@@ -124,12 +125,21 @@ class DistributedEventBroker[E: Event](LogicblocksDistributedEventBroker[E]):
         await self._restarts.execute()
 
     async def _run(self) -> None:
-        # The wait comes before anything that could fail (the failure was logged
-        # when it happened), so nothing can skip it and spin.
-        if self._restart_delay:
+        restarting, self._has_run = self._has_run, True
+        if restarting:
+            # Wait before anything that could fail, so nothing can skip the wait.
             await asyncio.sleep(self._restart_delay.total_seconds())
         started = time.monotonic()
         try:
+            if restarting:
+                # A failing log write fails this run like any error: it is
+                # backed off, never retried in a tight loop.
+                await logger.awarning(
+                    "broker.restarting",
+                    role=str(self._role),
+                    delay_seconds=self._restart_delay.total_seconds(),
+                    consecutive_failures=self._consecutive_failures,
+                )
             await self._run_parts()
         except Exception as error:
             self._record_failure(time.monotonic() - started, error)
