@@ -8,6 +8,7 @@
 from .broker import (
     BrokerRole,
     BrokerRoleError,
+    CoordinatorFactory,
     DistributedEventBroker,
     DistributedEventBrokerSettings,
     InMemoryClusterState,
@@ -21,6 +22,7 @@ __all__ = [
     "Backoff",
     "BrokerRole",
     "BrokerRoleError",
+    "CoordinatorFactory",
     "DistributedEventBroker",
     "DistributedEventBrokerSettings",
     "EventCompositionError",

@@ -122,6 +122,7 @@ class DistributedEventBroker[E: Event](LogicblocksDistributedEventBroker[E]):
         await self._subscriber_manager.add(subscriber)
 
     async def execute(self) -> None:
+        self._has_run = False
         await self._restarts.execute()
 
     async def _run(self) -> None:

@@ -58,10 +58,6 @@ from .memory import InMemoryClusterState
 from .role import BrokerRole
 
 
-def _restart_backoff() -> Backoff:
-    return Backoff()
-
-
 @dataclass(frozen=True)
 class DistributedEventBrokerSettings(LogicblocksDistributedEventBrokerSettings):
     """logicblocks' distributed broker settings plus the node's role.
@@ -71,7 +67,7 @@ class DistributedEventBrokerSettings(LogicblocksDistributedEventBrokerSettings):
     """
 
     role: BrokerRole = BrokerRole.FULL
-    restart_backoff: Backoff = field(default_factory=_restart_backoff)
+    restart_backoff: Backoff = field(default_factory=Backoff)
 
 
 class _RoleAwareBuilder[**P](DistributedEventBrokerBuilder[P]):

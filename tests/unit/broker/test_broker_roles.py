@@ -365,6 +365,23 @@ async def test_a_run_longer_than_the_backoff_maximum_starts_a_new_series() -> No
     assert delays[2] == 0.0
 
 
+async def test_a_new_execute_starts_without_the_pending_restart_wait() -> None:
+    node = observer_node(
+        Backoff(initial=timedelta(hours=1), maximum=timedelta(hours=1))
+    )
+    async with running(node):
+        await fail_and_wait_for_restart(node, runs=1)
+        node.manager.maintenance.fail(ValueError("second failure"))
+        await wait_until(lambda: node.manager.stops == 2, description="2nd failure")
+
+    # The hour-long wait belonged to the cancelled execute.
+    task = asyncio.create_task(node.broker.execute())
+    await wait_until(lambda: node.manager.maintenance.starts == 3, description="run")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 class RaisingLogger:
     """A logger whose writes fail, as when its output pipe is closed."""
 
