@@ -71,6 +71,8 @@ class DistributedEventBrokerSettings(LogicblocksDistributedEventBrokerSettings):
 
 
 class _RoleAwareBuilder[**P](DistributedEventBrokerBuilder[P]):
+    """Shared by the builders: ``build`` from prepared dependencies, by role."""
+
     def __init__(
         self,
         node_id: str,
