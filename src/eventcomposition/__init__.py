@@ -10,6 +10,7 @@
 from .broker import (
     BrokerRole,
     BrokerRoleError,
+    CoordinatorFactory,
     DistributedEventBroker,
     DistributedEventBrokerSettings,
     InMemoryClusterState,
@@ -24,6 +25,7 @@ __all__ = [
     "Backoff",
     "BrokerRole",
     "BrokerRoleError",
+    "CoordinatorFactory",
     "DistributedEventBroker",
     "DistributedEventBrokerSettings",
     "EventCompositionError",

@@ -18,6 +18,7 @@ from eventcomposition import (
     make_event_broker,
 )
 from eventcomposition.cli import main, one_line
+from eventcomposition.schema.migrate import _MIGRATION_LOCK_KEY
 from eventcomposition.testing.capture import CapturingSubscriber
 from eventcomposition.testing.postgres import ConnectionInfo
 from eventcomposition.testing.waiting import wait_until
@@ -119,8 +120,31 @@ def test_cluster_status_shows_nodes_and_the_sources_they_hold(
     out = capsys.readouterr().out
     assert "observer-1" in out
     assert "coordinator-1" in out
-    assert "leadership lock: held" in out
+    assert "leading coordinator: coordinator-1" in out
     assert "totals/s-1: orders" in out
+
+
+def test_cluster_status_does_not_take_a_migration_for_a_leader(
+    database_environment: ConnectionInfo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    asyncio.run(report_while_a_migration_holds_its_lock(database_environment))
+
+    out = capsys.readouterr().out
+    assert "leading coordinator: none" in out
+
+
+async def report_while_a_migration_holds_its_lock(database: ConnectionInfo) -> None:
+    async with (
+        await AsyncConnection.connect(database.conninfo) as connection,
+        connection.transaction(),
+    ):
+        await connection.execute(
+            "SELECT pg_advisory_xact_lock(%s)", [_MIGRATION_LOCK_KEY]
+        )
+        status = await asyncio.to_thread(
+            main, ["cluster", "status", "--env", "test", "--settings-dir", SETTINGS_DIR]
+        )
+        assert status == 0
 
 
 async def run_a_small_cluster_then_report(database: ConnectionInfo) -> None:

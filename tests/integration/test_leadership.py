@@ -1,14 +1,21 @@
-"""The coordinator's PostgreSQL leadership lock, across a server restart."""
+"""The coordinator's PostgreSQL leadership lock: held across a server restart or
+not, and which node holds it."""
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
+from logicblocks.event.processing import PostgresLockManager
+from psycopg import AsyncConnection
 
+from eventcomposition.broker import COORDINATOR_LOCK_NAME, leading_coordinator
 from eventcomposition.broker.leadership import (
     CheckedPostgresLockManager,
     LeadershipLostError,
 )
-from eventcomposition.testing.postgres import ThrowawayPostgres
+from eventcomposition.schema.migrate import _MIGRATION_LOCK_KEY
+from eventcomposition.testing.postgres import ConnectionInfo, ThrowawayPostgres
 
 LOCK = "eventcomposition-test-lock"
 
@@ -44,3 +51,68 @@ async def test_a_lock_that_was_not_taken_does_not_verify(
 
     with pytest.raises(LeadershipLostError, match="is not held"):
         await manager.verify_held(LOCK)
+
+
+async def test_a_failed_second_attempt_keeps_the_held_lock_recorded(
+    throwaway_postgres: ThrowawayPostgres,
+) -> None:
+    settings = throwaway_postgres.connection_info.connection_settings()
+    manager = CheckedPostgresLockManager(connection_settings=settings)
+
+    async with manager.try_lock(LOCK) as held:
+        assert held.locked
+        async with manager.try_lock(LOCK) as again:
+            assert not again.locked
+
+        await manager.verify_held(LOCK)
+
+
+async def test_the_leading_coordinator_is_named_by_its_own_lock_only(
+    postgres_database: ConnectionInfo,
+) -> None:
+    leader = CheckedPostgresLockManager(
+        postgres_database.connection_settings(), node_id="coordinator-7"
+    )
+    async with (
+        await AsyncConnection.connect(postgres_database.conninfo) as status,
+        holding_migration_lock(postgres_database),
+    ):
+        assert await leading_coordinator(status) is None
+
+        async with leader.try_lock(COORDINATOR_LOCK_NAME) as lock:
+            assert lock.locked
+            found = await leading_coordinator(status)
+            assert found is not None
+            assert found.node_id == "coordinator-7"
+
+        assert await leading_coordinator(status) is None
+
+
+async def test_a_logicblocks_coordinator_lock_leads_without_a_node_name(
+    postgres_database: ConnectionInfo,
+) -> None:
+    # logicblocks' own lock manager derives the same key and tags nothing.
+    theirs = PostgresLockManager(postgres_database.connection_settings())
+    async with (
+        await AsyncConnection.connect(postgres_database.conninfo) as status,
+        theirs.try_lock(COORDINATOR_LOCK_NAME) as lock,
+    ):
+        assert lock.locked
+        found = await leading_coordinator(status)
+
+    assert found is not None
+    assert found.node_id is None
+    assert found.pid > 0
+
+
+@asynccontextmanager
+async def holding_migration_lock(database: ConnectionInfo) -> AsyncIterator[None]:
+    """Hold the advisory lock ``migrate`` takes, as a migration in progress does."""
+    async with (
+        await AsyncConnection.connect(database.conninfo) as connection,
+        connection.transaction(),
+    ):
+        await connection.execute(
+            "SELECT pg_advisory_xact_lock(%s)", [_MIGRATION_LOCK_KEY]
+        )
+        yield

@@ -1,5 +1,9 @@
 """Role-aware distributed brokers over logicblocks 0.1.11."""
 
+from logicblocks.event.processing.broker.strategies.distributed import (
+    COORDINATOR_LOCK_NAME,
+)
+
 from .broker import DistributedEventBroker
 from .builders import (
     DistributedEventBrokerSettings,
@@ -7,17 +11,35 @@ from .builders import (
     PostgresDistributedEventBrokerBuilder,
     make_event_broker,
 )
+from .coordination import CoordinatorFactory, leader_checking_coordinator
 from .errors import BrokerRoleError
+from .leadership import (
+    CheckedPostgresLockManager,
+    CoordinatorLeader,
+    LeaderCheckingCoordinator,
+    LeadershipLostError,
+    leading_coordinator,
+    verify_leadership,
+)
 from .memory import InMemoryClusterState
 from .role import BrokerRole
 
 __all__ = [
+    "COORDINATOR_LOCK_NAME",
     "BrokerRole",
     "BrokerRoleError",
+    "CheckedPostgresLockManager",
+    "CoordinatorFactory",
+    "CoordinatorLeader",
     "DistributedEventBroker",
     "DistributedEventBrokerSettings",
     "InMemoryClusterState",
     "InMemoryDistributedEventBrokerBuilder",
+    "LeaderCheckingCoordinator",
+    "LeadershipLostError",
     "PostgresDistributedEventBrokerBuilder",
+    "leader_checking_coordinator",
+    "leading_coordinator",
     "make_event_broker",
+    "verify_leadership",
 ]

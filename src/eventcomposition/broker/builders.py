@@ -1,17 +1,17 @@
 """Builders and the factory that make role-aware distributed brokers.
 
-They reuse logicblocks' builders for the parts (subscriber manager, coordinator,
-observer) and put them together in this package's role-aware broker.
+Each builder prepares the cluster's shared parts (lock manager, event source
+factory, subscriber and subscription state stores) in ``dependencies`` and, in
+``build``, makes the broker's own parts from logicblocks' public constructors: the
+subscriber manager, the coordinator (from the injected ``CoordinatorFactory``) and
+the observer, put together in this package's role-aware broker.
 """
 
 from dataclasses import dataclass, field
-from typing import Any, NotRequired, TypedDict, Unpack, overload
+from typing import NotRequired, TypedDict, Unpack, overload
 
 from logicblocks.event.persistence.postgres import ConnectionSettings
 from logicblocks.event.processing import ErrorHandler, RetryErrorHandler
-from logicblocks.event.processing.broker import (
-    DistributedEventBroker as LogicblocksDistributedEventBroker,
-)
 from logicblocks.event.processing.broker import (
     DistributedEventBrokerSettings as LogicblocksDistributedEventBrokerSettings,
 )
@@ -28,21 +28,32 @@ from logicblocks.event.processing.broker import (
 from logicblocks.event.processing.broker import (
     make_event_broker as make_logicblocks_event_broker,
 )
+from logicblocks.event.processing.broker.strategies.distributed import (
+    DefaultEventSubscriberManager,
+    DefaultEventSubscriptionObserver,
+    PostgresEventSubscriberStateStore,
+    PostgresEventSubscriptionStateStore,
+)
 from logicblocks.event.processing.broker.strategies.distributed.builder import (
     DistributedEventBrokerBuilder,
     DistributedEventBrokerDependencies,
 )
-from logicblocks.event.processing.broker.strategies.distributed.factories import (
-    PostgresDistributedEventBrokerBuilder as LogicblocksPostgresBuilder,
+from logicblocks.event.processing.broker.subscribers import (
+    InMemoryEventSubscriberStore,
 )
-from logicblocks.event.store import EventStorageAdapter, EventStoreEventSourceFactory
+from logicblocks.event.store import (
+    EventStorageAdapter,
+    EventStoreEventSourceFactory,
+    PostgresEventStorageAdapter,
+)
 from logicblocks.event.types import StoredEvent
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from ..retry import Backoff
 from .broker import DistributedEventBroker
-from .leadership import CheckedPostgresLockManager, LeaderCheckingCoordinator
+from .coordination import CoordinatorFactory, leader_checking_coordinator
+from .leadership import CheckedPostgresLockManager
 from .memory import InMemoryClusterState
 from .role import BrokerRole
 
@@ -51,51 +62,75 @@ from .role import BrokerRole
 class DistributedEventBrokerSettings(LogicblocksDistributedEventBrokerSettings):
     """logicblocks' distributed broker settings plus the node's role.
 
-    ``restart_backoff`` spaces the broker's restarts after a failure (logicblocks
-    retries at once).
+    ``restart_backoff`` spaces the broker's restarts after consecutive failures
+    (logicblocks always restarts at once).
     """
 
     role: BrokerRole = BrokerRole.FULL
     restart_backoff: Backoff = field(default_factory=Backoff)
 
 
-def _role_aware(
-    builder: DistributedEventBrokerBuilder[Any],
-    broker: EventBroker[StoredEvent],
-    settings: LogicblocksDistributedEventBrokerSettings,
-    error_handler: ErrorHandler[None],
-) -> DistributedEventBroker[StoredEvent]:
-    # logicblocks' builder wires the parts; this takes the subscriber manager and
-    # the observer over into the role-aware broker (the attribute names are pinned
-    # by a test) with a coordinator that checks its leadership.
-    if not isinstance(broker, LogicblocksDistributedEventBroker):
-        raise TypeError(f"expected a distributed broker, got {type(broker).__name__}")
-    role, backoff = BrokerRole.FULL, None
-    if isinstance(settings, DistributedEventBrokerSettings):
-        role, backoff = settings.role, settings.restart_backoff
-    coordinator = LeaderCheckingCoordinator(
-        node_id=builder.node_id,
-        lock_manager=builder.lock_manager,
-        subscriber_state_store=builder.event_subscriber_state_store,
-        subscription_state_store=builder.event_subscription_state_store,
-        subscriber_max_time_since_last_seen=settings.coordinator_subscriber_max_time_since_last_seen,
-        distribution_interval=settings.coordinator_distribution_interval,
-        leadership_max_duration=settings.coordinator_leadership_max_duration,
-        leadership_attempt_interval=settings.coordinator_leadership_attempt_interval,
-    )
-    return DistributedEventBroker[StoredEvent](
-        event_subscriber_manager=broker._event_subscriber_manager,
-        event_subscription_coordinator=coordinator,
-        event_subscription_observer=broker._event_subscription_observer,
-        role=role,
-        error_handler=error_handler,
-        restart_backoff=backoff,
-    )
+class _RoleAwareBuilder[**P](DistributedEventBrokerBuilder[P]):
+    """Shared by the builders: ``build`` from prepared dependencies, by role."""
+
+    def __init__(
+        self,
+        node_id: str,
+        coordinator: CoordinatorFactory = leader_checking_coordinator,
+    ) -> None:
+        super().__init__(node_id)
+        self.coordinator_factory = coordinator
+
+    def build(
+        self,
+        settings: LogicblocksDistributedEventBrokerSettings,
+        error_handler: ErrorHandler[None] | None = None,
+    ) -> DistributedEventBroker[StoredEvent]:
+        """Make the broker's parts and put them together; call ``prepare`` first.
+
+        The role and restart backoff come from this package's settings;
+        logicblocks' settings make a ``FULL`` broker with the default backoff.
+        """
+        role, backoff = BrokerRole.FULL, None
+        if isinstance(settings, DistributedEventBrokerSettings):
+            role, backoff = settings.role, settings.restart_backoff
+        # The subscriber manager and the observer share the node's subscribers.
+        subscribers: InMemoryEventSubscriberStore[StoredEvent] = (
+            InMemoryEventSubscriberStore()
+        )
+        subscriber_manager = DefaultEventSubscriberManager[StoredEvent](
+            node_id=self.node_id,
+            subscriber_store=subscribers,
+            subscriber_state_store=self.event_subscriber_state_store,
+            heartbeat_interval=settings.subscriber_manager_heartbeat_interval,
+            purge_interval=settings.subscriber_manager_purge_interval,
+            subscriber_max_age=settings.subscriber_manager_subscriber_max_age,
+        )
+        coordinator = self.coordinator_factory(
+            node_id=self.node_id,
+            lock_manager=self.lock_manager,
+            subscriber_state_store=self.event_subscriber_state_store,
+            subscription_state_store=self.event_subscription_state_store,
+            settings=settings,
+        )
+        observer = DefaultEventSubscriptionObserver[StoredEvent](
+            node_id=self.node_id,
+            subscriber_store=subscribers,
+            subscription_state_store=self.event_subscription_state_store,
+            event_source_factory=self.event_source_factory,
+            synchronisation_interval=settings.observer_synchronisation_interval,
+        )
+        return DistributedEventBroker[StoredEvent](
+            event_subscriber_manager=subscriber_manager,
+            event_subscription_coordinator=coordinator,
+            event_subscription_observer=observer,
+            role=role,
+            error_handler=error_handler or RetryErrorHandler(),
+            restart_backoff=backoff,
+        )
 
 
-class InMemoryDistributedEventBrokerBuilder(
-    DistributedEventBrokerBuilder[(InMemoryClusterState,)]
-):
+class InMemoryDistributedEventBrokerBuilder(_RoleAwareBuilder[(InMemoryClusterState,)]):
     """Builds an in-memory broker over a (possibly shared) ``InMemoryClusterState``."""
 
     def dependencies(
@@ -108,17 +143,22 @@ class InMemoryDistributedEventBrokerBuilder(
             event_subscription_state_store=state.subscription_state_store(self.node_id),
         )
 
-    def build(
-        self,
-        settings: LogicblocksDistributedEventBrokerSettings,
-        error_handler: ErrorHandler[None] | None = None,
-    ) -> DistributedEventBroker[StoredEvent]:
-        handler = error_handler or RetryErrorHandler()
-        return _role_aware(self, super().build(settings, handler), settings, handler)
 
+class PostgresDistributedEventBrokerBuilder(
+    _RoleAwareBuilder[
+        (
+            ConnectionSettings,
+            AsyncConnectionPool[AsyncConnection],
+            EventStorageAdapter | None,
+        )
+    ]
+):
+    """Builds a broker that coordinates through PostgreSQL.
 
-class PostgresDistributedEventBrokerBuilder(LogicblocksPostgresBuilder):
-    """Builds a broker that coordinates through PostgreSQL."""
+    The leadership lock takes its own connection (``connection_settings``), named
+    after the node; the state stores and, without an ``adapter``, the events use
+    ``connection_pool``.
+    """
 
     def dependencies(
         self,
@@ -126,21 +166,21 @@ class PostgresDistributedEventBrokerBuilder(LogicblocksPostgresBuilder):
         connection_pool: AsyncConnectionPool[AsyncConnection],
         adapter: EventStorageAdapter | None = None,
     ) -> DistributedEventBrokerDependencies:
-        dependencies = super().dependencies(
-            connection_settings, connection_pool, adapter
+        events = adapter or PostgresEventStorageAdapter(
+            connection_source=connection_pool
         )
-        dependencies["lock_manager"] = CheckedPostgresLockManager(
-            connection_settings=connection_settings
+        return DistributedEventBrokerDependencies(
+            lock_manager=CheckedPostgresLockManager(
+                connection_settings, node_id=self.node_id
+            ),
+            event_source_factory=EventStoreEventSourceFactory(adapter=events),
+            event_subscriber_state_store=PostgresEventSubscriberStateStore(
+                node_id=self.node_id, connection_source=connection_pool
+            ),
+            event_subscription_state_store=PostgresEventSubscriptionStateStore(
+                node_id=self.node_id, connection_source=connection_pool
+            ),
         )
-        return dependencies
-
-    def build(
-        self,
-        settings: LogicblocksDistributedEventBrokerSettings,
-        error_handler: ErrorHandler[None] | None = None,
-    ) -> DistributedEventBroker[StoredEvent]:
-        handler = error_handler or RetryErrorHandler()
-        return _role_aware(self, super().build(settings, handler), settings, handler)
 
 
 class InMemoryDistributedBrokerParams(TypedDict):
@@ -148,6 +188,7 @@ class InMemoryDistributedBrokerParams(TypedDict):
     adapter: NotRequired[EventStorageAdapter]
     cluster_state: NotRequired[InMemoryClusterState]
     error_handler: NotRequired[ErrorHandler[None]]
+    coordinator: NotRequired[CoordinatorFactory]
 
 
 class PostgresDistributedBrokerParams(TypedDict):
@@ -156,6 +197,7 @@ class PostgresDistributedBrokerParams(TypedDict):
     connection_pool: AsyncConnectionPool[AsyncConnection]
     adapter: NotRequired[EventStorageAdapter | None]
     error_handler: NotRequired[ErrorHandler[None]]
+    coordinator: NotRequired[CoordinatorFactory]
 
 
 class SingletonBrokerParams(TypedDict):
@@ -165,6 +207,8 @@ class SingletonBrokerParams(TypedDict):
     connection_settings: NotRequired[ConnectionSettings]
     connection_pool: NotRequired[AsyncConnectionPool[AsyncConnection]]
     error_handler: NotRequired[ErrorHandler[None]]
+    # Accepted so one call can serve both broker types; a singleton has no coordinator.
+    coordinator: NotRequired[CoordinatorFactory]
 
 
 class _AnyBrokerParams(TypedDict, total=False):
@@ -174,6 +218,7 @@ class _AnyBrokerParams(TypedDict, total=False):
     connection_settings: ConnectionSettings
     connection_pool: AsyncConnectionPool[AsyncConnection]
     error_handler: ErrorHandler[None]
+    coordinator: CoordinatorFactory
 
 
 @overload
@@ -217,12 +262,16 @@ def make_event_broker(
     ``DistributedEventBrokerSettings``; logicblocks' settings mean ``FULL``).
     In-memory distributed brokers that should cooperate in one process pass the same
     ``cluster_state``; without one, the broker gets private state over ``adapter``.
-    Singleton brokers are logicblocks' own, unchanged (``cluster_state`` only lends
-    them its adapter).
+    ``coordinator`` makes each distributed broker's coordinator (see
+    ``CoordinatorFactory``); by default logicblocks' coordinator, checking its
+    leadership. Singleton brokers are logicblocks' own, unchanged: they have no
+    coordinator, and ``cluster_state`` only lends them its adapter.
     """
     if broker_type is EventBrokerType.Singleton:
         singleton_kwargs = dict(kwargs)
         state = singleton_kwargs.pop("cluster_state", None)
+        # A singleton broker allocates without a coordinator.
+        singleton_kwargs.pop("coordinator", None)
         if state is not None and storage_type is EventBrokerStorageType.InMemory:
             singleton_kwargs["adapter"] = _in_memory_state(kwargs).adapter
         singleton: EventBroker[StoredEvent] = make_logicblocks_event_broker(  # type: ignore[call-overload]
@@ -236,9 +285,10 @@ def make_event_broker(
             f"got {type(settings).__name__}"
         )
     error_handler = kwargs.get("error_handler")
+    coordinator = kwargs.get("coordinator", leader_checking_coordinator)
     if storage_type is EventBrokerStorageType.InMemory:
         return (
-            InMemoryDistributedEventBrokerBuilder(node_id)
+            InMemoryDistributedEventBrokerBuilder(node_id, coordinator)
             .prepare(_in_memory_state(kwargs))
             .build(settings, error_handler)
         )
@@ -251,7 +301,7 @@ def make_event_broker(
                 "lock) and connection_pool= (for its state stores)"
             )
         return (
-            PostgresDistributedEventBrokerBuilder(node_id)
+            PostgresDistributedEventBrokerBuilder(node_id, coordinator)
             .prepare(connection_settings, connection_pool, kwargs.get("adapter"))
             .build(settings, error_handler)
         )

@@ -1,4 +1,4 @@
-"""Coordinator leadership that notices when its PostgreSQL lock is gone.
+"""The coordinator's leadership: its PostgreSQL lock, checked, and who holds it.
 
 logicblocks' ``PostgresLockManager`` holds the coordinator's leadership as a
 transaction-level advisory lock on a connection of its own. When the server
@@ -8,14 +8,19 @@ while another coordinator takes the lock on the restarted server, and two leader
 allocate the same sources. Here the lock's connection is checked before every
 distribution; a lost lock fails the coordinator, so the broker restarts (with
 backoff) and competes for leadership again.
+
+The lock's connection carries the node id in its ``application_name``, so
+``leading_coordinator`` can name the node that leads.
 """
 
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from logicblocks.event.processing import Lock, PostgresLockManager
+from logicblocks.event.persistence.postgres import ConnectionSettings
+from logicblocks.event.processing import Lock, LockManager, PostgresLockManager
 from logicblocks.event.processing.broker.strategies.distributed import (
     COORDINATOR_LOCK_NAME,
     DefaultEventSubscriptionCoordinator,
@@ -25,25 +30,48 @@ from psycopg import AsyncConnection
 
 from ..errors import EventCompositionError
 
+# The advisory lock key logicblocks derives from the coordinator's lock name, so
+# mixed clusters (our coordinators and logicblocks' own) contend for one lock.
+COORDINATOR_LOCK_KEY = get_digest(COORDINATOR_LOCK_NAME)
+# Prefix of the application_name of the connection holding a node's locks.
+LOCK_HOLDER_APPLICATION_PREFIX = "coordinator:"
+
+# A bigint advisory key shows in pg_locks split into classid (high 32 bits) and
+# objid (low 32 bits), with objsubid 1.
+_LEADER_QUERY = """
+    SELECT l.pid, a.application_name
+    FROM pg_locks l LEFT JOIN pg_stat_activity a USING (pid)
+    WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND (l.classid::bigint << 32 | l.objid::bigint) = %s
+"""
+
 
 class LeadershipLostError(EventCompositionError):
     """The coordinator's leadership lock is no longer held."""
 
 
 class CheckedPostgresLockManager(PostgresLockManager):
-    """logicblocks' PostgreSQL lock manager that can tell whether a lock is held."""
+    """logicblocks' PostgreSQL lock manager that can tell whether a lock is held.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    With a ``node_id``, its lock connections name the node in their
+    ``application_name`` (PostgreSQL keeps its first 63 bytes).
+    """
+
+    def __init__(
+        self, connection_settings: ConnectionSettings, node_id: str | None = None
+    ) -> None:
+        super().__init__(connection_settings=connection_settings)
+        self._application_name = (
+            None if node_id is None else LOCK_HOLDER_APPLICATION_PREFIX + node_id
+        )
         self._held: dict[str, AsyncConnection[Any]] = {}
 
     @asynccontextmanager
     async def try_lock(self, lock_name: str) -> AsyncGenerator[Lock]:
-        async with await AsyncConnection.connect(
-            self.connection_settings.to_connection_string()
-        ) as connection:
+        async with await self._connect() as connection:
             cursor = await connection.execute(
-                "SELECT pg_try_advisory_xact_lock(%s)", [_lock_key(lock_name)]
+                "SELECT pg_try_advisory_xact_lock(%s)", [get_digest(lock_name)]
             )
             row = await cursor.fetchone()
             locked = bool(row and row[0])
@@ -52,7 +80,9 @@ class CheckedPostgresLockManager(PostgresLockManager):
             try:
                 yield Lock(name=lock_name, locked=locked, timed_out=False)
             finally:
-                self._held.pop(lock_name, None)
+                # A failed second attempt must not forget the lock the first holds.
+                if self._held.get(lock_name) is connection:
+                    del self._held[lock_name]
 
     async def verify_held(self, lock_name: str) -> None:
         """Raise ``LeadershipLostError`` unless ``lock_name`` is still held."""
@@ -66,17 +96,64 @@ class CheckedPostgresLockManager(PostgresLockManager):
                 f"lost the connection holding lock {lock_name!r}: {error}"
             ) from error
 
+    async def _connect(self) -> AsyncConnection[Any]:
+        conninfo = self.connection_settings.to_connection_string()
+        if self._application_name is None:
+            return await AsyncConnection.connect(conninfo)
+        return await AsyncConnection.connect(
+            conninfo, application_name=self._application_name
+        )
 
-def _lock_key(lock_name: str) -> int:
-    # The same key logicblocks derives, so mixed clusters contend for one lock.
-    return get_digest(lock_name)
+
+async def verify_leadership(lock_manager: LockManager) -> None:
+    """Raise ``LeadershipLostError`` if the coordinator's lock is known to be lost.
+
+    A coordinator calls this before each distribution. Lock managers that cannot
+    tell (logicblocks' own, the in-memory one) pass.
+    """
+    if isinstance(lock_manager, CheckedPostgresLockManager):
+        await lock_manager.verify_held(COORDINATOR_LOCK_NAME)
 
 
 class LeaderCheckingCoordinator(DefaultEventSubscriptionCoordinator):
     """logicblocks' coordinator that confirms its leadership before distributing."""
 
+    def __init__(self, *, lock_manager: LockManager, **kwargs: Any) -> None:
+        super().__init__(lock_manager=lock_manager, **kwargs)
+        self._leadership_lock_manager = lock_manager
+
     async def distribute(self) -> None:
-        lock_manager = self._lock_manager
-        if isinstance(lock_manager, CheckedPostgresLockManager):
-            await lock_manager.verify_held(COORDINATOR_LOCK_NAME)
+        await verify_leadership(self._leadership_lock_manager)
         await super().distribute()
+
+
+@dataclass(frozen=True)
+class CoordinatorLeader:
+    """The server process holding the coordinator's lock, and its node when known.
+
+    ``node_id`` is None when the lock's connection carries no node id (logicblocks'
+    own lock manager does not tag it). PostgreSQL keeps only the first 63 bytes of
+    an ``application_name``, so a very long node id shows cut.
+    """
+
+    pid: int
+    node_id: str | None
+
+
+async def leading_coordinator(
+    connection: AsyncConnection[Any],
+) -> CoordinatorLeader | None:
+    """Who holds the coordinator's leadership lock in this database, if anyone.
+
+    Only the coordinator's own lock counts: other advisory locks (a migration in
+    progress, an application's) do not make a leader.
+    """
+    cursor = await connection.execute(_LEADER_QUERY, [COORDINATOR_LOCK_KEY])
+    row = await cursor.fetchone()
+    if row is None:
+        return None
+    pid, application_name = row
+    node_id = None
+    if application_name and application_name.startswith(LOCK_HOLDER_APPLICATION_PREFIX):
+        node_id = application_name.removeprefix(LOCK_HOLDER_APPLICATION_PREFIX)
+    return CoordinatorLeader(pid=int(pid), node_id=node_id)

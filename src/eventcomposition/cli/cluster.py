@@ -9,6 +9,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
+from ..broker import CoordinatorLeader, leading_coordinator
 from ..settings import load_settings
 from .db import reachable_postgres
 from .options import add_settings_arguments
@@ -28,12 +29,6 @@ SUBSCRIPTIONS = """
 """
 # How often --wait looks for a first heartbeat.
 WAIT_POLL_SECONDS = 0.2
-LEADERSHIP = """
-    SELECT count(*) FROM pg_locks
-    WHERE locktype = 'advisory' AND granted AND database = (
-        SELECT oid FROM pg_database WHERE datname = current_database()
-    )
-"""
 
 
 def add_parser(
@@ -70,13 +65,13 @@ async def show_status(args: argparse.Namespace) -> int:
                 break
             await asyncio.sleep(WAIT_POLL_SECONDS)
         subscriptions = await (await connection.execute(SUBSCRIPTIONS)).fetchall()
-        locks_row = await (await connection.execute(LEADERSHIP)).fetchone()
+        leader = await leading_coordinator(connection)
     print(
         render_status(
             where,
             nodes,
             subscriptions,
-            int(locks_row[0] if locks_row else 0),
+            leader,
             live_within=live_within,
             waited=args.wait,
         )
@@ -93,7 +88,7 @@ def render_status(
     where: str,
     nodes: list[tuple[Any, ...]],
     subscriptions: list[tuple[Any, ...]],
-    advisory_locks: int,
+    leader: CoordinatorLeader | None,
     *,
     live_within: timedelta,
     waited: float = 0,
@@ -145,9 +140,7 @@ def render_status(
             "nodes without subscribers that allocated the current subscriptions "
             f"(coordinator-only, or departed): {', '.join(coordinators)}"
         )
-    lines.append(
-        f"leadership lock: {'held' if advisory_locks else 'not held (no coordinator running)'}"
-    )
+    lines.append(f"leading coordinator: {_leader_name(leader)}")
     lines.append("")
     lines.append(
         format_table(
@@ -169,6 +162,12 @@ def render_status(
         )
         lines.append(format_table(("departed node", "subscriber: sources"), stale))
     return "\n".join(lines)
+
+
+def _leader_name(leader: CoordinatorLeader | None) -> str:
+    if leader is None:
+        return "none (no coordinator holds the leadership lock)"
+    return leader.node_id or f"unnamed (server process {leader.pid})"
 
 
 def _source_name(source: Any) -> str:

@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 from logicblocks.event.persistence.postgres import ConnectionSettings
 from logicblocks.event.processing import (
+    LockManager,
     RaiseErrorHandler,
     SingletonEventBroker,
 )
@@ -16,6 +17,11 @@ from logicblocks.event.processing.broker import (
     EventBrokerStorageType,
     EventBrokerType,
     SingletonEventBrokerSettings,
+)
+from logicblocks.event.processing.broker.strategies.distributed import (
+    EventSubscriberStateStore,
+    EventSubscriptionCoordinator,
+    EventSubscriptionStateStore,
 )
 from logicblocks.event.store import InMemoryEventStorageAdapter
 from psycopg import AsyncConnection
@@ -28,6 +34,12 @@ from eventcomposition import (
     DistributedEventBrokerSettings,
     InMemoryClusterState,
     make_event_broker,
+)
+from eventcomposition.broker import (
+    CheckedPostgresLockManager,
+    InMemoryDistributedEventBrokerBuilder,
+    LeaderCheckingCoordinator,
+    leader_checking_coordinator,
 )
 
 
@@ -104,25 +116,137 @@ def test_factory_passes_the_error_handler_and_backoff() -> None:
         error_handler=handler,
     )
 
-    assert broker._error_handling_service._error_handler is handler
-    assert broker._restart_backoff == backoff
+    assert broker.error_handler is handler
+    assert broker.restart_backoff == backoff
+
+
+class RecordingCoordinatorFactory:
+    """A coordinator factory that records what each broker hands it."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+        self.made: list[EventSubscriptionCoordinator] = []
+
+    def __call__(
+        self,
+        *,
+        node_id: str,
+        lock_manager: LockManager,
+        subscriber_state_store: EventSubscriberStateStore,
+        subscription_state_store: EventSubscriptionStateStore,
+        settings: LogicblocksDistributedEventBrokerSettings,
+    ) -> EventSubscriptionCoordinator:
+        self.calls.append(
+            {
+                "node_id": node_id,
+                "lock_manager": lock_manager,
+                "subscriber_state_store": subscriber_state_store,
+                "subscription_state_store": subscription_state_store,
+                "settings": settings,
+            }
+        )
+        coordinator = leader_checking_coordinator(
+            node_id=node_id,
+            lock_manager=lock_manager,
+            subscriber_state_store=subscriber_state_store,
+            subscription_state_store=subscription_state_store,
+            settings=settings,
+        )
+        self.made.append(coordinator)
+        return coordinator
 
 
 def test_brokers_built_on_one_cluster_state_share_its_coordination_state() -> None:
     state = InMemoryClusterState()
-    brokers = [
+    factory = RecordingCoordinatorFactory()
+    for node_id, role in [("c", BrokerRole.COORDINATOR), ("o", BrokerRole.OBSERVER)]:
         make_event_broker(
             node_id,
             EventBrokerType.Distributed,
             EventBrokerStorageType.InMemory,
             settings=DistributedEventBrokerSettings(role=role),
             cluster_state=state,
+            coordinator=factory,
         )
-        for node_id, role in [("c", BrokerRole.COORDINATOR), ("o", BrokerRole.OBSERVER)]
-    ]
 
-    coordinators: list[Any] = [b._event_subscription_coordinator for b in brokers]
-    assert all(c._lock_manager is state.lock_manager for c in coordinators)
+    assert [call["node_id"] for call in factory.calls] == ["c", "o"]
+    assert all(call["lock_manager"] is state.lock_manager for call in factory.calls)
+
+
+@pytest.mark.parametrize("storage", ["memory", "postgres"])
+def test_the_coordinator_factory_makes_the_broker_coordinator(storage: str) -> None:
+    factory = RecordingCoordinatorFactory()
+    settings = DistributedEventBrokerSettings(role=BrokerRole.COORDINATOR)
+    if storage == "memory":
+        broker = make_event_broker(
+            "node-a",
+            EventBrokerType.Distributed,
+            EventBrokerStorageType.InMemory,
+            settings=settings,
+            adapter=InMemoryEventStorageAdapter(),
+            coordinator=factory,
+        )
+    else:
+        broker = make_event_broker(
+            "node-a",
+            EventBrokerType.Distributed,
+            EventBrokerStorageType.Postgres,
+            settings=settings,
+            connection_settings=CONNECTION,
+            connection_pool=closed_pool(),
+            coordinator=factory,
+        )
+
+    [call] = factory.calls
+    assert broker.coordinator is factory.made[0]
+    assert call["node_id"] == "node-a"
+    assert call["settings"] is settings
+    assert isinstance(call["subscriber_state_store"], EventSubscriberStateStore)
+    assert isinstance(call["subscription_state_store"], EventSubscriptionStateStore)
+    if storage == "postgres":
+        assert isinstance(call["lock_manager"], CheckedPostgresLockManager)
+
+
+def test_a_builder_takes_the_coordinator_factory() -> None:
+    state = InMemoryClusterState()
+    factory = RecordingCoordinatorFactory()
+
+    broker = (
+        InMemoryDistributedEventBrokerBuilder("node-a", coordinator=factory)
+        .prepare(state)
+        .build(DistributedEventBrokerSettings())
+    )
+
+    assert broker.coordinator is factory.made[0]
+    assert factory.calls[0]["lock_manager"] is state.lock_manager
+
+
+def test_the_default_coordinator_checks_its_leadership() -> None:
+    broker = make_event_broker(
+        "node-a",
+        EventBrokerType.Distributed,
+        EventBrokerStorageType.InMemory,
+        settings=DistributedEventBrokerSettings(),
+        adapter=InMemoryEventStorageAdapter(),
+    )
+
+    assert isinstance(broker.coordinator, LeaderCheckingCoordinator)
+
+
+def test_a_singleton_broker_has_no_coordinator_to_make() -> None:
+    factory = RecordingCoordinatorFactory()
+
+    broker = make_event_broker(
+        "node-a",
+        EventBrokerType.Singleton,
+        EventBrokerStorageType.InMemory,
+        settings=SingletonEventBrokerSettings(),
+        adapter=InMemoryEventStorageAdapter(),
+        coordinator=factory,
+    )
+
+    assert isinstance(broker, SingletonEventBroker)
+    assert factory.calls == []
 
 
 def test_in_memory_factory_needs_storage() -> None:

@@ -5,12 +5,13 @@ count how often each part starts and is cancelled.
 """
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from typing import Self
+from typing import Any, Self
 
 import pytest
+import structlog
 from logicblocks.event.processing import ProcessStatus
 from logicblocks.event.processing.broker import (
     DistributedEventBroker as LogicblocksDistributedEventBroker,
@@ -34,6 +35,7 @@ from eventcomposition import (
     BrokerRoleError,
     DistributedEventBroker,
 )
+from eventcomposition.broker import broker as broker_module
 from eventcomposition.testing.capture import CapturingSubscriber
 from eventcomposition.testing.waiting import wait_until
 
@@ -295,26 +297,124 @@ async def test_a_failing_part_restarts_only_the_parts_the_role_runs(
     assert node.observer.part.starts == 2 * observer_restarts
 
 
-async def test_restarts_back_off_after_consecutive_failures() -> None:
+def observer_node(backoff: Backoff) -> Node:
     node = Node(BrokerRole.OBSERVER)
     node.broker = DistributedEventBroker[StoredEvent](
         node.manager,
         node.coordinator,
         node.observer,
         role=BrokerRole.OBSERVER,
-        restart_backoff=Backoff(
-            initial=timedelta(milliseconds=50), maximum=timedelta(seconds=1)
-        ),
+        restart_backoff=backoff,
     )
+    return node
+
+
+async def fail_and_wait_for_restart(node: Node, runs: int) -> None:
+    node.manager.maintenance.fail(ValueError(f"failure {runs}"))
+    await wait_until(
+        lambda: node.manager.maintenance.starts == runs + 1,
+        description=f"restart {runs}",
+    )
+
+
+def restart_delays(logs: Sequence[Mapping[str, Any]]) -> list[float]:
+    return [
+        log["restart_delay_seconds"] for log in logs if log["event"] == "broker.failed"
+    ]
+
+
+async def test_first_restart_is_immediate_and_consecutive_failures_back_off() -> None:
+    backoff = Backoff(
+        initial=timedelta(milliseconds=40),
+        maximum=timedelta(hours=1),
+        jitter=0.5,
+        random=lambda: 0.5,
+    )
+    node = observer_node(backoff)
     loop = asyncio.get_running_loop()
 
-    async with running(node):
-        failed_at = loop.time()
-        node.manager.maintenance.fail(ValueError("first failure"))
-        await wait_until(lambda: node.manager.maintenance.starts == 2)
-        restarted_after = loop.time() - failed_at
+    with structlog.testing.capture_logs() as logs:
+        async with running(node):
+            await fail_and_wait_for_restart(node, runs=1)
+            await fail_and_wait_for_restart(node, runs=2)
+            failed_at = loop.time()
+            await fail_and_wait_for_restart(node, runs=3)
+            third_restart_after = loop.time() - failed_at
 
-    assert restarted_after >= 0.05
+    # Jitter takes 0.5 * 0.5 of each delay off: 40 ms -> 30 ms, 80 ms -> 60 ms.
+    assert restart_delays(logs) == [0.0, 0.03, 0.06]
+    assert third_restart_after >= 0.06
+
+
+async def test_a_run_longer_than_the_backoff_maximum_starts_a_new_series() -> None:
+    backoff = Backoff(
+        initial=timedelta(milliseconds=10), maximum=timedelta(milliseconds=500)
+    )
+    node = observer_node(backoff)
+
+    with structlog.testing.capture_logs() as logs:
+        async with running(node):
+            await fail_and_wait_for_restart(node, runs=1)
+            await fail_and_wait_for_restart(node, runs=2)
+            await asyncio.sleep(0.6)  # a healthy run: longer than the maximum
+            await fail_and_wait_for_restart(node, runs=3)
+
+    delays = restart_delays(logs)
+    assert delays[0] == 0.0
+    assert delays[1] > 0.0
+    assert delays[2] == 0.0
+
+
+async def test_a_new_execute_starts_without_the_pending_restart_wait() -> None:
+    node = observer_node(
+        Backoff(initial=timedelta(hours=1), maximum=timedelta(hours=1))
+    )
+    async with running(node):
+        await fail_and_wait_for_restart(node, runs=1)
+        node.manager.maintenance.fail(ValueError("second failure"))
+        await wait_until(lambda: node.manager.stops == 2, description="2nd failure")
+
+    # The hour-long wait belonged to the cancelled execute.
+    task = asyncio.create_task(node.broker.execute())
+    await wait_until(lambda: node.manager.maintenance.starts == 3, description="run")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+class RaisingLogger:
+    """A logger whose writes fail, as when its output pipe is closed."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+
+    def __getattr__(self, name: str) -> Any:
+        def fail(*args: Any, **kwargs: Any) -> None:
+            self.writes += 1
+            raise BrokenPipeError("log output closed")
+
+        return fail
+
+
+async def test_failing_log_writes_are_backed_off_like_any_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    failing_logger = RaisingLogger()
+    monkeypatch.setattr(broker_module, "logger", failing_logger)
+    node = observer_node(
+        Backoff(initial=timedelta(hours=1), maximum=timedelta(hours=1))
+    )
+
+    async with running(node):
+        node.manager.maintenance.fail(ValueError("lost the database"))
+        await wait_until(lambda: failing_logger.writes >= 3, description="3 writes")
+        # Long enough to see a tight loop of restarts that skipped the wait.
+        await asyncio.sleep(0.1)
+
+        # The failure, the immediate restart (whose log write failed too), then
+        # the hour-long wait: nothing more.
+        assert failing_logger.writes == 3
+        assert node.manager.maintenance.starts == 1
 
 
 def test_is_a_logicblocks_distributed_broker() -> None:

@@ -4,35 +4,60 @@ If an upgrade of logicblocks changes one of them, these tests say which workarou
 needs revisiting.
 """
 
+import asyncio
+import hashlib
 from typing import Any
 
-from logicblocks.event.processing import EventSubscriptionConsumer
-from logicblocks.event.processing.broker import DistributedEventBrokerSettings
+import pytest
+from logicblocks.event.processing import EventSubscriptionConsumer, InMemoryLockManager
 from logicblocks.event.processing.broker.strategies.distributed import (
+    COORDINATOR_LOCK_NAME,
+    DefaultEventSubscriptionCoordinator,
     EventSubscriptionState,
     InMemoryEventSubscriberStateStore,
     InMemoryEventSubscriptionStateStore,
 )
-from logicblocks.event.processing.broker.strategies.distributed.factories import (
-    InMemoryDistributedEventBrokerBuilder,
-)
-from logicblocks.event.store import InMemoryEventStorageAdapter
+from logicblocks.event.processing.locks.postgres import get_digest
 from logicblocks.event.types import CategoryIdentifier, StoredEvent
 
 from eventcomposition import InMemoryClusterState
+from eventcomposition.broker.leadership import COORDINATOR_LOCK_KEY
 
 
-def test_distributed_broker_keeps_its_parts_in_these_attributes() -> None:
-    # eventcomposition.broker.builders takes the parts over from these.
-    broker: Any = (
-        InMemoryDistributedEventBrokerBuilder("node")
-        .prepare(InMemoryEventStorageAdapter())
-        .build(DistributedEventBrokerSettings())
+async def test_the_coordinator_distributes_through_its_public_distribute() -> None:
+    # eventcomposition.broker.leadership.LeaderCheckingCoordinator checks its
+    # leadership by overriding distribute(): coordinate() must call it.
+    distributed = asyncio.Event()
+
+    class Recording(DefaultEventSubscriptionCoordinator):
+        async def distribute(self) -> None:
+            distributed.set()
+
+    coordinator = Recording(
+        node_id="node",
+        lock_manager=InMemoryLockManager(),
+        subscriber_state_store=InMemoryEventSubscriberStateStore(node_id="node"),
+        subscription_state_store=InMemoryEventSubscriptionStateStore(node_id="node"),
     )
+    task = asyncio.create_task(coordinator.coordinate())
+    try:
+        await asyncio.wait_for(distributed.wait(), timeout=5)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
 
-    assert broker._event_subscriber_manager is not None
-    assert broker._event_subscription_coordinator is not None
-    assert broker._event_subscription_observer is not None
+
+def test_the_lock_key_is_the_digest_of_the_lock_name() -> None:
+    # eventcomposition.broker.leadership takes the key from get_digest (a function
+    # of logicblocks.event.processing.locks.postgres, not exported by the package)
+    # so our lock manager and `cluster status` agree with logicblocks' own lock
+    # manager. tests/integration/test_leadership.py checks it against a server.
+    name = "some lock"
+    expected = int(hashlib.sha256(name.encode()).hexdigest(), 16) % 10**16
+
+    assert get_digest(name) == expected
+    assert get_digest(COORDINATOR_LOCK_NAME) == COORDINATOR_LOCK_KEY
 
 
 def test_in_memory_subscriber_state_store_keeps_records_in_subscribers() -> None:

@@ -21,7 +21,7 @@ def test_allocations_of_departed_nodes_show_once_as_stale() -> None:
     ]
 
     report = render_status(
-        "db", nodes, subscriptions, 1, live_within=LIVE_WITHIN
+        "db", nodes, subscriptions, None, live_within=LIVE_WITHIN
     ).splitlines()
 
     split = _stale_index(report)
@@ -38,7 +38,7 @@ def test_allocations_of_departed_nodes_show_once_as_stale() -> None:
 
 
 def test_no_live_node_says_that_starting_nodes_show_after_a_heartbeat() -> None:
-    report = render_status("db", [], [], 0, live_within=LIVE_WITHIN)
+    report = render_status("db", [], [], None, live_within=LIVE_WITHIN)
 
     assert "nodes that are still starting show after their first heartbeat" in report
     assert "--wait SECONDS" in report
@@ -47,7 +47,7 @@ def test_no_live_node_says_that_starting_nodes_show_after_a_heartbeat() -> None:
 
 
 def test_after_waiting_in_vain_it_says_how_long() -> None:
-    report = render_status("db", [], [], 0, live_within=LIVE_WITHIN, waited=2.5)
+    report = render_status("db", [], [], None, live_within=LIVE_WITHIN, waited=2.5)
 
     assert "no node sent a heartbeat within 2.5s" in report
 
