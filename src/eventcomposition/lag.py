@@ -54,10 +54,16 @@ class SourceLag:
 
     @property
     def lag(self) -> int:
-        """Sequence numbers between the checkpoint and the head; 0 when caught up."""
+        """Sequence numbers between the checkpoint and the head; 0 when caught up.
+
+        Before the first checkpoint, everything up to the head counts (sequence
+        numbers start at 0 in memory and 1 on PostgreSQL: at most one too many).
+        """
         if self.head is None:
             return 0
-        return max(self.head - (self.checkpoint or 0), 0)
+        if self.checkpoint is None:
+            return self.head + 1
+        return max(self.head - self.checkpoint, 0)
 
 
 class HoldingsProvider(Protocol):

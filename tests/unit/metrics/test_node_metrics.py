@@ -64,7 +64,7 @@ def test_holdings_replace_the_lag_and_held_gauges() -> None:
     metrics.holdings_observed(
         [
             SourceLag("totals", ORDERS, checkpoint=10, head=25),
-            SourceLag("totals", other, checkpoint=None, head=4),
+            SourceLag("totals", other, checkpoint=None, head=3),
             SourceLag("audit", ORDERS, checkpoint=25, head=25),
         ]
     )

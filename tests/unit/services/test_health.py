@@ -159,7 +159,7 @@ def test_only_the_sources_behind_are_named() -> None:
     result = readiness(holdings=[lag(3), behind])
 
     assert result.failed[0].reason == (
-        "audit stream:orders/o-1 is 500 behind (limit 100) and not falling"
+        "audit stream:orders/o-1 is 501 behind (limit 100) and not falling"
     )
 
 
@@ -193,7 +193,7 @@ def test_a_source_no_longer_held_is_forgotten_by_the_trend() -> None:
 
 def test_source_lag_counts_from_the_checkpoint_to_the_head() -> None:
     assert lag(7).lag == 7
-    assert SourceLag("g", ORDERS, checkpoint=None, head=12).lag == 12
+    assert SourceLag("g", ORDERS, checkpoint=None, head=12).lag == 13
     assert SourceLag("g", ORDERS, checkpoint=None, head=None).lag == 0
     assert SourceLag("g", ORDERS, checkpoint=9, head=None).lag == 0
 
