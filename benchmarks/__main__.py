@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, str] = {
     "first-event": "benchmarks.first_event",
     "throughput": "benchmarks.throughput",
     "failover": "benchmarks.failover",
+    "http-overhead": "benchmarks.http_overhead",
 }
 
 

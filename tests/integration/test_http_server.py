@@ -23,7 +23,7 @@ from logicblocks.event.processing import (
 )
 from logicblocks.event.processing.broker import EventSubscriber
 from logicblocks.event.sources import EventSource, constraints
-from logicblocks.event.store import EventStore
+from logicblocks.event.store import EventStore, InMemoryEventStorageAdapter
 from logicblocks.event.types import (
     CategoryIdentifier,
     EventSourceIdentifier,
@@ -40,7 +40,7 @@ from eventcomposition import (
     InMemoryClusterState,
     make_event_broker,
 )
-from eventcomposition.lag import EventStoreHeadReader, HeldSource, LagReader
+from eventcomposition.lag import HeldSource, InMemoryHeadReader, LagReader
 from eventcomposition.metrics import NodeMetrics, PrometheusNodeMetrics
 from eventcomposition.runtime import ConsumerRegistration, SubscriberRegistration
 from eventcomposition.services.http import HttpServerError, NodeHttpServer
@@ -155,7 +155,9 @@ class Harness:
         port: int = 0,
         broker_gives_up: bool = False,
     ) -> None:
-        self.store = EventStore(adapter=cluster.adapter)
+        adapter = cluster.adapter
+        assert isinstance(adapter, InMemoryEventStorageAdapter)
+        self.store = EventStore(adapter=adapter)
         self.metrics = PrometheusNodeMetrics()
         self.consumer = CheckpointingConsumer(self.metrics)
         broker = make_event_broker(
@@ -178,7 +180,7 @@ class Harness:
             holdings=LagReader(
                 held=self.consumer.held,
                 checkpoints=self.consumer.read_checkpoints,
-                heads=EventStoreHeadReader(cluster.adapter),
+                heads=InMemoryHeadReader(adapter),
             ),
             metrics=self.metrics,
             port=port,
