@@ -23,7 +23,11 @@ from logicblocks.event.processing import (
 )
 from logicblocks.event.processing.broker import EventSubscriber
 from logicblocks.event.sources import EventSource, constraints
-from logicblocks.event.store import EventStore, InMemoryEventStorageAdapter
+from logicblocks.event.store import (
+    EventStore,
+    InMemoryEventStorageAdapter,
+    PostgresEventStorageAdapter,
+)
 from logicblocks.event.types import (
     CategoryIdentifier,
     EventSourceIdentifier,
@@ -31,6 +35,8 @@ from logicblocks.event.types import (
     StoredEvent,
 )
 from prometheus_client.parser import text_string_to_metric_families
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
 
 from eventcomposition import (
     DistributedEventBrokerSettings,
@@ -40,16 +46,25 @@ from eventcomposition import (
     InMemoryClusterState,
     make_event_broker,
 )
-from eventcomposition.lag import HeldSource, InMemoryHeadReader, LagReader
+from eventcomposition.lag import (
+    HeadReader,
+    HeldSource,
+    InMemoryHeadReader,
+    LagReader,
+    PostgresHeadReader,
+)
 from eventcomposition.metrics import NodeMetrics, PrometheusNodeMetrics
 from eventcomposition.runtime import ConsumerRegistration, SubscriberRegistration
 from eventcomposition.services.http import HttpServerError, NodeHttpServer
+from eventcomposition.testing import ConnectionInfo
 from eventcomposition.testing.waiting import wait_until
 
 NODE_ID = "node-1"
 GROUP = "totals"
 ORDERS = CategoryIdentifier(category="orders")
 MAX_LAG = 5
+
+type Pool = AsyncConnectionPool[AsyncConnection[Any]]
 
 BROKER_SETTINGS = DistributedEventBrokerSettings(
     subscriber_manager_heartbeat_interval=timedelta(milliseconds=50),
@@ -148,28 +163,51 @@ async def publish(store: EventStore, count: int, stream: str = "o-1") -> None:
 
 
 class Harness:
+    """One node with the server, in memory (a ``cluster``) or on PostgreSQL."""
+
     def __init__(
         self,
-        cluster: InMemoryClusterState,
+        cluster: InMemoryClusterState | None = None,
         *,
+        database: ConnectionInfo | None = None,
         port: int = 0,
         broker_gives_up: bool = False,
     ) -> None:
-        adapter = cluster.adapter
-        assert isinstance(adapter, InMemoryEventStorageAdapter)
-        self.store = EventStore(adapter=adapter)
         self.metrics = PrometheusNodeMetrics()
         self.consumer = CheckpointingConsumer(self.metrics)
-        broker = make_event_broker(
-            NODE_ID,
-            EventBrokerType.Distributed,
-            EventBrokerStorageType.InMemory,
-            settings=BROKER_SETTINGS,
-            cluster_state=cluster,
-            error_handler=RaiseErrorHandler()
-            if broker_gives_up
-            else RetryErrorHandler(),
-        )
+        handler = RaiseErrorHandler() if broker_gives_up else RetryErrorHandler()
+        self.pool: Pool | None = None
+        heads: HeadReader
+        if database is None:
+            cluster = cluster or InMemoryClusterState()
+            adapter = cluster.adapter
+            assert isinstance(adapter, InMemoryEventStorageAdapter)
+            broker = make_event_broker(
+                NODE_ID,
+                EventBrokerType.Distributed,
+                EventBrokerStorageType.InMemory,
+                settings=BROKER_SETTINGS,
+                cluster_state=cluster,
+                error_handler=handler,
+            )
+            heads = InMemoryHeadReader(adapter)
+        else:
+            self.pool = AsyncConnectionPool(
+                database.conninfo, min_size=1, max_size=5, open=False
+            )
+            adapter = PostgresEventStorageAdapter(connection_source=self.pool)
+            broker = make_event_broker(
+                NODE_ID,
+                EventBrokerType.Distributed,
+                EventBrokerStorageType.Postgres,
+                settings=BROKER_SETTINGS,
+                connection_settings=database.connection_settings(),
+                connection_pool=self.pool,
+                adapter=adapter,
+                error_handler=handler,
+            )
+            heads = PostgresHeadReader(self.pool)
+        self.store = EventStore(adapter=adapter)
         self.runtime = EventRuntime(
             NODE_ID,
             broker,
@@ -180,7 +218,7 @@ class Harness:
             holdings=LagReader(
                 held=self.consumer.held,
                 checkpoints=self.consumer.read_checkpoints,
-                heads=InMemoryHeadReader(adapter),
+                heads=heads,
             ),
             metrics=self.metrics,
             port=port,
@@ -193,6 +231,7 @@ class Harness:
                 ConsumerRegistration(self.consumer, name=f"{GROUP}/c-1"),
             ],
             services=[self.server],
+            database=self.pool,
         )
         self.session: aiohttp.ClientSession | None = None
 
@@ -222,7 +261,7 @@ class Harness:
 async def running(
     cluster: InMemoryClusterState | None = None, **options: Any
 ) -> AsyncIterator[Harness]:
-    harness = Harness(cluster or InMemoryClusterState(), **options)
+    harness = Harness(cluster, **options)
     async with harness.node, aiohttp.ClientSession() as session:
         harness.session = session
         yield harness
@@ -456,3 +495,32 @@ async def test_two_nodes_in_one_process_keep_their_metrics_apart() -> None:
                 await first.metric("eventcomposition_events_processed_total", **labels)
                 == 3
             )
+
+
+async def test_on_postgresql_lag_falls_to_zero_and_counters_match_the_events(
+    postgres_database: ConnectionInfo,
+) -> None:
+    async with running(database=postgres_database) as harness:
+        await publish(harness.store, 2)
+        await caught_up(harness)
+
+        harness.consumer.paused = True
+        await publish(harness.store, 40, stream="o-2")
+        _, body = await harness.get_json("/status")
+        (source,) = body["sources"]
+        assert source["lag"] == source["head"] - source["checkpoint"] == 40
+        status, ready = await harness.get_json("/health/ready")
+        assert status == 503
+        assert ready["failed"] == ["lag"]
+
+        harness.consumer.paused = False
+        await caught_up(harness)
+        labels = {"group": GROUP, "source": "category:orders"}
+        assert (
+            await harness.metric("eventcomposition_consumer_lag_events", **labels) == 0
+        )
+        assert (
+            await harness.metric("eventcomposition_events_processed_total", **labels)
+            == harness.consumer.processed
+            == 42
+        )
