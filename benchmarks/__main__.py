@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, str] = {
     "allocation": "benchmarks.allocation",
     "latency": "benchmarks.latency",
     "transactional": "benchmarks.transactional",
+    "http-overhead": "benchmarks.http_overhead",
 }
 
 

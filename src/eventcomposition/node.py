@@ -53,6 +53,17 @@ class ObservableService(Protocol):
     def status(self) -> ProcessStatus: ...
 
 
+@runtime_checkable
+class NodeAwareService(Protocol):
+    """A node service that reads the node it serves (an HTTP server, say).
+
+    The node hands itself over when it is built, so that a service can be declared
+    before the node that runs it exists.
+    """
+
+    def attach_node(self, node: "EventNode") -> None: ...
+
+
 class NodeLifecycleError(EventCompositionError, RuntimeError):
     """A node method called at a point of its lifecycle that does not allow it."""
 
@@ -82,6 +93,9 @@ class EventNode:
         self._stack: AsyncExitStack | None = None
         self._used = False
         self._logger = logger.bind(node_id=runtime.node_id, role=str(runtime.role))
+        for service in self._services:
+            if isinstance(service, NodeAwareService):
+                service.attach_node(self)
 
     @property
     def node_id(self) -> str:

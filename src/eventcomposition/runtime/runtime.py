@@ -305,6 +305,19 @@ class EventRuntime:
                 return ProcessStatus.STOPPING
         return determine_multi_process_status(*self.service_statuses.values())
 
+    @property
+    def broker_failed(self) -> bool:
+        """Whether the broker's service ended while the runtime runs: for good.
+
+        Its error handler gave up (a retrying broker restarts instead, and only
+        reports ``ERRORED`` until it does); only a new process can rejoin the
+        cluster.
+        """
+        state = self._service_manager.service(BROKER_SERVICE_NAME)
+        return (
+            state is not None and state.future.done() and self._phase is _Phase.STARTED
+        )
+
     def _broker_status(self, future: DeferredFuture[Any]) -> ProcessStatus:
         if future.done():
             # A broker whose service ended while the runtime runs has failed for good

@@ -1,5 +1,8 @@
-"""Services a node runs beside its runtime (entered after it starts, exited before
-it stops): the NOTIFY listener that wakes consumers when events arrive."""
+"""A node's extra services: entered once its runtime runs, exited before it stops.
+
+- ``NotifyListener``: wakes consumers when PostgreSQL NOTIFYs that events arrived.
+- ``NodeHttpServer`` (``services.http``): probes, status and Prometheus metrics.
+"""
 
 from .notify import NOTIFY_LISTENER_SERVICE_NAME, ConsumerWaker, NotifyListener
 

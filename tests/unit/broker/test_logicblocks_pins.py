@@ -18,6 +18,7 @@ from logicblocks.event.processing.broker.strategies.distributed import (
     InMemoryEventSubscriptionStateStore,
 )
 from logicblocks.event.processing.locks.postgres import get_digest
+from logicblocks.event.store import EventStore, InMemoryEventStorageAdapter
 from logicblocks.event.types import CategoryIdentifier, StoredEvent
 
 from eventcomposition import InMemoryClusterState
@@ -103,3 +104,33 @@ def test_subscription_consumer_keeps_its_source_consumers_in_delegates() -> None
     )
 
     assert consumer._delegates == {}
+
+
+async def test_in_memory_adapter_keeps_its_events_in_db_with_last_event() -> None:
+    # eventcomposition.lag.InMemoryHeadReader reads heads from it without a copy.
+    from logicblocks.event.types import LogIdentifier, NewEvent, StreamIdentifier
+
+    from eventcomposition.lag import EventStoreHeadReader, InMemoryHeadReader
+
+    adapter = InMemoryEventStorageAdapter()
+    store = EventStore(adapter=adapter)
+    for stream in ("o-1", "o-2", "o-1"):
+        await store.stream(category="orders", stream=stream).publish(
+            events=[NewEvent(name="placed", payload={})]
+        )
+    await store.stream(category="payments", stream="p-1").publish(
+        events=[NewEvent(name="paid", payload={})]
+    )
+    sources = [
+        LogIdentifier(),
+        CategoryIdentifier(category="orders"),
+        CategoryIdentifier(category="nothing"),
+        StreamIdentifier(category="orders", stream="o-2"),
+        StreamIdentifier(category="orders", stream="o-9"),
+    ]
+
+    in_place = await InMemoryHeadReader(adapter).heads(sources)
+
+    assert callable(adapter._db.last_event)
+    assert in_place == await EventStoreHeadReader(adapter).heads(sources)
+    assert list(in_place.values()) == [3, 2, None, 1, None]

@@ -273,3 +273,26 @@ async def test_run_until_signalled_stops_gracefully(signum: signal.Signals) -> N
 
     assert journal[-1] == "exit listener (runtime started)"
     assert runtime.stopped
+
+
+class NodeReader(Recorder):
+    """A service that reads the node it serves."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.node: EventNode | None = None
+
+    def attach_node(self, node: EventNode) -> None:
+        self.node = node
+
+
+async def test_services_that_read_the_node_are_given_it_when_it_is_built() -> None:
+    runtime = make_runtime()
+    journal: list[str] = []
+    reader = NodeReader("http", journal, runtime)
+    plain = Recorder("listener", journal, runtime)
+
+    node = EventNode(runtime, services=[plain, reader])
+
+    assert reader.node is node
+    assert not hasattr(plain, "node")

@@ -1,0 +1,134 @@
+"""Lag on PostgreSQL: every head read in one query, the same as the adapter says."""
+
+from typing import Any
+
+from logicblocks.event.store import EventStore, PostgresEventStorageAdapter
+from logicblocks.event.types import (
+    CategoryIdentifier,
+    EventSourceIdentifier,
+    LogIdentifier,
+    NewEvent,
+    StreamIdentifier,
+)
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from eventcomposition.lag import (
+    EventStoreHeadReader,
+    HeldSource,
+    LagReader,
+    PostgresHeadReader,
+    SourceLag,
+)
+
+type Pool = AsyncConnectionPool[AsyncConnection[Any]]
+
+ORDERS = CategoryIdentifier(category="orders")
+PAYMENTS = CategoryIdentifier(category="payments")
+EMPTY = CategoryIdentifier(category="nothing-here")
+ORDER_1 = StreamIdentifier(category="orders", stream="o-1")
+ORDER_2 = StreamIdentifier(category="orders", stream="o-2")
+NO_ORDER = StreamIdentifier(category="orders", stream="o-9")
+
+
+async def publish(store: EventStore, stream: StreamIdentifier, count: int) -> list[int]:
+    events = await store.stream(category=stream.category, stream=stream.stream).publish(
+        events=[NewEvent(name="happened", payload={"n": n}) for n in range(count)]
+    )
+    return [event.sequence_number for event in events]
+
+
+async def interleaved(pool: Pool) -> dict[EventSourceIdentifier, int]:
+    store = EventStore(adapter=PostgresEventStorageAdapter(connection_source=pool))
+    await publish(store, ORDER_1, 3)
+    payments = await publish(
+        store, StreamIdentifier(category="payments", stream="p-1"), 2
+    )
+    second = await publish(store, ORDER_2, 4)
+    last = await publish(store, ORDER_1, 1)
+    return {
+        ORDERS: last[-1],
+        ORDER_1: last[-1],
+        ORDER_2: second[-1],
+        PAYMENTS: payments[-1],
+        LogIdentifier(): last[-1],
+    }
+
+
+async def test_every_kind_of_source_gets_its_head(postgres_pool: Pool) -> None:
+    expected = await interleaved(postgres_pool)
+    sources: list[EventSourceIdentifier] = [
+        ORDERS,
+        PAYMENTS,
+        EMPTY,
+        ORDER_1,
+        ORDER_2,
+        NO_ORDER,
+        LogIdentifier(),
+    ]
+
+    heads = await PostgresHeadReader(postgres_pool).heads(sources)
+
+    assert heads == {**expected, EMPTY: None, NO_ORDER: None}
+
+
+async def test_the_query_agrees_with_the_storage_adapter(postgres_pool: Pool) -> None:
+    await interleaved(postgres_pool)
+    sources: list[EventSourceIdentifier] = [
+        ORDERS,
+        PAYMENTS,
+        EMPTY,
+        ORDER_1,
+        ORDER_2,
+        NO_ORDER,
+        LogIdentifier(),
+    ]
+    adapter = PostgresEventStorageAdapter(connection_source=postgres_pool)
+
+    by_query = await PostgresHeadReader(postgres_pool).heads(sources)
+    by_adapter = await EventStoreHeadReader(adapter).heads(sources)
+
+    assert by_query == by_adapter
+
+
+async def test_no_sources_need_no_query(postgres_pool: Pool) -> None:
+    await postgres_pool.close()
+
+    assert await PostgresHeadReader(postgres_pool).heads([]) == {}
+
+
+async def test_lag_of_held_sources_from_their_checkpoints(postgres_pool: Pool) -> None:
+    heads = await interleaved(postgres_pool)
+    held = [
+        HeldSource("totals", ORDERS),
+        HeldSource("audit", ORDERS),
+        HeldSource("totals", PAYMENTS),
+        HeldSource("totals", EMPTY),
+    ]
+    checkpoints = {held[0]: heads[ORDERS], held[1]: heads[ORDER_2]}
+
+    async def read_checkpoints(
+        holdings: object,
+    ) -> dict[HeldSource, int | None]:
+        return {holding: checkpoints.get(holding) for holding in held}
+
+    reader = LagReader(
+        held=lambda: held,
+        checkpoints=read_checkpoints,
+        heads=PostgresHeadReader(postgres_pool),
+    )
+
+    lags = await reader.holdings()
+
+    assert lags == [
+        SourceLag("totals", ORDERS, heads[ORDERS], heads[ORDERS]),
+        SourceLag("audit", ORDERS, heads[ORDER_2], heads[ORDERS]),
+        SourceLag("totals", PAYMENTS, None, heads[PAYMENTS]),
+        SourceLag("totals", EMPTY, None, None),
+    ]
+    assert [lag.lag for lag in lags] == [
+        0,
+        heads[ORDERS] - heads[ORDER_2],
+        heads[PAYMENTS] + 1,
+        0,
+    ]
