@@ -87,6 +87,21 @@ type CheckpointReader = Callable[
 ]
 
 
+class HoldsSources(Protocol):
+    """What holds sources: a node's runtime (``EventRuntime.held_sources``)."""
+
+    def held_sources(self) -> Sequence[tuple[str, EventSourceIdentifier]]: ...
+
+
+def held_sources_of(holder: HoldsSources) -> HeldSources:
+    """The ``held`` part of a ``LagReader``: what ``holder`` holds at each read."""
+
+    def held() -> list[HeldSource]:
+        return [HeldSource(group, source) for group, source in holder.held_sources()]
+
+    return held
+
+
 class NoHoldings:
     """The holdings of a node that holds nothing (a coordinator, say)."""
 

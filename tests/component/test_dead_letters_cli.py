@@ -51,16 +51,11 @@ class LedgerProcessor(BatchProcessor):
 
 
 class LedgerApp(EventRuntimeContainer):
-    checkpoint_store = providers.Singleton(
-        PostgresCheckpointStore, EventRuntimeContainer.connection_pool
-    )
     consumers = providers.List(
         providers.Factory(
             SubscriptionConsumerRegistration,
             consumer=providers.Factory(
-                make_transactional_consumer,
-                event_store=EventRuntimeContainer.event_store,
-                checkpoint_store=checkpoint_store,
+                EventRuntimeContainer.transactional_consumer,
                 subscriber_group=GROUP,
                 subscription_requests=[CategoryIdentifier(category=CATEGORY)],
                 processor=providers.Factory(LedgerProcessor),

@@ -4,6 +4,12 @@ from logicblocks.event.processing.broker.strategies.distributed import (
     COORDINATOR_LOCK_NAME,
 )
 
+from .allocation import AllocationStrategy, allocation_strategy, balanced, fill
+from .balancing import (
+    BalancingCoordinatorFactory,
+    BalancingEventSubscriptionCoordinator,
+    ReleaseCheck,
+)
 from .broker import DistributedEventBroker
 from .builders import (
     DistributedEventBrokerSettings,
@@ -26,6 +32,9 @@ from .role import BrokerRole
 
 __all__ = [
     "COORDINATOR_LOCK_NAME",
+    "AllocationStrategy",
+    "BalancingCoordinatorFactory",
+    "BalancingEventSubscriptionCoordinator",
     "BrokerRole",
     "BrokerRoleError",
     "CheckedPostgresLockManager",
@@ -38,6 +47,10 @@ __all__ = [
     "LeaderCheckingCoordinator",
     "LeadershipLostError",
     "PostgresDistributedEventBrokerBuilder",
+    "ReleaseCheck",
+    "allocation_strategy",
+    "balanced",
+    "fill",
     "leader_checking_coordinator",
     "leading_coordinator",
     "make_event_broker",

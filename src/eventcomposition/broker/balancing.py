@@ -49,7 +49,7 @@ from .allocation import (
     plan_allocation,
     target_requests,
 )
-from .leadership import CheckedPostgresLockManager
+from .leadership import verify_leadership
 
 # A join into a cluster with up to 32 sources per node completes in one hand-over
 # (two distributions); beyond that at most 32 sources are paused (and replay from
@@ -215,6 +215,10 @@ class BalancingEventSubscriptionCoordinator(EventSubscriptionCoordinator):
         return sorted(self._moving.values(), key=lambda m: (m.group, repr(m.source)))
 
     async def coordinate(self) -> None:
+        await self._logger.ainfo(
+            _event("starting"),
+            distribution_interval_seconds=self._distribution_interval.total_seconds(),
+        )
         self._status = ProcessStatus.WAITING
         try:
             while True:
@@ -225,14 +229,15 @@ class BalancingEventSubscriptionCoordinator(EventSubscriptionCoordinator):
                 await asyncio.sleep(self._leadership_attempt_interval.total_seconds())
         except asyncio.CancelledError:
             self._status = ProcessStatus.STOPPED
+            await self._logger.ainfo(_event("stopped"))
             raise
         except BaseException:
             self._status = ProcessStatus.ERRORED
-            await self._logger.aexception("coordinator.failed")
+            await self._logger.aexception(_event("failed"))
             raise
 
     async def _lead(self) -> None:
-        await self._logger.ainfo("coordinator.leading")
+        await self._logger.ainfo(_event("running"))
         self._status = ProcessStatus.RUNNING
         self._moving.clear()
         self._new_term = True
@@ -242,8 +247,7 @@ class BalancingEventSubscriptionCoordinator(EventSubscriptionCoordinator):
             await asyncio.sleep(self._distribution_interval.total_seconds())
 
     async def distribute(self) -> None:
-        if isinstance(self._lock_manager, CheckedPostgresLockManager):
-            await self._lock_manager.verify_held(COORDINATOR_LOCK_NAME)
+        await verify_leadership(self._lock_manager)
         subscriptions = await self._subscription_state_store.list()
         subscribers = await self._subscriber_state_store.list(
             max_time_since_last_seen=self._max_time_since_last_seen
@@ -279,11 +283,16 @@ class BalancingEventSubscriptionCoordinator(EventSubscriptionCoordinator):
             counted = _count(changes, {**current, **_removed(changes)})
             self._allocation_changes += counted
             await self._logger.ainfo(
-                "coordinator.distributed",
+                _event("distribution.changed"),
                 changed_subscriptions=len(changes),
                 changed_sources=counted,
                 moving=len(self._moving),
             )
+        await self._logger.adebug(
+            _event("distribution.complete"),
+            changed_subscriptions=len(changes),
+            moving=len(self._moving),
+        )
 
     def _adopt_unheld(
         self,
@@ -355,6 +364,45 @@ class BalancingEventSubscriptionCoordinator(EventSubscriptionCoordinator):
         requested = {(plan.group, source) for plan in plans for source in plan.sources}
         for key in [key for key in self._moving if key not in requested]:
             del self._moving[key]
+
+
+def _event(name: str) -> str:
+    # logicblocks' coordinator's log event names, so that logs read the same
+    # whichever coordinator leads.
+    return f"event.processing.broker.coordinator.{name}"
+
+
+@dataclass(frozen=True)
+class BalancingCoordinatorFactory:
+    """A ``CoordinatorFactory`` of balancing coordinators, for the broker builders.
+
+    ``strategy`` is ``balanced`` (the default) or ``fill`` (logicblocks' behaviour:
+    only sources nobody holds are allocated).
+    """
+
+    strategy: AllocationStrategy = balanced
+    max_moves_per_distribution: int = DEFAULT_MAX_MOVES_PER_DISTRIBUTION
+    release_check: ReleaseCheck | None = None
+
+    def __call__(
+        self,
+        *,
+        node_id: str,
+        lock_manager: LockManager,
+        subscriber_state_store: EventSubscriberStateStore,
+        subscription_state_store: EventSubscriptionStateStore,
+        settings: LogicblocksDistributedEventBrokerSettings,
+    ) -> EventSubscriptionCoordinator:
+        return BalancingEventSubscriptionCoordinator.from_settings(
+            node_id,
+            lock_manager,
+            subscriber_state_store,
+            subscription_state_store,
+            settings,
+            strategy=self.strategy,
+            max_moves_per_distribution=self.max_moves_per_distribution,
+            release_check=self.release_check,
+        )
 
 
 def _holders(

@@ -33,6 +33,7 @@ from .transactional import (
     TransactionalConsumer,
     make_transactional_consumer,
 )
+from .views import ClaimReleaseCheck, checkpoint_reader
 
 __all__ = [
     "TRANSIENT_ERRORS",
@@ -41,6 +42,7 @@ __all__ = [
     "Claim",
     "ClaimLostError",
     "ClaimRecord",
+    "ClaimReleaseCheck",
     "DeadLetter",
     "EventReader",
     "Holder",
@@ -59,6 +61,7 @@ __all__ = [
     "Transaction",
     "TransactionUnsupportedError",
     "TransactionalConsumer",
+    "checkpoint_reader",
     "make_subscription_consumer",
     "make_transactional_consumer",
     "retry_dead_letters",

@@ -10,14 +10,29 @@ from logicblocks.event.processing.broker import EventBrokerStorageType
 from logicblocks.event.store import EventStore, PostgresEventStorageAdapter
 
 from ..broker import InMemoryClusterState, make_event_broker
+from ..consumers import (
+    ClaimReleaseCheck,
+    InMemoryCheckpointStore,
+    PostgresCheckpointStore,
+    checkpoint_reader,
+    make_transactional_consumer,
+)
+from ..lag import InMemoryHeadReader, LagReader, PostgresHeadReader, held_sources_of
+from ..metrics import NodeMetrics, PrometheusNodeMetrics
 from ..node import EventNode
 from ..runtime import EventRuntime
+from ..services import NotifyListener
+from ..services.http import NodeHttpServer
 from ..settings import PostgresSettings, load_settings
 from .mapping import (
     broker_settings_from,
     broker_type_from,
     consumer_settings_from,
+    coordinator_from,
+    node_services,
     postgres_database,
+    switch,
+    wakes_by_notification,
 )
 from .redefinitions import use_redefinitions
 
@@ -72,6 +87,29 @@ class EventRuntimeContainer(containers.DeclarativeContainer):
     )
     event_store = providers.Singleton(EventStore, adapter=event_storage_adapter)
 
+    # Checkpoints, claims and dead letters of transactional consumers. Nodes that
+    # share memory in one process share this too (override it with one object).
+    checkpoint_store = providers.Selector(
+        storage_type,
+        memory=providers.Singleton(InMemoryCheckpointStore),
+        postgres=providers.Singleton(PostgresCheckpointStore, connection_pool),
+    )
+
+    # What the node records for its metrics (nothing unless the HTTP server runs).
+    metrics = providers.Selector(
+        providers.Callable(switch, settings.provided.http.enabled),
+        on=providers.Singleton(PrometheusNodeMetrics),
+        off=providers.Singleton(NodeMetrics),
+    )
+
+    # How the leading coordinator allocates sources: a CoordinatorFactory
+    # (eventcomposition.broker), balanced or fill as broker.allocation says.
+    coordinator = providers.Callable(
+        coordinator_from,
+        settings,
+        release_check=providers.Singleton(ClaimReleaseCheck, checkpoint_store),
+    )
+
     broker_type = providers.Callable(broker_type_from, settings)
     broker_settings = providers.Callable(broker_settings_from, settings)
     broker = providers.Selector(
@@ -83,6 +121,7 @@ class EventRuntimeContainer(containers.DeclarativeContainer):
             EventBrokerStorageType.InMemory,
             settings=broker_settings,
             cluster_state=cluster_state,
+            coordinator=coordinator,
         ),
         postgres=providers.Singleton(
             make_event_broker,
@@ -93,11 +132,27 @@ class EventRuntimeContainer(containers.DeclarativeContainer):
             connection_settings=connection_settings,
             connection_pool=connection_pool,
             adapter=event_storage_adapter,
+            coordinator=coordinator,
         ),
     )
 
     service_manager = providers.Singleton(ServiceManager)
     consumer_settings = providers.Callable(consumer_settings_from, settings)
+
+    # A transactional consumer with this node's settings; an application
+    # declares one with its own group, requests and processor:
+    #   providers.Factory(EventRuntimeContainer.transactional_consumer,
+    #       subscriber_group="totals", subscription_requests=[...], processor=p)
+    transactional_consumer = providers.Factory(
+        make_transactional_consumer,
+        event_store=event_store,
+        checkpoint_store=checkpoint_store,
+        node_id=node_id,
+        batch_size=settings.provided.consumers.batch_size,
+        claim_lease=settings.provided.consumers.claim_lease,
+        on_poison=settings.provided.consumers.on_poison,
+        poison_attempts=settings.provided.consumers.poison_attempts,
+    )
 
     # What the node registers on its runtime: redefine it in a subclass, or
     # override it.
@@ -117,15 +172,54 @@ class EventRuntimeContainer(containers.DeclarativeContainer):
         role=role,
     )
 
-    # The node's extra services (async context managers), entered after the
-    # runtime starts and exited before it stops: redefine or override it.
+    # The node's own services, each on or off as the settings say.
+    notify_listener = providers.Selector(
+        providers.Callable(switch, providers.Callable(wakes_by_notification, settings)),
+        on=providers.Singleton(
+            NotifyListener,
+            providers.Callable(PostgresSettings.conninfo, postgres_settings),
+            event_runtime,
+            node_id=node_id,
+        ),
+        off=providers.Object(None),
+    )
+    head_reader = providers.Selector(
+        storage_type,
+        memory=providers.Singleton(InMemoryHeadReader, cluster_state.provided.adapter),
+        postgres=providers.Singleton(PostgresHeadReader, connection_pool),
+    )
+    holdings = providers.Singleton(
+        LagReader,
+        held=providers.Callable(held_sources_of, event_runtime),
+        checkpoints=providers.Callable(checkpoint_reader, checkpoint_store),
+        heads=head_reader,
+    )
+    http_server = providers.Selector(
+        providers.Callable(switch, settings.provided.http.enabled),
+        on=providers.Singleton(
+            NodeHttpServer,
+            holdings=holdings,
+            metrics=metrics,
+            host=settings.provided.http.host,
+            port=settings.provided.http.port,
+            max_lag_events=settings.provided.health.max_lag_events,
+            lag_trend_window=settings.provided.health.lag_trend_window,
+        ),
+        off=providers.Object(None),
+    )
+
+    # The application's extra services (async context managers), entered after
+    # the node's own, once the runtime runs, and exited before it stops:
+    # redefine or override it.
     services = providers.List()
 
     node = providers.Singleton(
         new_node,
         runtime=event_runtime,
         registrations=consumers,
-        services=services,
+        services=providers.Callable(
+            node_services, providers.List(notify_listener, http_server), services
+        ),
         database=database,
     )
 

@@ -3,7 +3,10 @@
 Plain functions the container declares as providers; they hold no lifecycle.
 """
 
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import fields
+from typing import Any
 
 from logicblocks.event.processing import SingletonEventBrokerSettings
 from logicblocks.event.processing.broker import (
@@ -11,7 +14,13 @@ from logicblocks.event.processing.broker import (
 )
 from logicblocks.event.processing.broker import EventBrokerType
 
-from ..broker import DistributedEventBrokerSettings
+from ..broker import (
+    BalancingCoordinatorFactory,
+    CoordinatorFactory,
+    DistributedEventBrokerSettings,
+    ReleaseCheck,
+    allocation_strategy,
+)
 from ..database import PostgresDatabase
 from ..retry import Backoff
 from ..runtime import EventConsumerSettings, error_handler_for
@@ -51,13 +60,45 @@ def consumer_settings_from(settings: EventCompositionSettings) -> EventConsumerS
     consumers = settings.consumers
     return EventConsumerSettings(
         error_handler=error_handler_for(consumers.error_policy),
-        poll_interval=consumers.poll_interval,
+        poll_interval=consumers.notify_poll_interval
+        if wakes_by_notification(settings)
+        else consumers.poll_interval,
         isolation_mode=consumers.isolation_mode,
         stop_timeout=consumers.stop_timeout,
         retry_backoff=Backoff(
             initial=consumers.retry_initial_delay, maximum=consumers.retry_max_delay
         ),
     )
+
+
+def coordinator_from(
+    settings: EventCompositionSettings, release_check: ReleaseCheck
+) -> CoordinatorFactory:
+    """The leading coordinator's allocation (``broker.allocation``): sources
+    revoked from a holder are reassigned once its claim is released."""
+    return BalancingCoordinatorFactory(
+        strategy=allocation_strategy(settings.broker.allocation),
+        max_moves_per_distribution=settings.broker.max_moves_per_distribution,
+        release_check=release_check,
+    )
+
+
+def wakes_by_notification(settings: EventCompositionSettings) -> bool:
+    """Whether consumers are woken by PostgreSQL notifications (else they poll)."""
+    return settings.storage.type == "postgres" and settings.consumers.wake == "notify"
+
+
+def switch(enabled: bool) -> str:
+    """A selector key for a part that is on or off."""
+    return "on" if enabled else "off"
+
+
+def node_services(
+    builtin: Sequence[AbstractAsyncContextManager[Any] | None],
+    application: Sequence[AbstractAsyncContextManager[Any]],
+) -> list[AbstractAsyncContextManager[Any]]:
+    """The node's services: its own that are switched on, then the application's."""
+    return [*(service for service in builtin if service is not None), *application]
 
 
 def postgres_database(postgres: PostgresSettings) -> PostgresDatabase:

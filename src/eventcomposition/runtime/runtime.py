@@ -270,6 +270,20 @@ class EventRuntime:
     ) -> None:
         await self.stop()
 
+    def held_sources(self) -> list[tuple[str, EventSourceIdentifier]]:
+        """(subscriber group, source) of every source the consumers hold now.
+
+        Only subscription consumers that expose their sources (``ExposesSources``)
+        count; a source may appear under several groups.
+        """
+        return [
+            (consumer.group, source)
+            for service in self._consumer_services.values()
+            if isinstance(consumer := service.consumer, EventSubscriber)
+            and isinstance(consumer, ExposesSources)
+            for source in consumer.sources
+        ]
+
     def wake_consumers(self, categories: Collection[str] | None = None) -> int:
         """Make consumers poll now: those holding a source in one of ``categories``,
         or all of them when ``categories`` is None. Consumers that do not expose

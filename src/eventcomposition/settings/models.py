@@ -38,6 +38,7 @@ from pydantic_settings import (
 )
 
 from eventcomposition.broker import BrokerRole
+from eventcomposition.consumers import PoisonPolicy
 from eventcomposition.runtime.settings import ErrorPolicy
 from eventcomposition.settings.variables import (
     ENV_NESTED_DELIMITER,
@@ -46,6 +47,8 @@ from eventcomposition.settings.variables import (
 )
 
 StorageType = Literal["memory", "postgres"]
+WakeMode = Literal["notify", "poll"]
+Allocation = Literal["balanced", "fill"]
 BrokerType = Literal["distributed", "singleton"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 LogFormat = Literal["console", "json"]
@@ -192,6 +195,11 @@ class BrokerSettings(_Section):
     observer_synchronisation_interval: Interval = timedelta(seconds=20)
     # SingletonEventBrokerSettings
     distribution_interval: Interval = timedelta(seconds=60)
+    # How the leading coordinator allocates sources: "balanced" (each observer of
+    # a group holds its fair share; sources move in staged hand-overs) or "fill"
+    # (logicblocks' behaviour: only sources nobody holds are allocated).
+    allocation: Annotated[Allocation, BeforeValidator(_lower)] = "balanced"
+    max_moves_per_distribution: int = Field(default=32, ge=1)
     # Backoff when the broker fails and is restarted.
     retry_initial_delay: Interval = timedelta(milliseconds=500)
     retry_max_delay: Interval = timedelta(seconds=30)
@@ -223,12 +231,36 @@ class ConsumerSettings(_Section):
     retry_initial_delay: Interval = timedelta(milliseconds=100)
     retry_max_delay: Interval = timedelta(seconds=10)
     stop_timeout: Interval = timedelta(seconds=10)
+    # Transactional (batched) consumers.
+    batch_size: int = Field(default=500, ge=1)
+    claim_lease: Interval = timedelta(seconds=10)
+    on_poison: Annotated[PoisonPolicy, BeforeValidator(_lower)] = PoisonPolicy.PARK
+    poison_attempts: int = Field(default=3, ge=1)
+    # Waking on PostgreSQL: "notify" (LISTEN/NOTIFY, polling every
+    # notify_poll_interval as a safety net) or "poll" (every poll_interval).
+    wake: Annotated[WakeMode, BeforeValidator(_lower)] = "notify"
+    notify_poll_interval: Interval = timedelta(seconds=10)
 
     @model_validator(mode="after")
     def _retry_delays_are_ordered(self) -> Self:
         if self.retry_initial_delay > self.retry_max_delay:
             raise ValueError("retry_initial_delay must not exceed retry_max_delay")
         return self
+
+
+class HttpSettings(_Section):
+    """The node's HTTP server: probes, status and Prometheus metrics."""
+
+    enabled: bool = False
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: int = Field(default=8080, ge=0, le=65535, description="0: any free port")
+
+
+class HealthSettings(_Section):
+    """When the node's readiness probe fails."""
+
+    max_lag_events: int = Field(default=1000, ge=0)
+    lag_trend_window: Interval = timedelta(seconds=60)
 
 
 class LoggingSettings(_Section):
@@ -278,6 +310,8 @@ class EventCompositionSettings(BaseSettings):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
     consumers: ConsumerSettings = Field(default_factory=ConsumerSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @classmethod

@@ -130,7 +130,7 @@ def test_variables_that_name_no_setting_are_all_reported(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("EVENTCOMPOSITION_STORGE__TYPE", "postgres")
-    monkeypatch.setenv("EVENTCOMPOSITION_HTTP__PORT", "8080")
+    monkeypatch.setenv("EVENTCOMPOSITION_HTTPS__PORT", "8080")
     monkeypatch.setenv("EVENTCOMPOSITION_LOGGING__LEVEL__NAME", "x")
     monkeypatch.setenv("EVENTCOMPOSITION_CONSUMERS__POLL_INTERVAL", "0.5")
 
@@ -140,12 +140,14 @@ def test_variables_that_name_no_setting_are_all_reported(
     problems = str(caught.value).splitlines()[1:]
     unknown = [line for line in problems if "unknown key" in line]
     assert unknown == [
-        "  - http: unknown key; expected one of: environment, node, storage, "
-        "broker, consumers, logging (from env EVENTCOMPOSITION_HTTP__PORT)",
+        "  - https: unknown key; expected one of: environment, node, storage, "
+        "broker, consumers, http, health, logging (from env "
+        "EVENTCOMPOSITION_HTTPS__PORT)",
         "  - logging.level.name: unknown key; logging.level has no keys "
         "(from env EVENTCOMPOSITION_LOGGING__LEVEL__NAME)",
         "  - storge: unknown key; expected one of: environment, node, storage, "
-        "broker, consumers, logging (from env EVENTCOMPOSITION_STORGE__TYPE)",
+        "broker, consumers, http, health, logging (from env "
+        "EVENTCOMPOSITION_STORGE__TYPE)",
     ]
 
 
