@@ -71,7 +71,6 @@ def cluster_environment(
             environment="development",
             settings_dir=SETTINGS_DIR,
             log_level=log_level,
-            fast=False,
             base={k: v for k, v in os.environ.items()},
         )
     )

@@ -35,7 +35,7 @@ from eventcomposition.testing.waiting import wait_until
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 APP = "eventcomposition.demo:DemoContainer"
 START_TIMEOUT = 60.0
-STOP_TIMEOUT = 5.0  # consumers.stop_timeout of the test profile and FAST_TIMINGS
+STOP_TIMEOUT = 5.0  # consumers.stop_timeout of the test profile
 CALM_TIMINGS = {
     "consumers.poll_interval": 1,
     "broker.subscriber_manager_heartbeat_interval": 1,
@@ -193,7 +193,7 @@ async def test_a_node_with_closed_output_stays_idle_and_stops_on_a_signal(
     # One-second intervals: an idle node then uses about 2% of a core here, where
     # the test profile's fast timings alone take about 10%.
     environment = node_environment(
-        postgres_database, log_level="DEBUG", fast=False, settings=CALM_TIMINGS
+        postgres_database, log_level="DEBUG", settings=CALM_TIMINGS
     )
     with NodeProcesses() as nodes:
         node = nodes.run_node(

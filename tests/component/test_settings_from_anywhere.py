@@ -34,7 +34,7 @@ def test_an_application_folder_overlays_the_shipped_profiles(tmp_path: Path) -> 
 
     completed = run_to_completion(
         [*COMMAND, "settings", "show", "--env", "production"],
-        env=node_environment(environment="production", fast=False),
+        env=node_environment(environment="production"),
         cwd=tmp_path,
     )
 

@@ -6,7 +6,8 @@ given environment, reads its stderr (JSON log lines when
 offers waits on log events, signals and exit. ``NodeProcesses`` starts several and
 kills whatever still runs when it closes, so a failing test leaves no node behind.
 ``node_environment`` builds the environment of a node on a PostgreSQL database
-with fast timings.
+with the timings of its settings environment (``test`` by default: a cluster
+that reacts within a second or so).
 
     with NodeProcesses() as nodes:
         observer = nodes.run_node(
@@ -51,21 +52,6 @@ from ..settings.variables import (
 )
 from .postgres import ConnectionInfo
 
-FAST_TIMINGS: Mapping[str, str | int | float] = {
-    "broker.subscriber_manager_heartbeat_interval": 0.2,
-    "broker.subscriber_manager_purge_interval": 2,
-    "broker.subscriber_manager_subscriber_max_age": 10,
-    "broker.coordinator_subscriber_max_time_since_last_seen": 3,
-    "broker.coordinator_distribution_interval": 0.3,
-    "broker.coordinator_leadership_attempt_interval": 0.2,
-    "broker.observer_synchronisation_interval": 0.3,
-    "broker.retry_initial_delay": 0.2,
-    "broker.retry_max_delay": 2,
-    "consumers.poll_interval": 0.1,
-    "consumers.stop_timeout": 5,
-}
-"""Settings (dotted keys) that make a cluster react within a second or so."""
-
 type LogRecord = dict[str, Any]
 """One parsed JSON log line."""
 type LogPredicate = Callable[[LogRecord], bool]
@@ -87,7 +73,6 @@ def node_environment(
     environment: str = "test",
     settings_dir: Path | str | None = None,
     log_level: str = "INFO",
-    fast: bool = True,
     base: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The environment of one node process.
@@ -96,7 +81,7 @@ def node_environment(
     ``EVENTCOMPOSITION_*`` or libpq ``PG*`` variable, so nothing of the caller's
     leaks into the node; then selects ``environment`` and ``settings_dir``, JSON
     logs at ``log_level`` and unbuffered output, PostgreSQL storage on
-    ``database`` when given, ``FAST_TIMINGS`` when ``fast``, and finally
+    ``database`` when given, and finally
     ``settings`` (dotted keys, e.g. ``{"broker.retry_max_delay": 5}``).
     """
     source = os.environ if base is None else base
@@ -125,8 +110,6 @@ def node_environment(
         )
         if database.password:
             values["storage.postgres.password"] = database.password
-    if fast:
-        values.update(FAST_TIMINGS)
     values.update(settings or {})
     env.update({setting_variable(key): str(value) for key, value in values.items()})
     return env
