@@ -202,6 +202,8 @@ class Latency:
     p99: float
     maximum: float
     mean: float
+    slowest: list[tuple[float, float]]
+    """The slowest events: (seconds since the first publish, latency in seconds)."""
 
     def as_json(self) -> Json:
         return {
@@ -210,6 +212,10 @@ class Latency:
             "p99_seconds": self.p99,
             "max_seconds": self.maximum,
             "mean_seconds": self.mean,
+            "slowest": [
+                {"at_seconds": at, "latency_seconds": latency}
+                for at, latency in self.slowest
+            ],
         }
 
 
@@ -218,7 +224,13 @@ async def measure_latency(node: Node, seconds: float) -> Latency:
     await committed(node, numbers, timeout=30)
     at = node.committed_at()
     latencies = [at[n] - node.sent_at[n] for n in numbers]
+    first = min(node.sent_at[n] for n in numbers)
+    slowest = sorted(
+        ((node.sent_at[n] - first, at[n] - node.sent_at[n]) for n in numbers),
+        key=lambda pair: pair[1],
+    )[-5:]
     return Latency(
+        slowest=slowest[::-1],
         count=len(latencies),
         p50=percentile(latencies, 0.50),
         p99=percentile(latencies, 0.99),
