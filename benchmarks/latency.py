@@ -1,65 +1,49 @@
 """7. Latency and idle load: waking consumers with NOTIFY against polling.
 
-One node (role FULL, so coordinator and observer in one) runs in this process with
-one subscription consumer over the demo's 8 categories, with the production broker
-intervals (base.toml), once per variant:
+Per mode, one observer process (``eventcomposition run --role observer``, the
+``production`` settings profile) runs a transactional consumer over the demo's 8
+categories (``benchmarks/latency_app.py``), with a coordinator process beside it,
+each mode on its own database of one throwaway PostgreSQL server, in the same run:
 
-- ``notify``: the NOTIFY listener wakes the consumer; polling every 10 s remains
-  the safety net (and every 30 s, for comparison of the idle load);
-- ``poll``: polling only, at the default interval of 1 s.
+- ``notify`` (the default on PostgreSQL): the NOTIFY listener wakes the consumer;
+  it polls every ``consumers.notify_poll_interval`` (10 s) as a safety net;
+- ``poll``: polling only, every ``consumers.poll_interval`` (1 s, its default);
+- ``notify`` with the broker at base.toml's intervals (heartbeat 10 s,
+  synchronisation and distribution 20 s) instead of production's 5 s: how much of
+  the idle load is the broker's.
 
-Latency: single events are published at a steady rate (50 per second) by a
-publisher in the same process, each in its own transaction, to a random category;
-an event's latency runs from just before its publish call to the moment the
-processor sees it. Target with notify: p99 <= 50 ms.
+Latency: single events are published at a steady rate (50 per second) from this
+process, each in its own transaction, to a random category; an event's latency runs
+from just before its publish call to the moment its batch has committed in the
+observer (the processor logs the wall-clock time from the commit callback).
+Target with notify: p99 <= 50 ms.
 
-Idle load: with nothing published, the statements each node sends per second, from
-``pg_stat_statements`` (calls, per database), split into the consumer's (reads and
-writes of ``events``: the poll and its state), the broker's (``subscribers``,
-``subscriptions``, its leadership lock), the transaction control around them
-(``BEGIN``, ``COMMIT``: each a round trip too) and the rest (the listener's health
-check, the pool's connection checks). Target with notify: <= 1 per second per node.
-
-The node runs in process: the CLI cannot start a node with a NOTIFY listener yet.
-The server is a throwaway PostgreSQL with ``pg_stat_statements`` preloaded.
+Idle load: with nothing published, the statements the observer sends per second,
+from ``pg_stat_statements`` (calls of the observer's database user in its
+database; the coordinator connects as another user, so its statements are apart),
+split into the consumer's (reads of ``events``, checkpoints and claims), the
+broker's (``subscribers``, ``subscriptions``, its locks), the transaction control
+around them (``BEGIN``, ``COMMIT``: each a round trip too) and the rest (the
+listener's health check, the pool's connection checks). Target with notify: <= 1
+per second per node.
 """
 
 import asyncio
 import random
 import statistics
 import time
-from collections.abc import AsyncIterator, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from typing import Any
 
 import psycopg
-from logicblocks.event.processing import (
-    EventBrokerStorageType,
-    EventBrokerType,
-    EventProcessor,
-    ServiceManager,
-)
 from logicblocks.event.store import EventStore, PostgresEventStorageAdapter
-from logicblocks.event.types import (
-    JsonValue,
-    NewEvent,
-    StoredEvent,
-)
+from logicblocks.event.types import JsonValue, NewEvent
+from psycopg import AsyncConnection, sql
+from psycopg_pool import AsyncConnectionPool
 
-from eventcomposition import (
-    BrokerRole,
-    DistributedEventBrokerSettings,
-    EventConsumerSettings,
-    EventRuntime,
-)
-from eventcomposition.broker import make_event_broker
-from eventcomposition.consumers import make_subscription_consumer
-from eventcomposition.database import connection_pool
-from eventcomposition.demo import DemoNames
-from eventcomposition.runtime import ExposesSources
 from eventcomposition.schema import migrate
-from eventcomposition.services import NotifyListener
 from eventcomposition.testing import (
     ConnectionInfo,
     PostgresUnavailableError,
@@ -67,133 +51,155 @@ from eventcomposition.testing import (
     create_database,
     unique_database_name,
 )
-from eventcomposition.testing.waiting import wait_until
+from eventcomposition.testing.processes import (
+    NodeProcess,
+    NodeProcesses,
+    node_environment,
+)
 
-from .common import BenchContext, Json, say, table
+from .common import PROJECT_ROOT, BenchContext, Json, say, table
+from .latency_app import APP, COMMITTED, NAMES
 
 NAME = "latency"
 RATE = 50.0
 TARGET_P99_SECONDS = 0.050
 TARGET_IDLE_PER_SECOND = 1.0
-ALLOCATION_TIMEOUT = 90.0
+START_TIMEOUT = 90.0
+# The coordinator's database user: its statements stay out of the observer's.
+COORDINATOR_USER = "latency_coordinator"
+TRANSACTION_CONTROL = frozenset({"BEGIN", "COMMIT", "ROLLBACK"})
+ACCEPTED = "consumer.source-accepted"
 
-# base.toml's broker intervals: what a production node runs with.
-PRODUCTION_BROKER = DistributedEventBrokerSettings(
-    role=BrokerRole.FULL,
-    subscriber_manager_heartbeat_interval=timedelta(seconds=10),
-    subscriber_manager_purge_interval=timedelta(seconds=60),
-    subscriber_manager_subscriber_max_age=timedelta(seconds=600),
-    coordinator_subscriber_max_time_since_last_seen=timedelta(seconds=60),
-    coordinator_distribution_interval=timedelta(seconds=20),
-    coordinator_leadership_max_duration=timedelta(seconds=900),
-    coordinator_leadership_attempt_interval=timedelta(seconds=5),
-    observer_synchronisation_interval=timedelta(seconds=20),
-)
+type Pool = AsyncConnectionPool[AsyncConnection[Any]]
 
 
 @dataclass(frozen=True)
-class Variant:
+class Mode:
     name: str
-    notify: bool
-    poll_interval: timedelta
+    key: str
+    wake: str
+    settings: Mapping[str, str | int | float]
 
 
-VARIANTS = (
-    Variant("notify, poll 10 s", notify=True, poll_interval=timedelta(seconds=10)),
-    Variant("notify, poll 30 s", notify=True, poll_interval=timedelta(seconds=30)),
-    Variant("poll 1 s (default)", notify=False, poll_interval=timedelta(seconds=1)),
+# base.toml's broker intervals, against production.toml's 5 s: how much of the idle
+# load is the broker's.
+BASE_BROKER_INTERVALS = {
+    "broker.subscriber_manager_heartbeat_interval": 10,
+    "broker.coordinator_distribution_interval": 20,
+    "broker.observer_synchronisation_interval": 20,
+}
+MODES = (
+    Mode(
+        "notify (safety-net poll 10 s)",
+        "notify",
+        "notify",
+        {"consumers.wake": "notify"},
+    ),
+    Mode("poll (every 1 s, default)", "poll", "poll", {"consumers.wake": "poll"}),
+    Mode(
+        "notify, broker at base.toml intervals",
+        "notify-base",
+        "notify",
+        {"consumers.wake": "notify", **BASE_BROKER_INTERVALS},
+    ),
 )
-TRANSACTION_CONTROL = frozenset({"BEGIN", "COMMIT", "ROLLBACK"})
-
-
-class TimingProcessor(EventProcessor[StoredEvent]):
-    """Notes when each event (by its payload's ``n``) reaches the processor."""
-
-    def __init__(self) -> None:
-        self.seen_at: dict[int, float] = {}
-
-    async def process_event(self, event: StoredEvent[str, JsonValue]) -> None:
-        n = event.payload.get("n") if isinstance(event.payload, Mapping) else None
-        if isinstance(n, int):
-            self.seen_at.setdefault(n, time.perf_counter())
 
 
 @dataclass
 class Node:
-    variant: Variant
+    mode: Mode
     database: ConnectionInfo
-    runtime: EventRuntime
-    processor: TimingProcessor
-    held: "asyncio.Future[None]"
-    listener: NotifyListener | None = None
-    store: EventStore | None = None
+    observer: NodeProcess
+    store: EventStore
     sent_at: dict[int, float] = field(default_factory=dict)
+
+    def committed_at(self) -> dict[int, float]:
+        committed: dict[int, float] = {}
+        for record in self.observer.logs(COMMITTED):
+            for n in record["numbers"]:
+                committed.setdefault(n, record["at"])
+        return committed
+
+
+def environment(
+    mode: Mode, database: ConnectionInfo, **settings: str | int | float
+) -> dict[str, str]:
+    return node_environment(
+        database,
+        environment="production",
+        fast=False,
+        settings={"http.enabled": "false", **mode.settings, **settings},
+    )
 
 
 @asynccontextmanager
 async def running_node(
-    variant: Variant, database: ConnectionInfo, names: DemoNames
+    nodes: NodeProcesses, mode: Mode, database: ConnectionInfo
 ) -> AsyncIterator[Node]:
-    async with AsyncExitStack() as stack:
-        pool = await stack.enter_async_context(
-            connection_pool(database.conninfo, where=variant.name, max_size=5)
-        )
-        store = EventStore(adapter=PostgresEventStorageAdapter(connection_source=pool))
-        processor = TimingProcessor()
-        node_id = f"latency-{'notify' if variant.notify else 'poll'}"
-        broker = make_event_broker(
-            node_id,
-            EventBrokerType.Distributed,
-            EventBrokerStorageType.Postgres,
-            settings=PRODUCTION_BROKER,
-            connection_settings=database.connection_settings(),
-            connection_pool=pool,
-        )
-        runtime = EventRuntime(
-            node_id,
-            broker,
-            ServiceManager(),
-            EventConsumerSettings(poll_interval=variant.poll_interval),
-        )
-        consumer = make_subscription_consumer(
-            event_store=store,
-            subscriber_group=names.subscriber_group,
-            subscription_requests=names.categories(),
-            event_processor=processor,
-        )
-        await runtime.register_subscription_consumer(consumer)
-        assert isinstance(consumer, ExposesSources)
-        await stack.enter_async_context(runtime)
-        node = Node(
-            variant,
-            database,
-            runtime,
-            processor,
-            held=asyncio.ensure_future(_held(consumer, len(names.categories()))),
-            store=store,
-        )
-        stack.callback(node.held.cancel)
-        if variant.notify:
-            node.listener = await stack.enter_async_context(
-                NotifyListener(database.conninfo, runtime, node_id=node_id)
-            )
-        yield node
-
-
-async def _held(consumer: ExposesSources, count: int) -> None:
-    await wait_until(
-        lambda: len(consumer.sources) >= count,
-        timeout=ALLOCATION_TIMEOUT,
-        interval=0.05,
-        description="the node to hold every source",
+    observer = nodes.run_node(
+        app=APP,
+        role="observer",
+        node_id=f"latency-{mode.key}",
+        env=environment(mode, database),
+        cwd=PROJECT_ROOT,
     )
+    nodes.run_node(
+        app=APP,
+        role="coordinator",
+        node_id=f"latency-{mode.key}-coordinator",
+        env=environment(mode, database, **{"storage.postgres.user": COORDINATOR_USER}),
+        cwd=PROJECT_ROOT,
+    )
+    async with AsyncConnectionPool[AsyncConnection[Any]](
+        database.conninfo, min_size=1, max_size=2, open=False
+    ) as pool:
+        store = EventStore(adapter=PostgresEventStorageAdapter(connection_source=pool))
+        yield Node(mode, database, observer, store)
 
 
-async def publish_steadily(
-    node: Node, names: DemoNames, seconds: float, seed: int
-) -> None:
-    assert node.store is not None
-    categories = [identifier.category for identifier in names.categories()]
+async def held(node: Node) -> None:
+    """Until the observer has accepted every category."""
+    count = len(NAMES.categories())
+    deadline = time.monotonic() + START_TIMEOUT
+    while len(node.observer.logs(ACCEPTED)) < count:
+        if time.monotonic() > deadline or not node.observer.running:
+            raise RuntimeError(
+                f"{node.mode.name}: the observer did not hold every category\n"
+                + node.observer.output_tail()
+            )
+        await asyncio.sleep(0.1)
+
+
+async def publish(node: Node, n: int, category: str) -> None:
+    event: NewEvent[str, JsonValue] = NewEvent(name="placed", payload={"n": n})
+    stream = node.store.stream(category=category, stream=f"s{n}")
+    node.sent_at[n] = time.time()
+    await stream.publish(events=[event])
+
+
+async def committed(node: Node, numbers: set[int], timeout: float) -> None:  # noqa: ASYNC109
+    deadline = time.monotonic() + timeout
+    while not numbers <= node.committed_at().keys():
+        if time.monotonic() > deadline:
+            missing = len(numbers - node.committed_at().keys())
+            raise RuntimeError(
+                f"{node.mode.name}: {missing} of {len(numbers)} events not "
+                f"committed\n{node.observer.output_tail()}"
+            )
+        await asyncio.sleep(0.05)
+
+
+async def warm_up(node: Node) -> None:
+    """One event per category, so that every source is claimed before measuring."""
+    categories = [identifier.category for identifier in NAMES.categories()]
+    numbers = set(range(-len(categories), 0))
+    for n, category in zip(sorted(numbers), categories, strict=True):
+        await publish(node, n, category)
+    await committed(node, numbers, timeout=60)
+
+
+async def publish_steadily(node: Node, seconds: float, seed: int) -> set[int]:
+    categories = [identifier.category for identifier in NAMES.categories()]
     chooser = random.Random(seed)
     count = int(seconds * RATE)
     started = time.perf_counter()
@@ -201,10 +207,8 @@ async def publish_steadily(
         delay = started + n / RATE - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        event: NewEvent[str, JsonValue] = NewEvent(name="placed", payload={"n": n})
-        stream = node.store.stream(category=chooser.choice(categories), stream=f"s{n}")
-        node.sent_at[n] = time.perf_counter()
-        await stream.publish(events=[event])
+        await publish(node, n, chooser.choice(categories))
+    return set(range(count))
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -220,6 +224,8 @@ class Latency:
     p99: float
     maximum: float
     mean: float
+    slowest: list[tuple[float, float]]
+    """The slowest events: (seconds since the first publish, latency in seconds)."""
 
     def as_json(self) -> Json:
         return {
@@ -228,21 +234,25 @@ class Latency:
             "p99_seconds": self.p99,
             "max_seconds": self.maximum,
             "mean_seconds": self.mean,
+            "slowest": [
+                {"at_seconds": at, "latency_seconds": latency}
+                for at, latency in self.slowest
+            ],
         }
 
 
-async def measure_latency(node: Node, names: DemoNames, seconds: float) -> Latency:
-    await publish_steadily(node, names, seconds, seed=7)
-    deadline = time.perf_counter() + node.variant.poll_interval.total_seconds() + 10
-    while len(node.processor.seen_at) < len(node.sent_at):
-        if time.perf_counter() > deadline:
-            raise RuntimeError(
-                f"{node.variant.name}: only {len(node.processor.seen_at)} of "
-                f"{len(node.sent_at)} events were processed"
-            )
-        await asyncio.sleep(0.05)
-    latencies = [node.processor.seen_at[n] - sent for n, sent in node.sent_at.items()]
+async def measure_latency(node: Node, seconds: float) -> Latency:
+    numbers = await publish_steadily(node, seconds, seed=7)
+    await committed(node, numbers, timeout=30)
+    at = node.committed_at()
+    latencies = [at[n] - node.sent_at[n] for n in numbers]
+    first = min(node.sent_at[n] for n in numbers)
+    slowest = sorted(
+        ((node.sent_at[n] - first, at[n] - node.sent_at[n]) for n in numbers),
+        key=lambda pair: pair[1],
+    )[-5:]
     return Latency(
+        slowest=slowest[::-1],
         count=len(latencies),
         p50=percentile(latencies, 0.50),
         p99=percentile(latencies, 0.99),
@@ -255,15 +265,19 @@ async def measure_latency(node: Node, names: DemoNames, seconds: float) -> Laten
 
 STATEMENTS = """
     SELECT s.query, sum(s.calls)::bigint
-    FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
-    WHERE d.datname = %s
+    FROM pg_stat_statements s
+    JOIN pg_database d ON d.oid = s.dbid
+    JOIN pg_roles r ON r.oid = s.userid
+    WHERE d.datname = %s AND r.rolname = %s
     GROUP BY s.query
 """
 
 
-def statement_calls(admin: ConnectionInfo, dbname: str) -> dict[str, int]:
+def statement_calls(admin: ConnectionInfo, database: ConnectionInfo) -> dict[str, int]:
     with psycopg.connect(admin.conninfo, autocommit=True) as connection:
-        rows = connection.execute(STATEMENTS, [dbname]).fetchall()
+        rows = connection.execute(
+            STATEMENTS, [database.dbname, database.user]
+        ).fetchall()
     return {str(query): int(calls) for query, calls in rows}
 
 
@@ -271,6 +285,9 @@ def kind_of(query: str) -> str:
     if query.strip().upper() in TRANSACTION_CONTROL:
         return "begin/commit"
     text = query.lower()
+    # Claims name their holder's subscriber: look for the consumer's tables first.
+    if "consumer_claims" in text or "checkpoint" in text or "from events" in text:
+        return "consumer"
     if "subscriber" in text or "subscription" in text or "advisory" in text:
         return "broker"
     if "events" in text:
@@ -296,11 +313,19 @@ def start_server(ctx: BenchContext) -> ThrowawayPostgres:
         settings={
             "shared_preload_libraries": "pg_stat_statements",
             "pg_stat_statements.track": "top",
-        }
+        },
+        # The production profile insists on a password.
+        auth="scram-sha-256",
     )
     server.start()
-    with psycopg.connect(server.connection_info.conninfo, autocommit=True) as admin:
+    info = server.connection_info
+    with psycopg.connect(info.conninfo, autocommit=True) as admin:
         admin.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        admin.execute(
+            sql.SQL("CREATE ROLE {} LOGIN SUPERUSER PASSWORD {}").format(
+                sql.Identifier(COORDINATOR_USER), sql.Literal(info.password)
+            )
+        )
         row = admin.execute("SHOW server_version").fetchone()
     # This run's own server, not the shared one: the machine line names it.
     ctx.postgres.version = str(row[0]) if row else "unknown"
@@ -309,12 +334,13 @@ def start_server(ctx: BenchContext) -> ThrowawayPostgres:
 
 async def run(ctx: BenchContext) -> None:
     publish_seconds = 5.0 if ctx.quick else 20.0
-    idle_seconds = 10.0 if ctx.quick else 60.0
+    idle_seconds = 20.0 if ctx.quick else 60.0
     say("\n== 7. Latency and idle load: NOTIFY wake-ups against polling ==")
     say(
-        f"One FULL node in process per variant (production broker intervals), one "
-        f"subscription consumer over 8 categories; {RATE:g} single-event publishes "
-        f"per second for {publish_seconds:g} s; idle load over {idle_seconds:g} s."
+        "Per mode an observer process (eventcomposition run, production profile) "
+        "with a transactional consumer over 8 categories, and a coordinator "
+        f"process; {RATE:g} single-event publishes per second for "
+        f"{publish_seconds:g} s; idle load over {idle_seconds:g} s."
     )
     try:
         server = await asyncio.to_thread(start_server, ctx)
@@ -327,6 +353,12 @@ async def run(ctx: BenchContext) -> None:
         await asyncio.to_thread(server.stop)
 
 
+@contextmanager
+def node_processes(ctx: BenchContext) -> Iterator[NodeProcesses]:
+    with NodeProcesses(log_dir=ctx.results_dir / "latency-nodes") as nodes:
+        yield nodes
+
+
 async def measure(
     ctx: BenchContext,
     server: ThrowawayPostgres,
@@ -334,57 +366,82 @@ async def measure(
     idle_seconds: float,
 ) -> None:
     admin = server.connection_info
-    names = DemoNames(run_id="latency")
     databases = []
-    for _ in VARIANTS:
+    for _ in MODES:
         database = create_database(admin, unique_database_name("latency"))
         await migrate(database.conninfo)
         databases.append(database)
 
-    async with AsyncExitStack() as stack:
-        nodes = [
-            await stack.enter_async_context(running_node(variant, database, names))
-            for variant, database in zip(VARIANTS, databases, strict=True)
-        ]
-        # The first allocation comes one observer synchronisation (20 s) after start.
-        started = time.perf_counter()
-        await asyncio.wait_for(
-            asyncio.gather(*(node.held for node in nodes)), ALLOCATION_TIMEOUT
-        )
-        say(f"(sources allocated after {time.perf_counter() - started:.1f} s)")
-        # Every node idles at once, each on its own database.
-        before = [statement_calls(admin, node.database.dbname) for node in nodes]
-        await asyncio.sleep(idle_seconds)
-        after = [statement_calls(admin, node.database.dbname) for node in nodes]
-        idle = [
-            idle_rates(b, a, idle_seconds) for b, a in zip(before, after, strict=True)
-        ]
-        latencies = [
-            await measure_latency(node, names, publish_seconds) for node in nodes
-        ]
-        listeners = [
-            None if node.listener is None else node.listener.status.name
-            for node in nodes
-        ]
+    with node_processes(ctx) as processes:
+        async with AsyncExitStack() as stack:
+            nodes = [
+                await stack.enter_async_context(running_node(processes, mode, database))
+                for mode, database in zip(MODES, databases, strict=True)
+            ]
+            started = time.perf_counter()
+            await asyncio.gather(*(held(node) for node in nodes))
+            await asyncio.gather(*(warm_up(node) for node in nodes))
+            say(
+                f"(sources held and claimed after {time.perf_counter() - started:.1f} s)"
+            )
+            # Every observer idles at once, each on its own database.
+            before = [statement_calls(admin, node.database) for node in nodes]
+            await asyncio.sleep(idle_seconds)
+            after = [statement_calls(admin, node.database) for node in nodes]
+            idle = [
+                idle_rates(b, a, idle_seconds)
+                for b, a in zip(before, after, strict=True)
+            ]
+            top = [
+                top_statements(b, a, idle_seconds)
+                for b, a in zip(before, after, strict=True)
+            ]
+            latencies = [await measure_latency(node, publish_seconds) for node in nodes]
+            for node in nodes:
+                node.observer.terminate()
+            stopped = [await node.observer.await_exit(60) for node in nodes]
+    report(ctx, latencies, idle, top, stopped, publish_seconds, idle_seconds)
 
+
+def top_statements(
+    before: Mapping[str, int], after: Mapping[str, int], seconds: float, count: int = 6
+) -> list[tuple[float, str]]:
+    """The statements sent most often while idle, per second, with their text."""
+    rates = [
+        ((calls - before.get(query, 0)) / seconds, " ".join(query.split())[:90])
+        for query, calls in after.items()
+    ]
+    return sorted((rate, query) for rate, query in rates if rate > 0)[::-1][:count]
+
+
+def report(
+    ctx: BenchContext,
+    latencies: list["Latency"],
+    idle: list[dict[str, float]],
+    top: list[list[tuple[float, str]]],
+    stopped: list[int],
+    publish_seconds: float,
+    idle_seconds: float,
+) -> None:
     rows = []
     cases = []
-    for variant, latency, rates, listener in zip(
-        VARIANTS, latencies, idle, listeners, strict=True
+    for mode, latency, rates, statements, exit_status in zip(
+        MODES, latencies, idle, top, stopped, strict=True
     ):
+        notify = mode.wake == "notify"
         p99_verdict = (
             ("met" if latency.p99 <= TARGET_P99_SECONDS else "MISSED")
-            if variant.notify
+            if notify
             else "(comparison)"
         )
         idle_verdict = (
             ("met" if rates["total"] <= TARGET_IDLE_PER_SECOND else "MISSED")
-            if variant.notify
+            if notify
             else "(comparison)"
         )
         rows.append(
             [
-                variant.name,
+                mode.name,
                 latency.count,
                 f"{latency.p50 * 1000:.1f}",
                 f"{latency.p99 * 1000:.1f}",
@@ -398,21 +455,24 @@ async def measure(
         )
         cases.append(
             {
-                "variant": variant.name,
-                "notify": variant.notify,
-                "poll_interval_seconds": variant.poll_interval.total_seconds(),
+                "mode": mode.name,
+                "wake": mode.wake,
                 "latency": latency.as_json(),
                 "latency_verdict": p99_verdict,
                 "idle_statements_per_second": rates,
+                "idle_top_statements": [
+                    {"per_second": rate, "statement": query}
+                    for rate, query in statements
+                ],
                 "idle_verdict": idle_verdict,
-                "listener_status_at_end": listener,
+                "observer_exit_status": exit_status,
             }
         )
     say(
         table(
-            "publish -> processed latency (ms) and idle statements per second",
+            "publish -> committed latency (ms) and the observer's idle statements/s",
             [
-                "variant",
+                "mode",
                 "events",
                 "p50",
                 "p99",
@@ -425,14 +485,14 @@ async def measure(
             rows,
         )
     )
+    for mode, statements in zip(MODES, top, strict=True):
+        say(f"Idle statements of the {mode.name} observer, most frequent first:")
+        for rate, query in statements:
+            say(f"  {rate:6.2f}/s  {query}")
     say(
         "Latency runs from just before the publish call (which commits) to the "
-        "processor. Idle statements: pg_stat_statements calls per database while "
-        "nothing is published; 'consumer' is the consumer's polls of its 8 sources "
-        "(a read of the source and one of its state each), 'broker' the "
-        "heartbeats, synchronisations and distributions of the production "
-        "intervals, 'begin+commit' the transaction control around every one of "
-        "those, 'other' the listener's health check and pool checks."
+        "observer's commit of the batch. Idle statements: pg_stat_statements calls "
+        "of the observer's user in its database while nothing is published."
     )
     ctx.save(
         NAME,
@@ -444,7 +504,8 @@ async def measure(
                 "notify_p99_seconds": TARGET_P99_SECONDS,
                 "notify_idle_statements_per_second": TARGET_IDLE_PER_SECOND,
             },
-            "node": "in process (role full), production broker intervals",
+            "node": "observer process (eventcomposition run, production profile), "
+            "transactional consumer over 8 categories, coordinator apart",
             "cases": cases,
         },
     )

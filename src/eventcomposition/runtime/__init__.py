@@ -1,6 +1,6 @@
 """EventRuntime: register consumers in one call and run them with a clean lifecycle."""
 
-from .consumer_service import ConsumerService
+from .consumer_service import ConsumerService, ConsumesCategories
 from .errors import RuntimeLifecycleError
 from .registrations import (
     ConsumerRegistration,
@@ -20,6 +20,7 @@ __all__ = [
     "BROKER_SERVICE_NAME",
     "ConsumerRegistration",
     "ConsumerService",
+    "ConsumesCategories",
     "ErrorPolicy",
     "EventConsumerSettings",
     "EventRuntime",

@@ -10,6 +10,7 @@ not, and can be woken (``wake``) to poll at once instead of at the end of its pa
 
 import asyncio
 from asyncio import FIRST_COMPLETED
+from collections.abc import Collection
 from typing import Any, Protocol, runtime_checkable
 
 import structlog
@@ -35,6 +36,20 @@ class ReleasesClaims(Protocol):
     released once it has drained, so other nodes take its sources over at once."""
 
     async def release_claims(self) -> None: ...
+
+
+@runtime_checkable
+class ConsumesCategories(Protocol):
+    """A consumer that can consume only its sources in some categories.
+
+    Optional. Woken for categories (a notification names the categories an insert
+    wrote), a consumer with it polls just those sources, and the rest wait for the
+    next full poll (``consume_all``: the first one, each one at the end of a pause,
+    a retry, a wake for every category). A consumer without it always polls
+    everything.
+    """
+
+    async def consume_categories(self, categories: frozenset[str]) -> None: ...
 
 
 class _ObservedErrorHandler(ErrorHandler[Any]):
@@ -71,6 +86,10 @@ class ConsumerService(Service[None]):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain: asyncio.Event | None = None
         self._poll_now: asyncio.Event | None = None
+        # What wakes since the last poll asked for: categories, or everything.
+        self._woken_for: set[str] = set()
+        self._woken_for_all = False
+        self._targeted: frozenset[str] | None = None
 
     @property
     def status(self) -> ProcessStatus:
@@ -89,15 +108,18 @@ class ConsumerService(Service[None]):
         if self._drain_requested:
             self._drain.set()
         self._status = ProcessStatus.RUNNING
+        targeted: frozenset[str] | None = None  # the first poll: everything
         try:
             while not self._drain_requested:
                 # Wakes that came before this poll are served by it; one that comes
                 # while it runs ends the next pause at once.
                 self._poll_now.clear()
+                self._targeted = targeted
                 await self.error_handling.execute()
                 await self._pause(
                     self.settings.poll_interval.total_seconds(), self._poll_now
                 )
+                targeted = self._take_wake_scope(woken=self._poll_now.is_set())
             if isinstance(self.consumer, ReleasesClaims):
                 await self.consumer.release_claims()
         except asyncio.CancelledError:
@@ -115,15 +137,37 @@ class ConsumerService(Service[None]):
             self._status = ProcessStatus.STOPPING
         self._set_threadsafe(self._drain)
 
-    def wake(self) -> None:
+    def wake(self, categories: Collection[str] | None = None) -> None:
         """Poll now rather than at the end of the pause; callable from any thread.
 
         Wakes coalesce: any number of them during a pause make one poll, and any
-        number during a poll make exactly one more poll follow it. A retry backoff
-        is not cut short. Before the service runs there is nothing to wake: its
-        first poll comes at once anyway.
+        number during a poll make exactly one more poll follow it. That poll covers
+        the union of the wakes' ``categories`` when the consumer can poll only some
+        (``ConsumesCategories``), and everything when one of them named no
+        categories. A retry backoff is not cut short. Before the service runs
+        there is nothing to wake: its first poll comes at once anyway.
         """
-        self._set_threadsafe(self._poll_now)
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            scope = None if categories is None else frozenset(categories)
+            loop.call_soon_threadsafe(self._woken, scope)
+
+    def _woken(self, categories: frozenset[str] | None) -> None:
+        if categories is None:
+            self._woken_for_all = True
+        else:
+            self._woken_for |= categories
+        if self._poll_now is not None:
+            self._poll_now.set()
+
+    def _take_wake_scope(self, *, woken: bool) -> frozenset[str] | None:
+        """What the next poll covers: the categories woken for, or everything
+        (``None``) after a pause that ran out or a wake for every category."""
+        categories, everything = frozenset(self._woken_for), self._woken_for_all
+        self._woken_for, self._woken_for_all = set(), False
+        if not woken or everything or not categories:
+            return None
+        return categories
 
     def _set_threadsafe(self, event: asyncio.Event | None) -> None:
         loop = self._loop
@@ -151,7 +195,11 @@ class ConsumerService(Service[None]):
             await self._pause(delay.total_seconds())
             if self._drain_requested:
                 return
-        await self.consumer.consume_all()
+        targeted, self._targeted = self._targeted, None
+        if targeted is not None and isinstance(self.consumer, ConsumesCategories):
+            await self.consumer.consume_categories(targeted)
+        else:
+            await self.consumer.consume_all()
         if self._consecutive_failures:
             logger.info(
                 "consumer.recovered",

@@ -287,12 +287,14 @@ class EventRuntime:
     def wake_consumers(self, categories: Collection[str] | None = None) -> int:
         """Make consumers poll now: those holding a source in one of ``categories``,
         or all of them when ``categories`` is None. Consumers that do not expose
-        their sources (``ExposesSources``) are always woken. Returns how many were
-        woken. Callable from any thread; see ``ConsumerService.wake``."""
+        their sources (``ExposesSources``) are always woken. A consumer that can
+        poll only some categories (``ConsumesCategories``) polls just those.
+        Returns how many were woken. Callable from any thread; see
+        ``ConsumerService.wake``."""
         woken = 0
         for service in self._consumer_services.values():
             if categories is None or _holds_any(service.consumer, categories):
-                service.wake()
+                service.wake(categories)
                 woken += 1
         return woken
 

@@ -25,7 +25,7 @@ from logicblocks.event.types import (
 from pytest_mock import MockerFixture
 
 from eventcomposition import Backoff, EventConsumerSettings, EventRuntime
-from eventcomposition.runtime import ConsumerService
+from eventcomposition.runtime import ConsumerService, ConsumesCategories
 from eventcomposition.testing.waiting import wait_until
 
 LONG = timedelta(hours=1)
@@ -183,6 +183,95 @@ async def test_a_wake_before_the_service_runs_is_ignored() -> None:
         assert polls_of(consumer) == 1
 
 
+# --- waking for categories (ConsumesCategories) ----------------------------------
+
+
+class CategoryConsumer(GatedConsumer):
+    """Also polls only some categories: records each such poll's categories."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.targeted: list[frozenset[str]] = []
+
+    async def consume_categories(self, categories: frozenset[str]) -> None:
+        self.targeted.append(categories)
+        await self.gate.wait()
+
+
+def targeted_of(consumer: CategoryConsumer) -> list[frozenset[str]]:
+    return list(consumer.targeted)
+
+
+def test_the_category_consumer_is_one_that_consumes_categories() -> None:
+    assert isinstance(CategoryConsumer(), ConsumesCategories)
+    assert not isinstance(GatedConsumer(), ConsumesCategories)
+
+
+async def test_a_wake_for_categories_polls_only_those() -> None:
+    consumer = CategoryConsumer()
+    service = idle_service(consumer)
+    async with running(service):
+        await settle()
+
+        service.wake({"orders"})
+        await settle()
+
+        assert targeted_of(consumer) == [frozenset({"orders"})]
+        assert polls_of(consumer) == 1, "the first poll only: consume_all"
+
+
+async def test_wakes_for_categories_during_a_pause_make_one_poll_of_them_all() -> None:
+    consumer = CategoryConsumer()
+    service = idle_service(consumer)
+    async with running(service):
+        await settle()
+
+        service.wake({"orders"})
+        service.wake(["payments", "orders"])
+        await settle()
+
+        assert targeted_of(consumer) == [frozenset({"orders", "payments"})]
+
+
+async def test_a_wake_for_every_category_among_them_polls_everything() -> None:
+    consumer = CategoryConsumer()
+    service = idle_service(consumer)
+    async with running(service):
+        await settle()
+
+        service.wake({"orders"})
+        service.wake()
+        await settle()
+
+        assert (polls_of(consumer), targeted_of(consumer)) == (2, [])
+
+
+async def test_the_poll_at_the_end_of_a_pause_polls_everything() -> None:
+    consumer = CategoryConsumer()
+    service = ConsumerService(
+        "woken",
+        consumer,
+        EventConsumerSettings(poll_interval=timedelta(milliseconds=20)),
+    )
+    async with running(service):
+        await wait_until(lambda: consumer.polls >= 3, timeout=1, description="polls")
+
+        assert targeted_of(consumer) == []
+
+
+async def test_a_consumer_without_categories_polls_everything_when_woken_for_some() -> (
+    None
+):
+    consumer = GatedConsumer()
+    service = idle_service(consumer)
+    async with running(service):
+        await settle()
+
+        service.wake({"orders"})
+
+        await wait_until(lambda: consumer.polls == 2, timeout=1, description="poll")
+
+
 # --- EventRuntime.wake_consumers ---------------------------------------------------
 
 
@@ -232,3 +321,26 @@ async def test_wake_consumers_wakes_the_holders_of_the_categories(
             "nothing-held": 2,
             "opaque": 3,
         }
+
+
+async def test_wake_consumers_passes_the_categories_on(mocker: MockerFixture) -> None:
+    registered: list[ConsumerService] = []
+    service_manager = mocker.create_autospec(ServiceManager, instance=True)
+    service_manager.register.side_effect = lambda service, **_: registered.append(
+        service
+    )
+    runtime = EventRuntime(
+        "node-1",
+        mocker.create_autospec(EventBroker, instance=True),
+        service_manager,
+        EventConsumerSettings(poll_interval=LONG),
+    )
+    consumer = CategoryConsumer()
+    await runtime.register_consumer(consumer, name="categories")
+    async with running(registered[0]):
+        await settle()
+
+        assert runtime.wake_consumers({"payments"}) == 1
+        await settle()
+
+        assert targeted_of(consumer) == [frozenset({"payments"})]
