@@ -127,7 +127,6 @@ def environment(
     return node_environment(
         database,
         environment="production",
-        fast=False,
         settings={"http.enabled": "false", **mode.settings, **settings},
     )
 
