@@ -15,10 +15,21 @@ synchronisation interval (the stopping node removes its subscriber rows);
 SIGKILL <= coordinator max-time-since-last-seen + 1 distribution interval + 1
 synchronisation interval (the dead node's rows must age out first). The consumer's
 poll interval comes on top of both.
+
+The rebalance case starts a third observer into a running cluster of two whose
+sources are spread, and times it from the start of its process (and from its first
+heartbeat, the first row of its subscriber) to the subscriptions table showing it
+holding its fair share (floor or ceil of sources / observers, every source held,
+no observer outside that range); the observer is then stopped, the sources spread
+over two again, and the next repetition starts. The bound beside it is the issue's:
+1 distribution interval + 1 synchronisation interval + one batch (the consumer's
+poll interval); a staged hand-over takes a second distribution (one revokes, the
+next assigns what the holders released), so that is shown too.
 """
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from logicblocks.event.store import EventStore, PostgresEventStorageAdapter
@@ -28,6 +39,7 @@ from eventcomposition.settings import load_settings
 from eventcomposition.testing.processes import LogRecord, NodeProcess, NodeProcesses
 
 from .cluster import (
+    ALL_CATEGORIES,
     NAMES,
     Cluster,
     Pool,
@@ -229,6 +241,145 @@ async def run_steps(ctx: BenchContext, signals: list[str]) -> tuple[list[Step], 
     return steps, described
 
 
+@dataclass(frozen=True)
+class Join:
+    observer: str
+    share: int
+    start_seconds: float
+    heartbeat_seconds: float
+
+
+def fair_share(observers: set[str]) -> Callable[[dict[str, set[str]]], bool]:
+    """Every source held, each of ``observers`` holding floor or ceil of its share."""
+    low, extra = divmod(len(ALL_CATEGORIES), len(observers))
+    high = low + (1 if extra else 0)
+
+    def condition(held: dict[str, set[str]]) -> bool:
+        return (
+            set(held) == observers
+            and set().union(*held.values()) == ALL_CATEGORIES
+            and sum(len(v) for v in held.values()) == len(ALL_CATEGORIES)
+            and all(low <= len(v) <= high for v in held.values())
+        )
+
+    return condition
+
+
+async def first_heartbeat(cluster: Cluster, node_id: str) -> float:
+    """When (``time.time()``) ``node_id``'s subscriber first shows."""
+    await until(
+        lambda: _subscribed(cluster, node_id),
+        timeout=HANDOVER_TIMEOUT,
+        what=f"a first heartbeat of {node_id}",
+        interval=0.01,
+    )
+    return time.time()
+
+
+async def _subscribed(cluster: Cluster, node_id: str) -> bool:
+    return node_id in await cluster.subscriber_nodes()
+
+
+async def rebalance_joins(ctx: BenchContext, repetitions: int) -> list[Join]:
+    database = await ctx.postgres.new_database()
+    pool: Pool = await open_pool(database)
+    joins: list[Join] = []
+    try:
+        with NodeProcesses() as nodes:
+            cluster = Cluster(
+                nodes,
+                pool,
+                cluster_environment(database, settings={}, log_level="INFO"),
+            )
+            base = {
+                node.name for node in await cluster.start_observers("base-1", "base-2")
+            }
+            coordinator = cluster.start("coordinator", "coordinator-1")
+            await coordinator.await_log(COORDINATOR_RUNNING, 90)
+            await cluster.wait_holdings(
+                spread_over(base), timeout=90, what="the sources spread over two"
+            )
+            for index in range(repetitions):
+                name = f"joining-{index + 1}"
+                started = time.time()
+                joining = cluster.start("observer", name)
+                heartbeat = await first_heartbeat(cluster, name)
+                held_at, held = await cluster.wait_holdings(
+                    fair_share(base | {name}),
+                    timeout=HANDOVER_TIMEOUT,
+                    what=f"{name} holding its fair share",
+                    interval=0.01,
+                )
+                joins.append(
+                    Join(name, len(held[name]), held_at - started, held_at - heartbeat)
+                )
+                joining.terminate()
+                await joining.await_exit(30)
+                await cluster.wait_holdings(
+                    fair_share(base), timeout=HANDOVER_TIMEOUT, what="back to two"
+                )
+            for node in nodes:
+                node.terminate()
+            for node in nodes:
+                if node.running:
+                    await node.await_exit(30)
+    finally:
+        await pool.close()
+    return joins
+
+
+def report_rebalance(joins: list[Join], described: Json) -> Json:
+    distribution = described["coordinator_distribution_interval"]
+    synchronisation = described["observer_synchronisation_interval"]
+    batch = described["poll_interval"]
+    bound = distribution + synchronisation + batch
+    staged = 2 * distribution + synchronisation + batch
+    from_start = Spread.of(j.start_seconds for j in joins)
+    from_heartbeat = Spread.of(j.heartbeat_seconds for j in joins)
+    verdict = "met" if from_heartbeat.maximum <= bound else "MISSED"
+    staged_verdict = "met" if from_heartbeat.maximum <= staged else "MISSED"
+    say(
+        table(
+            f"rebalance: a 3rd observer joins 2 holding {len(ALL_CATEGORIES)} "
+            "sources; seconds until it holds its fair share, min / median / max",
+            [
+                "joins",
+                "share",
+                "from its process start",
+                "from its first heartbeat",
+                "bound (distribution + sync + batch)",
+                "staged bound (2 distributions + sync + batch)",
+            ],
+            [
+                [
+                    len(joins),
+                    ",".join(sorted({str(j.share) for j in joins})),
+                    from_start.text(".2f", " s"),
+                    from_heartbeat.text(".2f", " s"),
+                    f"<= {bound:g} s: {verdict}",
+                    f"<= {staged:g} s: {staged_verdict}",
+                ]
+            ],
+        )
+    )
+    say(
+        "From its process start includes the interpreter's start and imports; the "
+        "bound is counted from the first heartbeat, when the coordinator can first "
+        "see the new observer. Holdings are read from the subscriptions table every "
+        "10 ms."
+    )
+    return {
+        "joins": [j.__dict__ for j in joins],
+        "from_start_seconds": from_start.as_json(),
+        "from_first_heartbeat_seconds": from_heartbeat.as_json(),
+        "bound_seconds": bound,
+        "verdict": verdict,
+        "staged_bound_seconds": staged,
+        "staged_verdict": staged_verdict,
+        "load_average_1min": os.getloadavg()[0],
+    }
+
+
 async def run(ctx: BenchContext) -> None:
     per_signal = 1 if ctx.quick else 3
     signals = ["SIGKILL", "SIGTERM"] * per_signal
@@ -307,4 +458,6 @@ async def run(ctx: BenchContext) -> None:
         "another node; the hand-over adds the survivor's observer synchronisation "
         "and its consumer's next poll."
     )
+    joins = await rebalance_joins(ctx, 2 if ctx.quick else 5)
+    results["rebalance"] = report_rebalance(joins, described)
     ctx.save(NAME, results)

@@ -6,9 +6,9 @@ from the test process and checks the projection in PostgreSQL, while it kills,
 stops or restarts things: an observer (SIGKILL, SIGTERM), the leading coordinator,
 the PostgreSQL server. The last tests feed the command bad input.
 
-Observers always start (and their subscribers are in the ``subscribers`` table)
-before the coordinator: the coordinator never moves a source it allocated to a
-live subscriber, so only then do the sources spread over the observers.
+Observers start (and their subscribers are in the ``subscribers`` table) before the
+coordinator, so that the first distribution already spreads the sources; joins into
+a running cluster are tested in test_rebalancing_processes.py.
 """
 
 import asyncio

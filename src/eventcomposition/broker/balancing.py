@@ -39,6 +39,7 @@ from logicblocks.event.processing.broker.strategies.distributed import (
 )
 from structlog.types import FilteringBoundLogger
 
+from ..metrics import NodeMetrics
 from .allocation import (
     AllocationStrategy,
     GroupPlan,
@@ -134,6 +135,7 @@ class BalancingEventSubscriptionCoordinator(EventSubscriptionCoordinator):
         release_check: ReleaseCheck | None = None,
         release_grace: timedelta | None = None,
         clock: Callable[[], float] = time.monotonic,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         if max_moves_per_distribution < 1:
             raise ValueError(
@@ -160,6 +162,7 @@ class BalancingEventSubscriptionCoordinator(EventSubscriptionCoordinator):
             release_grace = default_release_grace(timedelta(seconds=20))
         self._release_grace = release_grace.total_seconds()
         self._clock = clock
+        self._metrics = metrics if metrics is not None else NodeMetrics()
         self._status = ProcessStatus.INITIALISED
         self._moving: dict[tuple[str, Source], MovingSource] = {}
         self._new_term = True
@@ -177,6 +180,7 @@ class BalancingEventSubscriptionCoordinator(EventSubscriptionCoordinator):
         strategy: AllocationStrategy = balanced,
         max_moves_per_distribution: int = DEFAULT_MAX_MOVES_PER_DISTRIBUTION,
         release_check: ReleaseCheck | None = None,
+        metrics: NodeMetrics | None = None,
     ) -> "BalancingEventSubscriptionCoordinator":
         """The coordinator with the broker settings' timings."""
         return cls(
@@ -194,6 +198,7 @@ class BalancingEventSubscriptionCoordinator(EventSubscriptionCoordinator):
             release_grace=default_release_grace(
                 settings.observer_synchronisation_interval
             ),
+            metrics=metrics,
         )
 
     @property
@@ -224,7 +229,11 @@ class BalancingEventSubscriptionCoordinator(EventSubscriptionCoordinator):
             while True:
                 async with self._lock_manager.try_lock(COORDINATOR_LOCK_NAME) as lock:
                     if lock.locked:
-                        await self._lead()
+                        self._metrics.leadership_changed(True)
+                        try:
+                            await self._lead()
+                        finally:
+                            self._metrics.leadership_changed(False)
                 self._status = ProcessStatus.WAITING
                 await asyncio.sleep(self._leadership_attempt_interval.total_seconds())
         except asyncio.CancelledError:
@@ -282,6 +291,7 @@ class BalancingEventSubscriptionCoordinator(EventSubscriptionCoordinator):
             await self._subscription_state_store.apply(changes=changes)
             counted = _count(changes, {**current, **_removed(changes)})
             self._allocation_changes += counted
+            self._metrics.allocation_changed(counted)
             await self._logger.ainfo(
                 _event("distribution.changed"),
                 changed_subscriptions=len(changes),
@@ -383,6 +393,7 @@ class BalancingCoordinatorFactory:
     strategy: AllocationStrategy = balanced
     max_moves_per_distribution: int = DEFAULT_MAX_MOVES_PER_DISTRIBUTION
     release_check: ReleaseCheck | None = None
+    metrics: NodeMetrics | None = None
 
     def __call__(
         self,
@@ -402,6 +413,7 @@ class BalancingCoordinatorFactory:
             strategy=self.strategy,
             max_moves_per_distribution=self.max_moves_per_distribution,
             release_check=self.release_check,
+            metrics=self.metrics,
         )
 
 

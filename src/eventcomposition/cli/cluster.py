@@ -1,34 +1,62 @@
-"""``eventcomposition cluster status``: the live nodes and their sources, from PostgreSQL."""
+"""``eventcomposition cluster status``: the live nodes, each group's holdings with
+their lag, the sources between holders and the dead letters, from PostgreSQL.
+
+Everything is read from the database: which sources are moving is derived from the
+subscriptions and the consumers' claims, as the leading coordinator's memory is out
+of reach.
+"""
 
 import argparse
 import asyncio
 import time
 from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from logicblocks.event.types import EventSourceIdentifier
+from logicblocks.event.types.identifier import event_sequence_identifier
 from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
 
 from ..broker import CoordinatorLeader, leading_coordinator
+from ..broker.allocation import SubscriberRequest, target_requests
+from ..consumers import source_key
+from ..lag import PostgresHeadReader, SourceLag
 from ..settings import load_settings
+from .cluster_report import (
+    ClusterStatus,
+    GroupStatus,
+    HoldingStatus,
+    MovingStatus,
+    NodeStatus,
+    StaleAllocation,
+    SubscriberStatus,
+    render_status,
+    status_json,
+)
 from .db import reachable_postgres
 from .options import add_settings_arguments
-from .settings_show import format_table
 
-NODES = """
-    SELECT node_id, max(last_seen) AS last_seen, count(*) AS subscribers
-    FROM subscribers GROUP BY node_id ORDER BY node_id
+SUBSCRIBERS = """
+    SELECT "group", id, node_id, subscription_requests, last_seen
+    FROM subscribers ORDER BY node_id, "group", id
 """
-# logicblocks stamps each subscription with the node that allocated it; the node
-# that holds it is the one whose subscriber it belongs to.
 SUBSCRIPTIONS = """
-    SELECT s."group", s.id, s.node_id AS allocated_by, s.event_sources,
-           r.node_id AS held_by, r.last_seen
-    FROM subscriptions s LEFT JOIN subscribers r USING ("group", id)
-    ORDER BY held_by NULLS LAST, s."group", s.id
+    SELECT "group", id, event_sources FROM subscriptions ORDER BY "group", id
 """
+CHECKPOINTS = 'SELECT "group", source, sequence_number FROM consumer_checkpoints'
+UNRELEASED_CLAIMS = """
+    SELECT "group", source, holder_node, holder_subscriber
+    FROM consumer_claims WHERE NOT released
+"""
+DEAD_LETTERS = 'SELECT "group", count(*) FROM consumer_dead_letters GROUP BY "group"'
 # How often --wait looks for a first heartbeat.
 WAIT_POLL_SECONDS = 0.2
+
+type Pool = AsyncConnectionPool[AsyncConnection[Any]]
+type Row = tuple[Any, ...]
 
 
 def add_parser(
@@ -37,7 +65,9 @@ def add_parser(
     parser = subparsers.add_parser("cluster", help="inspect a PostgreSQL cluster")
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     status = actions.add_parser(
-        "status", help="live nodes, their last heartbeat and the sources they hold"
+        "status",
+        help="live nodes, their last heartbeat, each group's holdings with their "
+        "lag, the sources moving between nodes and the dead letters",
     )
     status.add_argument(
         "--wait",
@@ -47,133 +77,205 @@ def add_parser(
         help="wait up to SECONDS for a first node heartbeat (nodes that are still "
         "starting have none)",
     )
+    status.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON document instead of tables, for scripts",
+    )
     add_settings_arguments(status)
     status.set_defaults(func=lambda args: asyncio.run(show_status(args)))
 
 
 async def show_status(args: argparse.Namespace) -> int:
     postgres = await reachable_postgres(args)
-    where = postgres.location()
     settings = load_settings(args.env, settings_dir=args.settings_dir)
     # A node is live while the coordinator would still allocate to it.
     live_within = settings.broker.coordinator_subscriber_max_time_since_last_seen
     deadline = time.monotonic() + max(args.wait, 0)
-    async with await AsyncConnection.connect(postgres.conninfo()) as connection:
+    async with AsyncConnectionPool[AsyncConnection[Any]](
+        postgres.conninfo(), min_size=1, max_size=1, open=False
+    ) as pool:
         while True:
-            nodes = await (await connection.execute(NODES)).fetchall()
-            if _any_live(nodes, live_within) or time.monotonic() >= deadline:
+            status = await read_status(pool, postgres.location(), live_within)
+            found = any(node.last_heartbeat is not None for node in status.nodes)
+            if found or time.monotonic() >= deadline:
                 break
             await asyncio.sleep(WAIT_POLL_SECONDS)
-        subscriptions = await (await connection.execute(SUBSCRIPTIONS)).fetchall()
+    print(status_json(status) if args.json else render_status(status, waited=args.wait))
+    return 0 if args.wait <= 0 or found else 1
+
+
+@dataclass(frozen=True)
+class _Subscriber:
+    group: str
+    id: str
+    node_id: str
+    requests: tuple[EventSourceIdentifier, ...]
+    last_seen: datetime
+
+
+async def read_status(pool: Pool, where: str, live_within: timedelta) -> ClusterStatus:
+    """The cluster as the database shows it now."""
+    async with pool.connection() as connection:
+        subscriber_rows = await _rows(connection, SUBSCRIBERS)
+        subscriptions = await _rows(connection, SUBSCRIPTIONS)
+        checkpoints = {
+            (group, source): position
+            for group, source, position in await _rows(connection, CHECKPOINTS)
+        }
+        claims = {
+            (group, source): f"{node}/{subscriber}"
+            for group, source, node, subscriber in await _rows(
+                connection, UNRELEASED_CLAIMS
+            )
+        }
+        dead_letters: dict[str, int] = {
+            group: count for group, count in await _rows(connection, DEAD_LETTERS)
+        }
         leader = await leading_coordinator(connection)
-    print(
-        render_status(
-            where,
-            nodes,
-            subscriptions,
-            leader,
-            live_within=live_within,
-            waited=args.wait,
+    now = datetime.now(UTC)
+    registered = {
+        (group, id_): _Subscriber(
+            group, id_, node_id, tuple(map(_identifier, requests)), last_seen
         )
-    )
-    return 0 if args.wait <= 0 or _any_live(nodes, live_within) else 1
-
-
-def _any_live(nodes: list[tuple[Any, ...]], live_within: timedelta) -> bool:
-    now = datetime.now(UTC)
-    return any(now - row[1] <= live_within for row in nodes)
-
-
-def render_status(
-    where: str,
-    nodes: list[tuple[Any, ...]],
-    subscriptions: list[tuple[Any, ...]],
-    leader: CoordinatorLeader | None,
-    *,
-    live_within: timedelta,
-    waited: float = 0,
-) -> str:
-    """The report: live nodes and the work they hold, then what departed nodes
-    left behind (stale), each once."""
-    allocators = {row[2] for row in subscriptions}
-    now = datetime.now(UTC)
-    live_nodes = {
-        node_id for node_id, last_seen, _ in nodes if now - last_seen <= live_within
+        for group, id_, node_id, requests, last_seen in subscriber_rows
     }
-    node_rows = [
-        (
-            str(node_id),
-            "observer, allocated the current subscriptions (full)"
-            if node_id in allocators
-            else "observer or full",
-            f"{(now - last_seen).total_seconds():.1f}s ago",
-            str(count),
-        )
-        for node_id, last_seen, count in nodes
-        if node_id in live_nodes
-    ]
-    held: dict[str, list[str]] = defaultdict(list)
-    stale: list[tuple[str, str]] = []
-    for group, subscriber_id, _, sources, holder, _last_seen in subscriptions:
-        names = ", ".join(_source_name(source) for source in sources) or "(none)"
-        entry = f"{group}/{subscriber_id}: {names}"
-        if holder in live_nodes:
-            held[holder].append(entry)
+    live = {
+        key: subscriber
+        for key, subscriber in registered.items()
+        if now - subscriber.last_seen <= live_within
+    }
+    held: dict[str, dict[str, tuple[EventSourceIdentifier, ...]]] = defaultdict(dict)
+    stale = []
+    for group, id_, sources in subscriptions:
+        identifiers = tuple(map(_identifier, sources))
+        if (group, id_) in live:
+            held[group][id_] = identifiers
         else:
-            stale.append((holder or "(unregistered)", entry))
-    lines = [f"cluster at {where}", ""]
-    if node_rows:
-        lines.append(
-            format_table(("node", "role", "last heartbeat", "subscribers"), node_rows)
+            departed = registered.get((group, id_))
+            stale.append(
+                StaleAllocation(
+                    departed.node_id if departed else None,
+                    group,
+                    id_,
+                    [source_key(source) for source in identifiers],
+                )
+            )
+    held_sources = {
+        source
+        for subscriptions_of_group in held.values()
+        for sources in subscriptions_of_group.values()
+        for source in sources
+    }
+    heads = await PostgresHeadReader(pool).heads(sorted(held_sources, key=repr))
+    groups = [
+        _group(
+            group,
+            [s for s in live.values() if s.group == group],
+            held[group],
+            checkpoints,
+            heads,
+            claims,
+            dead_letters.get(group, 0),
         )
-    elif waited > 0:
-        lines.append(f"no node sent a heartbeat within {waited:g}s")
-    else:
-        lines.append(
-            "no live nodes: nodes that are still starting show after their first "
-            "heartbeat (use --wait SECONDS to wait for one); coordinator-only nodes "
-            "register none"
-        )
-    coordinators = sorted(allocators - {row[0] for row in nodes})
-    if coordinators:
-        lines.append(
-            "nodes without subscribers that allocated the current subscriptions "
-            f"(coordinator-only, or departed): {', '.join(coordinators)}"
-        )
-    lines.append(f"leading coordinator: {_leader_name(leader)}")
-    lines.append("")
-    lines.append(
-        format_table(
-            ("node", "subscriber: sources"),
-            [
-                (node, entry)
-                for node, entries in sorted(held.items())
-                for entry in entries
-            ],
-        )
-        if held
-        else "no live work allocated yet"
+        for group in sorted({s.group for s in live.values()} | dead_letters.keys())
+    ]
+    return ClusterStatus(
+        where=where,
+        at=now,
+        nodes=_nodes(live.values(), leader),
+        leader=_leader_name(leader),
+        groups=groups,
+        stale=stale,
     )
-    if stale:
-        lines.append("")
-        lines.append(
-            "stale allocations of departed nodes (not live work; the coordinator "
-            "replaces them at its next distribution):"
+
+
+def _group(
+    group: str,
+    subscribers: Sequence[_Subscriber],
+    held: dict[str, tuple[EventSourceIdentifier, ...]],
+    checkpoints: dict[tuple[str, str], int],
+    heads: Mapping[EventSourceIdentifier, int | None],
+    claims: dict[tuple[str, str], str],
+    dead_letters: int,
+) -> GroupStatus:
+    node_of = {subscriber.id: subscriber.node_id for subscriber in subscribers}
+    holdings = []
+    holder_of: dict[str, str] = {}
+    for subscriber, sources in sorted(held.items()):
+        for source in sources:
+            key = source_key(source)
+            holder_of[key] = f"{node_of[subscriber]}/{subscriber}"
+            lag = SourceLag(group, source, checkpoints.get((group, key)), heads[source])
+            holdings.append(
+                HoldingStatus(
+                    node_of[subscriber],
+                    subscriber,
+                    key,
+                    lag.checkpoint,
+                    lag.head,
+                    lag.lag,
+                )
+            )
+    requested, _ = target_requests(
+        SubscriberRequest(subscriber.id, subscriber.requests)
+        for subscriber in subscribers
+    )
+    moving = []
+    for key in sorted(source_key(source) for source in requested):
+        claimed_by = claims.get((group, key))
+        holder = holder_of.get(key)
+        if holder is None or (claimed_by is not None and claimed_by != holder):
+            moving.append(MovingStatus(key, claimed_by, holder))
+    return GroupStatus(
+        name=group,
+        subscribers=[
+            SubscriberStatus(s.id, s.node_id, s.last_seen, len(s.requests))
+            for s in subscribers
+        ],
+        holdings=holdings,
+        moving=moving,
+        dead_letters=dead_letters,
+    )
+
+
+def _nodes(
+    live: Iterable[_Subscriber], leader: CoordinatorLeader | None
+) -> list[NodeStatus]:
+    last_seen: dict[str, datetime] = {}
+    counts: dict[str, int] = defaultdict(int)
+    for subscriber in live:
+        counts[subscriber.node_id] += 1
+        last_seen[subscriber.node_id] = max(
+            subscriber.last_seen,
+            last_seen.get(subscriber.node_id, subscriber.last_seen),
         )
-        lines.append(format_table(("departed node", "subscriber: sources"), stale))
-    return "\n".join(lines)
+    leading = leader.node_id if leader is not None else None
+    nodes = [
+        NodeStatus(
+            node_id,
+            "full, leading coordinator" if node_id == leading else "observer or full",
+            last_seen[node_id],
+            counts[node_id],
+        )
+        for node_id in sorted(last_seen)
+    ]
+    if leading is not None and leading not in last_seen:
+        nodes.append(NodeStatus(leading, "coordinator, leading", None, 0))
+    return nodes
 
 
-def _leader_name(leader: CoordinatorLeader | None) -> str:
+def _leader_name(leader: CoordinatorLeader | None) -> str | None:
     if leader is None:
-        return "none (no coordinator holds the leadership lock)"
+        return None
     return leader.node_id or f"unnamed (server process {leader.pid})"
 
 
-def _source_name(source: Any) -> str:
-    if isinstance(source, dict):
-        if "stream" in source:
-            return f"{source.get('category')}/{source['stream']}"
-        if "category" in source:
-            return str(source["category"])
-    return str(source)
+def _identifier(serialised: Any) -> EventSourceIdentifier:
+    identifier = event_sequence_identifier(serialised)
+    assert isinstance(identifier, EventSourceIdentifier)
+    return identifier
+
+
+async def _rows(connection: AsyncConnection[Any], query: str) -> list[Row]:
+    return await (await connection.execute(query)).fetchall()

@@ -1,10 +1,10 @@
 """``eventcomposition settings show``: the effective settings and where each came from."""
 
 import argparse
-from collections.abc import Sequence
 
 from ..settings import settings_files, settings_with_sources
 from .options import add_settings_arguments
+from .tables import add_plain_row, new_table, render
 
 
 def add_parser(
@@ -31,18 +31,8 @@ def show_settings(args: argparse.Namespace) -> int:
     for path in files:
         print(f"  {path}")
     print()
-    print(format_table(("setting", "value", "source"), rows))
+    table = new_table("setting", "value", "source")
+    for row in rows:
+        add_plain_row(table, *row)
+    print(render(table))
     return 0
-
-
-def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [
-        max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)
-    ]
-    lines = [header, ["-" * width for width in widths], *rows]
-    return "\n".join(
-        "  ".join(
-            cell.ljust(width) for cell, width in zip(line, widths, strict=True)
-        ).rstrip()
-        for line in lines
-    )

@@ -108,6 +108,7 @@ class EventRuntimeContainer(containers.DeclarativeContainer):
         coordinator_from,
         settings,
         release_check=providers.Singleton(ClaimReleaseCheck, checkpoint_store),
+        metrics=metrics,
     )
 
     broker_type = providers.Callable(broker_type_from, settings)

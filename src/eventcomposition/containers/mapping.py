@@ -22,6 +22,7 @@ from ..broker import (
     allocation_strategy,
 )
 from ..database import PostgresDatabase
+from ..metrics import NodeMetrics
 from ..retry import Backoff
 from ..runtime import EventConsumerSettings, error_handler_for
 from ..settings import EventCompositionSettings, PostgresSettings
@@ -72,14 +73,18 @@ def consumer_settings_from(settings: EventCompositionSettings) -> EventConsumerS
 
 
 def coordinator_from(
-    settings: EventCompositionSettings, release_check: ReleaseCheck
+    settings: EventCompositionSettings,
+    release_check: ReleaseCheck,
+    metrics: NodeMetrics | None = None,
 ) -> CoordinatorFactory:
     """The leading coordinator's allocation (``broker.allocation``): sources
-    revoked from a holder are reassigned once its claim is released."""
+    revoked from a holder are reassigned once its claim is released; its
+    allocation changes and leadership are recorded in ``metrics``."""
     return BalancingCoordinatorFactory(
         strategy=allocation_strategy(settings.broker.allocation),
         max_moves_per_distribution=settings.broker.max_moves_per_distribution,
         release_check=release_check,
+        metrics=metrics,
     )
 
 

@@ -4,6 +4,7 @@ Each test drives ``distribute()`` by hand with a clock it controls; the stores a
 logicblocks' in-memory ones, shared the way ``InMemoryClusterState`` shares them.
 """
 
+import asyncio
 from collections.abc import Collection, Sequence, Set
 from dataclasses import replace
 from datetime import timedelta
@@ -21,6 +22,7 @@ from eventcomposition.broker.allocation import (
     fill,
 )
 from eventcomposition.broker.balancing import (
+    BalancingCoordinatorFactory,
     BalancingEventSubscriptionCoordinator,
     ReleaseCheck,
 )
@@ -28,7 +30,9 @@ from eventcomposition.broker.leadership import (
     CheckedPostgresLockManager,
     LeadershipLostError,
 )
+from eventcomposition.metrics import NodeMetrics
 from eventcomposition.testing.capture import CapturingSubscriber
+from eventcomposition.testing.waiting import wait_until
 
 SOURCES: list[Source] = [CategoryIdentifier(f"orders-{n:02d}") for n in range(12)]
 GRACE = timedelta(seconds=3)
@@ -54,6 +58,20 @@ class ReleasedWhenTold(ReleaseCheck):
         return self.released_sources & set(sources)
 
 
+class RecordedMetrics(NodeMetrics):
+    """Records what the coordinator reports, in order."""
+
+    def __init__(self) -> None:
+        self.allocation_changes: list[int] = []
+        self.leadership: list[bool] = []
+
+    def allocation_changed(self, changes: int = 1) -> None:
+        self.allocation_changes.append(changes)
+
+    def leadership_changed(self, leading: bool) -> None:
+        self.leadership.append(leading)
+
+
 class World:
     def __init__(
         self,
@@ -61,12 +79,13 @@ class World:
         *,
         strategy: AllocationStrategy = balanced,
         max_moves_per_distribution: int = 32,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self.state = InMemoryClusterState()
         self.clock = Clock()
         self.subscribers: dict[str, CapturingSubscriber] = {}
         self.coordinator = self.new_coordinator(
-            release_check, strategy, max_moves_per_distribution
+            release_check, strategy, max_moves_per_distribution, metrics
         )
 
     def new_coordinator(
@@ -74,6 +93,7 @@ class World:
         release_check: ReleaseCheck | None = None,
         strategy: AllocationStrategy = balanced,
         max_moves_per_distribution: int = 32,
+        metrics: NodeMetrics | None = None,
     ) -> BalancingEventSubscriptionCoordinator:
         return BalancingEventSubscriptionCoordinator(
             node_id="coordinator",
@@ -85,6 +105,7 @@ class World:
             release_check=release_check,
             release_grace=GRACE,
             clock=self.clock,
+            metrics=metrics,
         )
 
     async def join(self, name: str, requests: Sequence[Source] = SOURCES) -> None:
@@ -264,3 +285,75 @@ def test_a_bound_below_one_is_refused() -> None:
             state.subscription_state_store("node"),
             max_moves_per_distribution=0,
         )
+
+
+async def test_each_distribution_that_changes_allocations_is_recorded() -> None:
+    metrics = RecordedMetrics()
+    world = World(metrics=metrics)
+    await world.join("a")
+    await world.join("b")
+    await world.distribute_after()
+    await world.distribute_after()
+    assert metrics.allocation_changes == [12]
+
+    await world.join("c")
+    await world.distribute_after()
+    await world.distribute_after(GRACE.total_seconds())
+
+    # 4 revoked, then the same 4 allocated to c; unchanged distributions say nothing.
+    assert metrics.allocation_changes == [12, 4, 4]
+    assert sum(metrics.allocation_changes) == world.coordinator.allocation_changes_total
+
+
+async def test_gaining_and_losing_the_lead_is_recorded() -> None:
+    metrics = RecordedMetrics()
+    state = InMemoryClusterState()
+    # The factory, as the container builds it, passes the metrics on.
+    coordinator = BalancingCoordinatorFactory(metrics=metrics)(
+        node_id="coordinator",
+        lock_manager=state.lock_manager,
+        subscriber_state_store=state.subscriber_state_store("coordinator"),
+        subscription_state_store=state.subscription_state_store("coordinator"),
+        settings=DistributedEventBrokerSettings(
+            coordinator_distribution_interval=timedelta(milliseconds=10),
+            coordinator_leadership_max_duration=timedelta(milliseconds=30),
+            coordinator_leadership_attempt_interval=timedelta(milliseconds=10),
+        ),
+    )
+    task = asyncio.create_task(coordinator.coordinate())
+    try:
+        # Each term ends after its max duration; the lock is taken again.
+        await wait_until(
+            lambda: metrics.leadership[:4] == [True, False, True, False],
+            timeout=5,
+            description="two terms of leadership recorded",
+        )
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    assert metrics.leadership[-1] is False
+    assert len(metrics.leadership) % 2 == 0
+
+
+async def test_a_cancelled_leader_records_that_it_no_longer_leads() -> None:
+    metrics = RecordedMetrics()
+    state = InMemoryClusterState()
+    coordinator = BalancingEventSubscriptionCoordinator(
+        node_id="coordinator",
+        lock_manager=state.lock_manager,
+        subscriber_state_store=state.subscriber_state_store("coordinator"),
+        subscription_state_store=state.subscription_state_store("coordinator"),
+        metrics=metrics,
+    )
+    task = asyncio.create_task(coordinator.coordinate())
+    await wait_until(
+        lambda: metrics.leadership == [True], timeout=5, description="the lead taken"
+    )
+
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert metrics.leadership == [True, False]

@@ -1,60 +1,142 @@
-"""The cluster status report: live work apart from what departed nodes left."""
+"""The cluster status report: tables and the JSON document from one status."""
 
+import json
 from datetime import UTC, datetime, timedelta
 
-from eventcomposition.cli.cluster import render_status
+from eventcomposition.cli.cluster_report import (
+    ClusterStatus,
+    GroupStatus,
+    HoldingStatus,
+    MovingStatus,
+    NodeStatus,
+    StaleAllocation,
+    SubscriberStatus,
+    render_status,
+    status_document,
+    status_json,
+)
 
-LIVE_WITHIN = timedelta(seconds=3)
-ORDERS_0 = [{"type": "category", "category": "orders-0"}]
-ORDERS_1 = [{"type": "category", "category": "orders-1"}]
-ORDERS_2 = [{"type": "category", "category": "orders-2"}]
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+SEEN = NOW - timedelta(seconds=1.5)
+
+
+def a_status() -> ClusterStatus:
+    return ClusterStatus(
+        where="db",
+        at=NOW,
+        nodes=[
+            NodeStatus("node-a", "observer or full", SEEN, 1),
+            NodeStatus("lead-[1]", "coordinator, leading", None, 0),
+        ],
+        leader="lead-[1]",
+        groups=[
+            GroupStatus(
+                name="totals",
+                subscribers=[SubscriberStatus("sub-a", "node-a", SEEN, 3)],
+                holdings=[
+                    HoldingStatus("node-a", "sub-a", "orders-0", 41, 44, 3),
+                    HoldingStatus("node-a", "sub-a", "orders-1", None, None, 0),
+                ],
+                moving=[MovingStatus("orders-2", "node-b/sub-b", None)],
+                dead_letters=2,
+            )
+        ],
+        stale=[
+            StaleAllocation("node-b", "totals", "sub-b", ["orders-3"]),
+            StaleAllocation(None, "totals", "sub-c", ["orders-4", "orders-5"]),
+        ],
+    )
+
+
+def test_each_holding_shows_its_checkpoint_head_and_lag() -> None:
+    lines = render_status(a_status()).splitlines()
+
+    assert "group totals: 1 live subscribers, 2 sources held by 1, 1 moving, " in (
+        "\n".join(lines)
+    )
+    assert _cells(lines, "orders-0") == ["node-a", "sub-a", "orders-0", "41", "44", "3"]
+    assert _cells(lines, "orders-1") == ["node-a", "sub-a", "orders-1", "-", "-", "0"]
+    assert _cells(lines, "orders-2") == ["orders-2", "node-b/sub-b", "-"]
+    assert "2 dead letters" in "\n".join(lines)
+
+
+def test_nodes_show_role_and_heartbeat_and_the_leader_by_name() -> None:
+    lines = render_status(a_status()).splitlines()
+
+    assert _cells(lines, "node-a")[:5] == ["node-a", "observer", "or", "full", "1.5s"]
+    # Node ids are plain text, never rich markup.
+    assert any(line.startswith("lead-[1] ") for line in lines)
+    assert "leading coordinator: lead-[1]" in lines
 
 
 def test_allocations_of_departed_nodes_show_once_as_stale() -> None:
-    now = datetime.now(UTC)  # the report compares with the time it is made
-    live, departed = now - timedelta(seconds=1), now - timedelta(minutes=5)
-    nodes = [("node-a", live, 1), ("node-b", departed, 1)]
-    subscriptions = [
-        ("totals", "sub-a", "node-a", ORDERS_0, "node-a", live),
-        ("totals", "sub-b", "node-a", ORDERS_1, "node-b", departed),
-        ("totals", "sub-c", "node-a", ORDERS_2, None, None),
-    ]
+    report = render_status(a_status())
 
-    report = render_status(
-        "db", nodes, subscriptions, None, live_within=LIVE_WITHIN
-    ).splitlines()
-
-    split = _stale_index(report)
-    live_part, stale_part = report[:split], report[split:]
-    assert any(line.startswith("node-a ") for line in live_part)
-    assert not any("node-b" in line for line in live_part)
-    assert [line for line in live_part if "totals/" in line] == [
-        "node-a  totals/sub-a: orders-0"
+    stale_part = report[report.index("stale allocations of departed nodes") :]
+    lines = stale_part.splitlines()
+    assert _cells(lines, "node-b") == ["node-b", "totals/sub-b:", "orders-3"]
+    assert _cells(lines, "(unregistered)") == [
+        "(unregistered)",
+        "totals/sub-c:",
+        "orders-4,",
+        "orders-5",
     ]
-    assert [line for line in stale_part if "totals/" in line] == [
-        "node-b          totals/sub-b: orders-1",
-        "(unregistered)  totals/sub-c: orders-2",
-    ]
+    for source in ("orders-3", "orders-4", "orders-5"):
+        assert report.count(source) == 1
 
 
 def test_no_live_node_says_that_starting_nodes_show_after_a_heartbeat() -> None:
-    report = render_status("db", [], [], None, live_within=LIVE_WITHIN)
+    report = render_status(ClusterStatus("db", NOW, [], None, [], []))
 
     assert "nodes that are still starting show after their first heartbeat" in report
     assert "--wait SECONDS" in report
+    assert "leading coordinator: none" in report
     assert "no live work allocated yet" in report
     assert "stale" not in report
 
 
 def test_after_waiting_in_vain_it_says_how_long() -> None:
-    report = render_status("db", [], [], None, live_within=LIVE_WITHIN, waited=2.5)
+    report = render_status(ClusterStatus("db", NOW, [], None, [], []), waited=2.5)
 
     assert "no node sent a heartbeat within 2.5s" in report
 
 
-def _stale_index(lines: list[str]) -> int:
+def test_the_json_document_holds_the_same() -> None:
+    document = json.loads(status_json(a_status()))
+
+    assert document == status_document(a_status())
+    assert document["leader"] == "lead-[1]"
+    assert document["nodes"][1] == {
+        "node_id": "lead-[1]",
+        "role": "coordinator, leading",
+        "last_heartbeat": None,
+        "subscribers": 0,
+    }
+    [group] = document["groups"]
+    assert group["subscribers"] == [
+        {
+            "id": "sub-a",
+            "node_id": "node-a",
+            "last_heartbeat": SEEN.isoformat(),
+            "requests": 3,
+        }
+    ]
+    assert group["holdings"][0] == {
+        "node_id": "node-a",
+        "subscriber": "sub-a",
+        "source": "orders-0",
+        "checkpoint": 41,
+        "head": 44,
+        "lag": 3,
+    }
+    assert group["moving"] == [
+        {"source": "orders-2", "claimed_by": "node-b/sub-b", "to": None}
+    ]
+    assert group["dead_letters"] == 2
+    assert [stale["subscriber"] for stale in document["stale"]] == ["sub-b", "sub-c"]
+
+
+def _cells(lines: list[str], first: str) -> list[str]:
     return next(
-        index
-        for index, line in enumerate(lines)
-        if line.startswith("stale allocations")
+        line.split() for line in lines if first in line.split()[:3] if line.split()
     )

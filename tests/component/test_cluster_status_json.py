@@ -1,0 +1,151 @@
+"""``cluster status --json`` derives holdings, lag, moving sources and dead letters
+from the broker's tables and the transactional consumers' tables in PostgreSQL."""
+
+import json
+import sys
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from eventcomposition.testing.postgres import ConnectionInfo
+from eventcomposition.testing.processes import node_environment, run_to_completion
+
+STATUS = [sys.executable, "-m", "eventcomposition", "cluster", "status"]
+
+type Pool = AsyncConnectionPool[AsyncConnection[Any]]
+
+
+def category(name: str) -> dict[str, str]:
+    return {"type": "category", "category": name}
+
+
+ORDERS = [category(f"orders-{n}") for n in range(4)]
+
+
+async def test_json_shows_holdings_with_lag_moving_sources_and_dead_letters(
+    postgres_database: ConnectionInfo, postgres_pool: Pool
+) -> None:
+    now = datetime.now(UTC)
+    async with postgres_pool.connection() as connection:
+        # Two live subscribers and one whose heartbeat aged out long ago.
+        for group, subscriber, node, seen in [
+            ("totals", "sub-a", "node-a", now),
+            ("totals", "sub-b", "node-b", now),
+            ("totals", "sub-old", "node-gone", now - timedelta(minutes=10)),
+        ]:
+            await connection.execute(
+                "INSERT INTO subscribers VALUES (%s, %s, %s, %s, %s)",
+                [group, subscriber, node, Jsonb(ORDERS), seen],
+            )
+        for subscriber, node, sources in [
+            ("sub-a", "node-a", ORDERS[:2]),
+            ("sub-b", "node-b", ORDERS[2:3]),
+            ("sub-old", "node-gone", ORDERS[3:]),
+        ]:
+            await connection.execute(
+                "INSERT INTO subscriptions VALUES ('totals', %s, %s, %s)",
+                [subscriber, node, Jsonb(sources)],
+            )
+        # orders-2 went to sub-b while sub-a has not released it yet; orders-3's
+        # holder departed without releasing it.
+        for source, node, subscriber in [
+            ("orders-0", "node-a", "sub-a"),
+            ("orders-2", "node-a", "sub-a"),
+            ("orders-3", "node-gone", "sub-old"),
+        ]:
+            await connection.execute(
+                "INSERT INTO consumer_claims VALUES "
+                "('totals', %s, %s, %s, 1, now() + interval '1 minute', false, now())",
+                [source, node, subscriber],
+            )
+        sequence = []
+        for position in range(5):
+            cursor = await connection.execute(
+                "INSERT INTO events (id, name, stream, category, position, payload, "
+                "observed_at, occurred_at) VALUES "
+                "(%s, 'placed', 'o-1', 'orders-0', %s, '{}', now(), now()) "
+                "RETURNING sequence_number",
+                [f"e-{position}", position],
+            )
+            row = await cursor.fetchone()
+            assert row is not None
+            sequence.append(row[0])
+        await connection.execute(
+            "INSERT INTO consumer_checkpoints VALUES ('totals', 'orders-0', %s, now())",
+            [sequence[2]],
+        )
+        for group, number in [("totals", 1), ("totals", 2), ("archive", 1)]:
+            await connection.execute(
+                "INSERT INTO consumer_dead_letters VALUES "
+                "(%s, 'orders-0', %s, %s, 'boom', 3, now())",
+                [group, number, f"e-{number}"],
+            )
+
+    completed = run_to_completion(
+        [*STATUS, "--json"], env=node_environment(postgres_database)
+    )
+
+    assert completed.returncode == 0, completed.stderr
+    document = json.loads("\n".join(completed.stdout))
+    assert document["leader"] is None
+    assert [(n["node_id"], n["subscribers"]) for n in document["nodes"]] == [
+        ("node-a", 1),
+        ("node-b", 1),
+    ]
+    assert all(n["last_heartbeat"] for n in document["nodes"])
+    groups = {group["group"]: group for group in document["groups"]}
+    assert groups["archive"]["dead_letters"] == 1
+    assert groups["archive"]["holdings"] == []
+    totals = groups["totals"]
+    assert totals["dead_letters"] == 2
+    assert sorted(s["id"] for s in totals["subscribers"]) == ["sub-a", "sub-b"]
+    assert totals["holdings"] == [
+        {
+            "node_id": "node-a",
+            "subscriber": "sub-a",
+            "source": "orders-0",
+            "checkpoint": sequence[2],
+            "head": sequence[4],
+            "lag": sequence[4] - sequence[2],
+        },
+        {
+            "node_id": "node-a",
+            "subscriber": "sub-a",
+            "source": "orders-1",
+            "checkpoint": None,
+            "head": None,
+            "lag": 0,
+        },
+        {
+            "node_id": "node-b",
+            "subscriber": "sub-b",
+            "source": "orders-2",
+            "checkpoint": None,
+            "head": None,
+            "lag": 0,
+        },
+    ]
+    assert totals["moving"] == [
+        {"source": "orders-2", "claimed_by": "node-a/sub-a", "to": "node-b/sub-b"},
+        {"source": "orders-3", "claimed_by": "node-gone/sub-old", "to": None},
+    ]
+    assert document["stale"] == [
+        {
+            "node_id": "node-gone",
+            "group": "totals",
+            "subscriber": "sub-old",
+            "sources": ["orders-3"],
+        }
+    ]
+
+    tables = run_to_completion(STATUS, env=node_environment(postgres_database))
+    assert tables.returncode == 0, tables.stderr
+    rows = [line.split() for line in tables.stdout]
+    assert ["node-a", "sub-a", "orders-0", str(sequence[2]), str(sequence[4])] in [
+        row[:5] for row in rows
+    ]
+    assert ["orders-3", "node-gone/sub-old", "-"] in rows
+    assert any("2 dead letters" in line for line in tables.stdout)
