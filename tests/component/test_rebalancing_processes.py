@@ -12,7 +12,7 @@ import signal
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,9 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from eventcomposition.cli.cluster import read_status
+from eventcomposition.settings import load_settings
 from eventcomposition.testing.postgres import ConnectionInfo
 from eventcomposition.testing.processes import (
-    FAST_TIMINGS,
     NodeProcess,
     NodeProcesses,
     node_environment,
@@ -57,19 +57,17 @@ APPLIED = """
 START_TIMEOUT = 60.0
 SETTLE_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
-DISTRIBUTION = float(FAST_TIMINGS["broker.coordinator_distribution_interval"])
-SYNCHRONISATION = float(FAST_TIMINGS["broker.observer_synchronisation_interval"])
+# The node processes run on the test profile's timings.
+TIMINGS = load_settings("test").broker
+DISTRIBUTION = TIMINGS.coordinator_distribution_interval.total_seconds()
+SYNCHRONISATION = TIMINGS.observer_synchronisation_interval.total_seconds()
 # One batch here is a few inserts: well under this.
 ONE_BATCH = 0.5
 BOUND = DISTRIBUTION + SYNCHRONISATION + ONE_BATCH
 # Generous for a loaded two-core machine: a hand-over takes two distributions (one
 # revokes, the next assigns once the holder released its claim).
 JOIN_DEADLINE = 4 * BOUND
-LIVE_WITHIN = timedelta(
-    seconds=float(
-        FAST_TIMINGS["broker.coordinator_subscriber_max_time_since_last_seen"]
-    )
-)
+LIVE_WITHIN = TIMINGS.coordinator_subscriber_max_time_since_last_seen
 
 type Pool = AsyncConnectionPool[AsyncConnection[Any]]
 type Holdings = dict[str, int]
