@@ -17,6 +17,8 @@ from logicblocks.event.processing import (
     ServiceManager,
     determine_multi_process_status,
 )
+from logicblocks.event.processing.broker import EventSubscriberHealth
+from logicblocks.event.sources import EventSource
 from logicblocks.event.types import (
     CategoryIdentifier,
     EventSourceIdentifier,
@@ -47,6 +49,44 @@ class ExposesSources(Protocol):
 
     @property
     def sources(self) -> Sequence[EventSourceIdentifier]: ...
+
+
+class _WakingSubscriber(EventSubscriber[StoredEvent]):
+    """What the broker holds for a subscription consumer: the consumer itself, except
+    that accepting a source also wakes the consumer's service, so that a source
+    handed over is read at once rather than at the next poll (which, with
+    notifications on, comes only every ``notify_poll_interval``)."""
+
+    def __init__(self, consumer: EventSubscriptionConsumer[StoredEvent]) -> None:
+        self.consumer = consumer
+        self.service: ConsumerService | None = None
+
+    @property
+    def group(self) -> str:
+        return self.consumer.group
+
+    @property
+    def id(self) -> str:
+        return self.consumer.id
+
+    @property
+    def subscription_requests(self) -> Sequence[EventSourceIdentifier]:
+        return self.consumer.subscription_requests
+
+    def health(self) -> EventSubscriberHealth:
+        return self.consumer.health()
+
+    async def accept(
+        self, source: EventSource[EventSourceIdentifier, StoredEvent]
+    ) -> None:
+        await self.consumer.accept(source)
+        if self.service is not None:
+            self.service.wake()
+
+    async def withdraw(
+        self, source: EventSource[EventSourceIdentifier, StoredEvent]
+    ) -> None:
+        await self.consumer.withdraw(source)
 
 
 class _Phase(StrEnum):
@@ -161,8 +201,12 @@ class EventRuntime:
         # Everything that can fail is checked before the broker accepts the
         # subscriber: a broker cannot forget one, and a subscriber nothing polls
         # would hold sources that no node processes.
-        await self.register_subscriber(subscription_consumer)
-        self._add_consumer_service(service_name, subscription_consumer, settings)
+        subscriber = _WakingSubscriber(subscription_consumer)
+        await self.register_subscriber(subscriber)
+        service = self._add_consumer_service(
+            service_name, subscription_consumer, settings
+        )
+        subscriber.service = service
         return service_name
 
     def _add_consumer_service(
@@ -170,7 +214,7 @@ class EventRuntime:
         service_name: str,
         consumer: EventConsumer,
         settings: EventConsumerSettings | None,
-    ) -> None:
+    ) -> ConsumerService:
         resolved = settings or self._default_consumer_settings
         service = ConsumerService(service_name, consumer, resolved)
         self._service_manager.register(
@@ -186,6 +230,7 @@ class EventRuntime:
             poll_interval_seconds=resolved.poll_interval.total_seconds(),
             isolation_mode=resolved.isolation_mode.name.lower(),
         )
+        return service
 
     async def register(self, registration: Registration) -> str | None:
         """Register one declaration; returns the consumer's service name, if any."""

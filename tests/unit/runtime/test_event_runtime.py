@@ -398,6 +398,30 @@ async def test_register_consumer_uses_default_settings_when_the_runtime_has_none
 # --- register_subscription_consumer -----------------------------------------------
 
 
+async def test_a_source_accepted_through_the_broker_wakes_the_consumer(
+    runtime: EventRuntime,
+    broker: NonCallableMagicMock,
+    service_manager: NonCallableMagicMock,
+    mocker: MockerFixture,
+) -> None:
+    consumer = subscription_consumer("orders-projection", "subscriber-1")
+    accept = mocker.patch.object(consumer, "accept", mocker.AsyncMock())
+    withdraw = mocker.patch.object(consumer, "withdraw", mocker.AsyncMock())
+    name = await runtime.register_subscription_consumer(consumer)
+    subscriber = broker.register.await_args.args[0]
+    service = registered_consumer_service(service_manager, name)
+    wake = mocker.patch.object(service, "wake")
+    source = mocker.Mock()
+
+    await subscriber.withdraw(source)
+    wake.assert_not_called()
+    await subscriber.accept(source)
+
+    withdraw.assert_awaited_once_with(source)
+    accept.assert_awaited_once_with(source)
+    wake.assert_called_once_with()
+
+
 async def test_register_subscription_consumer_registers_with_broker_and_polls(
     runtime: EventRuntime,
     broker: NonCallableMagicMock,
@@ -413,7 +437,10 @@ async def test_register_subscription_consumer_registers_with_broker_and_polls(
     name = await runtime.register_subscription_consumer(consumer, settings)
 
     assert name == "orders-projection/subscriber-1"
-    broker.register.assert_awaited_once_with(consumer)
+    broker.register.assert_awaited_once()
+    subscriber = broker.register.await_args.args[0]
+    assert (subscriber.group, subscriber.id) == (consumer.group, consumer.id)
+    assert subscriber.subscription_requests == consumer.subscription_requests
     service = registered_consumer_service(service_manager, name)
     assert service.consumer is consumer
     assert service.settings is settings
