@@ -56,7 +56,9 @@ class Rejection:
 class CustomerTotalsBatchProcessor(BatchProcessor):
     """Adds a batch of order-placed events to their customers' totals.
 
-    A malformed event is logged once its batch commits (one error line with its
+    Each committed batch is logged (``demo.batch-applied``, INFO: its category and
+    how many orders it applied and rejected). A malformed event is logged once its
+    batch commits (one error line with its
     category, stream, position, sequence number and the reason, never the
     payload), counted and skipped; its customer still gets (possibly zero)
     totals. Events of other names are ignored.
@@ -105,6 +107,14 @@ class CustomerTotalsBatchProcessor(BatchProcessor):
             self.malformed += len(rejections)
             for rejection in rejections:
                 _log_rejection(rejection)
+            logger.info(
+                "demo.batch-applied",
+                category=events[0].category,
+                orders=applied + len(rejections),
+                applied=applied,
+                malformed=len(rejections),
+                last_sequence_number=events[-1].sequence_number,
+            )
 
         transaction.on_commit(committed)
 

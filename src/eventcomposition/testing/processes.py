@@ -63,6 +63,7 @@ FAST_TIMINGS: Mapping[str, str | int | float] = {
     "broker.retry_max_delay": 2,
     "consumers.poll_interval": 0.1,
     "consumers.stop_timeout": 5,
+    "consumers.claim_lease": 3,
 }
 """Settings (dotted keys) that make a cluster react within a second or so."""
 
