@@ -6,12 +6,14 @@ logicblocks' per-event processing and the idempotent ``CustomerTotalsProcessor``
 it moved to a transactional consumer, measured beside it.
 
     eventcomposition run --app benchmarks.per_event_app:PerEventDemoContainer
+
+A subclass of a subclass refers to the providers it inherits through its direct
+base (``DemoContainer.<name>``): those are the ones its node opens.
 """
 
 from dependency_injector import providers
 
 from eventcomposition.consumers import make_subscription_consumer
-from eventcomposition.containers import EventRuntimeContainer
 from eventcomposition.containers.demo import DemoContainer
 from eventcomposition.demo import CustomerTotalsProcessor, DemoNames
 from eventcomposition.runtime import SubscriptionConsumerRegistration
@@ -28,7 +30,7 @@ class PerEventDemoContainer(DemoContainer):
             SubscriptionConsumerRegistration,
             consumer=providers.Factory(
                 make_subscription_consumer,
-                event_store=EventRuntimeContainer.event_store,
+                event_store=DemoContainer.event_store,
                 subscriber_group=DemoContainer.names.provided.subscriber_group,
                 subscription_requests=providers.Callable(
                     DemoNames.categories, DemoContainer.names
