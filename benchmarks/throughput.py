@@ -61,8 +61,11 @@ PER_EVENT_SHARE = 0.15
 RAW_QUERY = "SELECT * FROM events WHERE category = ANY(%s) ORDER BY sequence_number"
 # Development settings with a faster allocation, so that the clock measures the
 # processing; WARNING logs (logicblocks logs every projection save at INFO, the
-# demo every batch).
+# demo every batch). Polling, not NOTIFY: the orders are stored before the nodes
+# start, and with wake = "notify" a source allocated after the first poll waits for
+# the safety-net poll (consumers.notify_poll_interval, 10 s).
 SETTINGS: dict[str, str | int | float] = {
+    "consumers.wake": "poll",
     "broker.coordinator_distribution_interval": 0.1,
     "broker.observer_synchronisation_interval": 0.1,
     "broker.coordinator_leadership_attempt_interval": 0.1,
