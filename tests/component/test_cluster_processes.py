@@ -76,7 +76,8 @@ STOP_TIMEOUT = 5.0
 
 COORDINATOR_RUNNING = "event.processing.broker.coordinator.running"
 COORDINATOR_STARTING = "event.processing.broker.coordinator.starting"
-# The demo's processor logs each batch it committed, with its category and orders.
+# The demo's processor logs each batch it committed, with its category and orders,
+# at DEBUG: the tests that follow the batches run their nodes at that level.
 BATCH_APPLIED = "demo.batch-applied"
 ACCEPTING_SOURCE = "consumer.source-accepted"
 OBSERVER_STARTING = "event.processing.broker.observer.starting"
@@ -345,7 +346,9 @@ def cluster(
     return Cluster(
         nodes,
         postgres_pool,
-        node_environment(postgres_database, settings_dir=SETTINGS_DIR),
+        node_environment(
+            postgres_database, settings_dir=SETTINGS_DIR, log_level="DEBUG"
+        ),
     )
 
 
@@ -435,6 +438,7 @@ async def test_a_terminated_observer_leaves_and_its_sources_move_at_once(
         node_environment(
             postgres_database,
             settings_dir=SETTINGS_DIR,
+            log_level="DEBUG",
             settings={
                 "broker.coordinator_subscriber_max_time_since_last_seen": 30,
                 "broker.subscriber_manager_subscriber_max_age": 60,
