@@ -48,6 +48,7 @@ from eventcomposition.demo.batches import (
     InMemoryCustomerTotals,
     PostgresCustomerTotals,
 )
+from eventcomposition.metrics import PrometheusNodeMetrics
 from eventcomposition.settings import EventCompositionSettings, load_settings
 from eventcomposition.testing.containers import container_for_test, postgres_overrides
 from eventcomposition.testing.postgres import ConnectionInfo
@@ -483,6 +484,38 @@ async def test_a_full_node_in_memory_processes_published_orders() -> None:
         )
     assert totals == expected_totals(orders)
     assert (processor.applied, processor.malformed) == (398, 2)
+
+
+async def test_a_full_node_records_its_batches_in_the_node_metrics() -> None:
+    orders = generate_orders(120, customers=10)
+    async with container_for_test(
+        DemoContainer,
+        settings_dir=SETTINGS_DIR,
+        node={"id": "full-1", "role": "full"},
+        http={"enabled": True, "port": 0},
+    ) as container:
+        processor = await resolve(container.processor)
+        metrics = await resolve(container.metrics)
+        runtime = await resolve(container.runtime)
+        await runtime.start()
+
+        await publish_orders(await resolve(container.event_store), orders, names=NAMES)
+        await wait_until(
+            lambda: processor.processed == len(orders),
+            timeout=20,
+            description="every order processed",
+        )
+
+    assert isinstance(metrics, PrometheusNodeMetrics)
+    processed = [
+        metrics.registry.get_sample_value(
+            "eventcomposition_events_processed_total",
+            {"group": NAMES.subscriber_group, "source": f"category:{category}"},
+        )
+        or 0
+        for category in (identifier.category for identifier in NAMES.categories())
+    ]
+    assert sum(processed) == len(orders)
 
 
 def node_settings(node_id: str, role: BrokerRole) -> EventCompositionSettings:
