@@ -83,15 +83,24 @@ def timestamp(record: LogRecord) -> float:
 
 class Cluster:
     def __init__(
-        self, nodes: NodeProcesses, pool: Pool, environment: dict[str, str]
+        self,
+        nodes: NodeProcesses,
+        pool: Pool,
+        environment: dict[str, str],
+        app: str = APP,
     ) -> None:
         self.nodes = nodes
         self.pool = pool
         self.environment = environment
+        self.app = app
 
     def start(self, role: str, node_id: str) -> NodeProcess:
         return self.nodes.run_node(
-            env=self.environment, app=APP, role=role, node_id=node_id, cwd=PROJECT_ROOT
+            env=self.environment,
+            app=self.app,
+            role=role,
+            node_id=node_id,
+            cwd=PROJECT_ROOT,
         )
 
     async def fetch(self, query: str, *params: object) -> list[tuple[Any, ...]]:

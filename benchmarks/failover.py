@@ -6,14 +6,16 @@ observer that holds sources (SIGKILL or SIGTERM, alternately) while another
 observer runs, then at once publishes one new order into each of the victim's
 categories. The hand-over time of a step runs from the signal until the last of
 the victim's categories has a new event processed on another node (the first
-``event.projection.saved`` of that category in the other node's JSON log). Before
+``demo.batch-applied`` of that category in the other node's JSON log: the
+transactional consumer committed a batch of it). Before
 the next step a fresh standby observer is started, so there is always a node to
 hand over to.
 
 The bounds, from the settings: SIGTERM <= 1 distribution interval + 1 observer
 synchronisation interval (the stopping node removes its subscriber rows);
-SIGKILL <= coordinator max-time-since-last-seen + 1 distribution interval + 1
-synchronisation interval (the dead node's rows must age out first). The consumer's
+SIGKILL <= the longer of coordinator max-time-since-last-seen and the claim lease,
++ 1 distribution interval + 1 synchronisation interval (the dead node's rows must
+age out and its claims expire first). The consumer's
 poll interval comes on top of both.
 
 The rebalance case starts a third observer into a running cluster of two whose
@@ -61,7 +63,7 @@ from .common import (
 )
 
 NAME = "failover"
-PROJECTION_SAVED = "event.projection.saved"
+BATCH_APPLIED = "demo.batch-applied"
 COORDINATOR_RUNNING = "event.processing.broker.coordinator.running"
 HANDOVER_TIMEOUT = 60.0
 
@@ -101,10 +103,10 @@ def orders_for(categories: set[str], step: int) -> list[Order]:
 def first_saves(
     nodes: list[NodeProcess], categories: set[str], since: float
 ) -> dict[str, float]:
-    """The first time each of ``categories`` had an event projected on ``nodes``."""
+    """The first time each of ``categories`` had a batch committed on ``nodes``."""
     first: dict[str, float] = {}
     for node in nodes:
-        for record in node.logs(PROJECTION_SAVED):
+        for record in node.logs(BATCH_APPLIED):
             category = _category(record)
             at = timestamp(record)
             if category in categories and at >= since:
@@ -113,12 +115,8 @@ def first_saves(
 
 
 def _category(record: LogRecord) -> str | None:
-    projection = record.get("projection")
-    if isinstance(projection, dict):
-        source = projection.get("source")
-        if isinstance(source, dict):
-            return str(source.get("category"))
-    return None
+    category = record.get("category")
+    return category if isinstance(category, str) else None
 
 
 async def one_step(
@@ -184,7 +182,11 @@ async def run_steps(ctx: BenchContext, signals: list[str]) -> tuple[list[Step], 
     bounds = {
         "SIGTERM": broker.coordinator_distribution_interval.total_seconds()
         + broker.observer_synchronisation_interval.total_seconds(),
-        "SIGKILL": broker.coordinator_subscriber_max_time_since_last_seen.total_seconds()
+        # The dead node's subscriber rows must age out and its claims expire.
+        "SIGKILL": max(
+            broker.coordinator_subscriber_max_time_since_last_seen,
+            settings.consumers.claim_lease,
+        ).total_seconds()
         + broker.coordinator_distribution_interval.total_seconds()
         + broker.observer_synchronisation_interval.total_seconds(),
     }
@@ -195,6 +197,7 @@ async def run_steps(ctx: BenchContext, signals: list[str]) -> tuple[list[Step], 
         "coordinator_subscriber_max_time_since_last_seen": broker.coordinator_subscriber_max_time_since_last_seen.total_seconds(),
         "subscriber_manager_heartbeat_interval": broker.subscriber_manager_heartbeat_interval.total_seconds(),
         "poll_interval": settings.consumers.poll_interval.total_seconds(),
+        "claim_lease": settings.consumers.claim_lease.total_seconds(),
         "bounds_seconds": bounds,
     }
     pool: Pool = await open_pool(database)
@@ -207,9 +210,9 @@ async def run_steps(ctx: BenchContext, signals: list[str]) -> tuple[list[Step], 
                 pool,
                 cluster_environment(
                     database,
-                    # It times the hand-over by the PROJECTION_SAVED lines.
-                    settings={"logging.library_events": "true"},
-                    log_level="INFO",
+                    # It times the hand-over by the BATCH_APPLIED lines (DEBUG).
+                    settings={},
+                    log_level="DEBUG",
                 ),
             )
             started = await cluster.start_observers("observer-1", "observer-2")

@@ -76,10 +76,10 @@ STOP_TIMEOUT = 5.0
 
 COORDINATOR_RUNNING = "event.processing.broker.coordinator.running"
 COORDINATOR_STARTING = "event.processing.broker.coordinator.starting"
-PROJECTION_SAVED = "event.projection.saved"
-# The tests follow processing by its PROJECTION_SAVED lines, DEBUG-only otherwise.
-LIBRARY_EVENTS = {"logging.library_events": "true"}
-ACCEPTING_SOURCE = "event.consumer.subscription.accepting-source"
+# The demo's processor logs each batch it committed, with its category and orders,
+# at DEBUG: the tests that follow the batches run their nodes at that level.
+BATCH_APPLIED = "demo.batch-applied"
+ACCEPTING_SOURCE = "consumer.source-accepted"
 OBSERVER_STARTING = "event.processing.broker.observer.starting"
 SUBSCRIBER_MANAGER_STARTING = "event.processing.broker.subscriber-manager.starting"
 DISTRIBUTION_COMPLETE = "event.processing.broker.coordinator.distribution.complete"
@@ -295,18 +295,17 @@ async def migrated_database(server: ThrowawayPostgres) -> ConnectionInfo:
 
 def accepted_since(node: NodeProcess, mark: int) -> set[str]:
     """The categories ``node``'s subscriber accepted after record ``mark``."""
-    return {
-        str(record["source"]["category"])
-        for record in node.logs(ACCEPTING_SOURCE, after=mark)
-    }
+    return {str(record["source"]) for record in node.logs(ACCEPTING_SOURCE, after=mark)}
 
 
 def saved_categories(node: NodeProcess) -> set[str]:
     """The categories whose events ``node`` projected (from its logs)."""
-    return {
-        str(record["projection"]["source"]["category"])
-        for record in node.logs(PROJECTION_SAVED)
-    }
+    return {str(record["category"]) for record in node.logs(BATCH_APPLIED)}
+
+
+def applied_orders(node: NodeProcess) -> int:
+    """How many orders ``node``'s committed batches held (from its logs)."""
+    return sum(int(record["orders"]) for record in node.logs(BATCH_APPLIED))
 
 
 def error_lines(completed: CompletedNode) -> list[str]:
@@ -348,7 +347,7 @@ def cluster(
         nodes,
         postgres_pool,
         node_environment(
-            postgres_database, settings_dir=SETTINGS_DIR, settings=LIBRARY_EVENTS
+            postgres_database, settings_dir=SETTINGS_DIR, log_level="DEBUG"
         ),
     )
 
@@ -384,9 +383,9 @@ async def test_a_coordinator_and_two_observers_process_every_event(
         # Each observer projected events, only of the categories it holds.
         assert saved_categories(observer), f"{observer.name} processed nothing"
         assert saved_categories(observer) <= held[observer.name]
-    # No event was projected twice: one save per order over the whole cluster.
-    assert sum(len(o.logs(PROJECTION_SAVED)) for o in observers) == len(orders)
-    assert not coordinator.logs(PROJECTION_SAVED)
+    # No event was projected twice: the committed batches hold each order once.
+    assert sum(applied_orders(o) for o in observers) == len(orders)
+    assert not coordinator.logs(BATCH_APPLIED)
     assert all(node.running for node in cluster.nodes)
 
 
@@ -402,7 +401,7 @@ async def test_a_killed_observers_sources_move_to_the_survivor(
     await cluster.publish(first)
     # Mid-stream: the victim has projected some of its events, and half of the
     # orders are not even published yet.
-    await victim.await_log(PROJECTION_SAVED, PROCESSING_TIMEOUT)
+    await victim.await_log(BATCH_APPLIED, PROCESSING_TIMEOUT)
     marker = survivor.mark()
     victim.kill()
     assert await victim.await_exit(10) == -9
@@ -422,8 +421,8 @@ async def test_a_killed_observers_sources_move_to_the_survivor(
         timeout=10,
         description=f"observer-2 accepting {sorted(held['observer-1'])}",
     )
-    # Delivery is at least once: replays of the victim's unsaved progress must not
-    # change the totals.
+    # The survivor starts from the victim's last committed checkpoint, once the
+    # victim's claims have expired (consumers.claim_lease).
     await cluster.wait_for_projection(orders)
     assert saved_categories(survivor) >= held["observer-1"]
 
@@ -439,10 +438,10 @@ async def test_a_terminated_observer_leaves_and_its_sources_move_at_once(
         node_environment(
             postgres_database,
             settings_dir=SETTINGS_DIR,
+            log_level="DEBUG",
             settings={
                 "broker.coordinator_subscriber_max_time_since_last_seen": 30,
                 "broker.subscriber_manager_subscriber_max_age": 60,
-                **LIBRARY_EVENTS,
             },
         ),
     )
@@ -453,7 +452,7 @@ async def test_a_terminated_observer_leaves_and_its_sources_move_at_once(
 
     # Stop it while it works: events keep coming, and it has some in hand.
     publishing = asyncio.create_task(cluster.publish(orders[:300]))
-    await leaving.await_log(PROJECTION_SAVED, PROCESSING_TIMEOUT)
+    await leaving.await_log(BATCH_APPLIED, PROCESSING_TIMEOUT)
     marker = staying.mark()
     leaving.terminate()
     assert await leaving.await_exit(STOP_TIMEOUT) == 0
@@ -532,7 +531,7 @@ async def test_nodes_survive_a_postgres_restart_and_back_off_meanwhile(
             node_environment(
                 database,
                 settings_dir=SETTINGS_DIR,
-                settings={**LIBRARY_EVENTS, **RESTART_BACKOFF},
+                settings=RESTART_BACKOFF,
             ),
         )
         observers = await cluster.start_observers("observer-1", "observer-2")

@@ -172,8 +172,8 @@ def result(**changes: Any) -> DemoResult:
     fields: dict[str, Any] = {
         "orders": orders,
         "nodes": [
-            NodeSummary("observer-1", BrokerRole.OBSERVER, 39, 1, 0, ("orders-0",)),
-            NodeSummary("coordinator-1", BrokerRole.COORDINATOR, 0, 0, 0),
+            NodeSummary("observer-1", BrokerRole.OBSERVER, 39, 1, ("orders-0",)),
+            NodeSummary("coordinator-1", BrokerRole.COORDINATOR, 0, 0),
         ],
         "totals": expected_totals(orders),
         "elapsed_seconds": 1.5,
@@ -211,7 +211,7 @@ def test_a_wrong_projection_fails_the_check() -> None:
 
 
 def test_unprocessed_events_fail_the_check() -> None:
-    nodes = [NodeSummary("observer-1", BrokerRole.OBSERVER, 30, 1, 0)]
+    nodes = [NodeSummary("observer-1", BrokerRole.OBSERVER, 30, 1)]
 
     problem = result(nodes=nodes, timed_out=True).problem()
 
@@ -219,6 +219,6 @@ def test_unprocessed_events_fail_the_check() -> None:
 
 
 def test_unrejected_malformed_events_fail_the_check() -> None:
-    nodes = [NodeSummary("observer-1", BrokerRole.OBSERVER, 39, 0, 0)]
+    nodes = [NodeSummary("observer-1", BrokerRole.OBSERVER, 39, 0)]
 
     assert result(nodes=nodes).problem() == "0 of 1 malformed events were rejected"

@@ -1,22 +1,33 @@
-"""The sample application: sharding, an idempotent projection, malformed input,
-and whole nodes processing orders in memory and on PostgreSQL."""
+"""The sample application: sharding, its batch processors (in memory and on
+PostgreSQL), the per-event idempotent processor, malformed input, and whole nodes
+processing orders in memory and on PostgreSQL."""
 
 import zlib
 from collections.abc import Mapping, Sequence
+from itertools import batched, groupby
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 from dependency_injector import providers
 from logicblocks.event.projection import (
     InMemoryProjectionStorageAdapter,
+    PostgresProjectionStorageAdapter,
     ProjectionStore,
 )
 from logicblocks.event.store import EventStore, InMemoryEventStorageAdapter
 from logicblocks.event.types import NewEvent, StoredEvent
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
 from structlog.testing import capture_logs
 
 from eventcomposition import BrokerRole
+from eventcomposition.consumers import (
+    CheckpointStore,
+    InMemoryCheckpointStore,
+    PostgresCheckpointStore,
+)
 from eventcomposition.containers import resolve
 from eventcomposition.containers.demo import DemoContainer, demo_node
 from eventcomposition.demo import (
@@ -32,6 +43,12 @@ from eventcomposition.demo import (
     read_totals,
     shard_of,
 )
+from eventcomposition.demo.batches import (
+    CustomerTotalsBatchProcessor,
+    InMemoryCustomerTotals,
+    PostgresCustomerTotals,
+)
+from eventcomposition.metrics import PrometheusNodeMetrics
 from eventcomposition.settings import EventCompositionSettings, load_settings
 from eventcomposition.testing.containers import container_for_test, postgres_overrides
 from eventcomposition.testing.postgres import ConnectionInfo
@@ -182,7 +199,157 @@ async def test_orders_are_published_to_their_customers_streams_in_order() -> Non
     assert in_stream == [o.order_id for o in orders if o.customer_id == customer]
 
 
-# The processor
+# The batch processors
+
+
+class Aborted(Exception):
+    """Raised inside a transaction to roll its batch back."""
+
+
+async def project_batches(
+    events: Sequence[StoredEvent],
+    processor: CustomerTotalsBatchProcessor,
+    checkpoints: CheckpointStore,
+    *,
+    batch_size: int = 40,
+) -> int:
+    """Hand ``events`` to ``processor`` as a transactional consumer would: batches
+    of one category, each in a transaction of ``checkpoints``; how many batches."""
+    count = 0
+    for _, of_category in groupby(events, key=lambda event: event.category):
+        for batch in batched(of_category, batch_size, strict=False):
+            async with checkpoints.transaction() as transaction:
+                await processor.process_batch(batch, transaction)
+            count += 1
+    return count
+
+
+async def process_then_abort(
+    events: Sequence[StoredEvent],
+    processor: CustomerTotalsBatchProcessor,
+    checkpoints: CheckpointStore,
+) -> None:
+    """Process ``events`` as one batch, then fail before the commit."""
+    async with checkpoints.transaction() as transaction:
+        await processor.process_batch(events, transaction)
+        raise Aborted
+
+
+async def test_the_in_memory_batch_processor_projects_the_expected_totals() -> None:
+    store = in_memory_store()
+    orders = generate_orders(300, customers=15, malformed=3)
+    await publish_orders(store, orders, names=NAMES)
+    projections = projection_store()
+    processor = InMemoryCustomerTotals(projections, NAMES.projection_name)
+
+    await project_batches(
+        await stored_events(store, NAMES), processor, InMemoryCheckpointStore()
+    )
+
+    assert await read_totals(projections, NAMES.projection_name) == expected_totals(
+        orders
+    )
+    assert (processor.applied, processor.malformed) == (297, 3)
+
+
+async def test_a_rolled_back_batch_changes_nothing_in_memory() -> None:
+    store = in_memory_store()
+    orders = generate_orders(40, customers=4, malformed=2)
+    await publish_orders(store, orders, names=NAMES)
+    events = await stored_events(store, NAMES)
+    projections = projection_store()
+    processor = InMemoryCustomerTotals(projections, NAMES.projection_name)
+
+    with capture_logs() as logs, pytest.raises(Aborted):
+        await process_then_abort(events, processor, InMemoryCheckpointStore())
+
+    assert await read_totals(projections, NAMES.projection_name) == {}
+    assert (processor.applied, processor.malformed) == (0, 0)
+    assert logs == []
+
+
+async def test_malformed_events_are_logged_with_their_position_and_skipped() -> None:
+    store = in_memory_store()
+    orders = generate_orders(60, customers=3, malformed=2)
+    await publish_orders(store, orders, names=NAMES)
+    events = await stored_events(store, NAMES)
+    projections = projection_store()
+    processor = InMemoryCustomerTotals(projections, NAMES.projection_name)
+
+    with capture_logs() as logs:
+        await project_batches(events, processor, InMemoryCheckpointStore())
+
+    rejected = [line for line in logs if line["event"] == "demo.order-rejected"]
+    malformed_ids = {order.order_id for order in orders if order.malformed}
+    broken = [event for event in events if order_id_of(event) in malformed_ids]
+    assert len(broken) == 2
+    assert [
+        (line["category"], line["stream"], line["position"], line["sequence_number"])
+        for line in rejected
+    ] == [(e.category, e.stream, e.position, e.sequence_number) for e in broken]
+    assert {line["reason"] for line in rejected} == {
+        "amount_cents is missing",
+        "amount_cents is not an integer (got str)",
+    }
+    assert all(line["log_level"] == "error" for line in rejected)
+    assert all("payload" not in line for line in rejected)
+    assert processor.malformed == 2
+    assert await read_totals(projections, NAMES.projection_name) == expected_totals(
+        orders
+    )
+
+
+async def test_the_batch_processor_ignores_events_of_other_names() -> None:
+    store = in_memory_store()
+    await store.stream(category=NAMES.category(0), stream="c1").publish(
+        events=[
+            Order("o1", "c1", 100).event(),
+            NewEvent(name="order-cancelled", payload={"order_id": "o1"}),
+        ]
+    )
+    projections = projection_store()
+    processor = InMemoryCustomerTotals(projections, NAMES.projection_name)
+
+    await project_batches(
+        await stored_events(store, NAMES), processor, InMemoryCheckpointStore()
+    )
+
+    assert await read_totals(projections, NAMES.projection_name) == {
+        "c1": CustomerTotals(order_count=1, total_amount_cents=100)
+    }
+    assert (processor.applied, processor.malformed) == (1, 0)
+
+
+async def test_the_postgres_batch_processor_commits_or_rolls_back_with_the_batch(
+    postgres_pool: AsyncConnectionPool[AsyncConnection[Any]],
+) -> None:
+    # Where the events come from does not matter to the processor.
+    store = in_memory_store()
+    orders = generate_orders(200, customers=10, malformed=2)
+    await publish_orders(store, orders, names=NAMES)
+    events = await stored_events(store, NAMES)
+    processor = PostgresCustomerTotals(NAMES.projection_name)
+    checkpoints = PostgresCheckpointStore(postgres_pool)
+
+    await project_batches(events, processor, checkpoints)
+
+    projections = ProjectionStore(
+        adapter=PostgresProjectionStorageAdapter(connection_source=postgres_pool)
+    )
+    assert await read_totals(projections, NAMES.projection_name) == expected_totals(
+        orders
+    )
+    assert (processor.applied, processor.malformed) == (198, 2)
+
+    with pytest.raises(Aborted):
+        await process_then_abort(events, processor, checkpoints)
+    assert await read_totals(projections, NAMES.projection_name) == expected_totals(
+        orders
+    )
+    assert (processor.applied, processor.malformed) == (198, 2)
+
+
+# The per-event processor (at least once, idempotent of its own)
 
 
 async def test_the_projection_equals_the_expected_totals() -> None:
@@ -240,7 +407,7 @@ async def test_a_second_processor_over_the_same_store_skips_what_was_applied() -
     assert (first.applied, second.applied, second.replayed) == (70, 50, 20)
 
 
-async def test_malformed_events_are_logged_with_their_position_and_skipped() -> None:
+async def test_the_per_event_processor_logs_and_skips_malformed_events() -> None:
     store = in_memory_store()
     orders = generate_orders(60, customers=3, malformed=2)
     await publish_orders(store, orders, names=NAMES)
@@ -272,7 +439,7 @@ async def test_malformed_events_are_logged_with_their_position_and_skipped() -> 
     )
 
 
-async def test_events_of_other_names_are_ignored() -> None:
+async def test_the_per_event_processor_ignores_events_of_other_names() -> None:
     store = in_memory_store()
     await store.stream(category=NAMES.category(0), stream="c1").publish(
         events=[Order("o1", "c1", 100).event()]
@@ -317,6 +484,38 @@ async def test_a_full_node_in_memory_processes_published_orders() -> None:
         )
     assert totals == expected_totals(orders)
     assert (processor.applied, processor.malformed) == (398, 2)
+
+
+async def test_a_full_node_records_its_batches_in_the_node_metrics() -> None:
+    orders = generate_orders(120, customers=10)
+    async with container_for_test(
+        DemoContainer,
+        settings_dir=SETTINGS_DIR,
+        node={"id": "full-1", "role": "full"},
+        http={"enabled": True, "port": 0},
+    ) as container:
+        processor = await resolve(container.processor)
+        metrics = await resolve(container.metrics)
+        runtime = await resolve(container.runtime)
+        await runtime.start()
+
+        await publish_orders(await resolve(container.event_store), orders, names=NAMES)
+        await wait_until(
+            lambda: processor.processed == len(orders),
+            timeout=20,
+            description="every order processed",
+        )
+
+    assert isinstance(metrics, PrometheusNodeMetrics)
+    processed = [
+        metrics.registry.get_sample_value(
+            "eventcomposition_events_processed_total",
+            {"group": NAMES.subscriber_group, "source": f"category:{category}"},
+        )
+        or 0
+        for category in (identifier.category for identifier in NAMES.categories())
+    ]
+    assert sum(processed) == len(orders)
 
 
 def node_settings(node_id: str, role: BrokerRole) -> EventCompositionSettings:
@@ -400,4 +599,5 @@ async def test_a_full_node_on_postgres_persists_the_projection(
         for row in rows
     }
     assert stored == expected
-    assert all(row[2]["last_applied_position"] >= 0 for row in rows)
+    # No idempotency of its own: the consumer's checkpoint does that.
+    assert all(row[2] == {} for row in rows)

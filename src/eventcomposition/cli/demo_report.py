@@ -48,9 +48,6 @@ def print_report(result: DemoResult, console: Console) -> None:
         f"elapsed: {result.elapsed_seconds:.2f}s from the first publish to the last "
         f"event processed ({rate:.0f} events/s)"
     )
-    replayed = sum(node.replayed for node in result.nodes)
-    if replayed:
-        line(f"replayed deliveries skipped: {replayed}")
     problem = result.problem()
     if problem is None:
         line(

@@ -31,6 +31,7 @@ from logicblocks.event.store import EventStore
 from logicblocks.event.types import EventSourceIdentifier, StoredEvent
 
 from ..errors import EventCompositionError
+from ..metrics import NodeMetrics
 from ..retry import Backoff
 from .batch import BatchProcessor, ClaimLostError
 from .claims import Claim, DeadLetter, Holder
@@ -127,6 +128,7 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
         poison_attempts: int = 3,
         transient_backoff: Backoff | None = None,
         clock: Callable[[], float] = time.monotonic,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         super().__init__(
             group=group,
@@ -146,6 +148,7 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
             initial=timedelta(milliseconds=100), maximum=timedelta(seconds=10)
         )
         self._clock = clock
+        self._metrics = metrics or NodeMetrics()
         self._sources: dict[EventSourceIdentifier, _Source] = {}
         self._log = logger.bind(subscriber=f"{group}/{id}", node_id=node_id)
 
@@ -292,6 +295,7 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
 
     async def _transient_failure(self, state: _Source, error: BaseException) -> None:
         state.transient_failures += 1
+        self._metrics.consumer_failed(self.group, state.identifier)
         delay = self._backoff.delay(state.transient_failures).total_seconds()
         state.retry_at = self._clock() + delay
         # A commit cut off may have gone through: read the checkpoint again.
@@ -392,9 +396,13 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
         if claim is None:
             raise AssertionError("committing without a claim")
         last = events[-1].sequence_number
+        started = time.perf_counter()
         async with self._store.transaction() as transaction:
             await self._processor.process_batch(events, transaction)
             await self._store.advance(transaction, claim, last, self._lease)
+        self._metrics.batch_processed(
+            self.group, state.identifier, len(events), time.perf_counter() - started
+        )
         state.position = last
         state.renewed_at = self._clock()
         if state.failing is not None and state.failing[0] <= last:
@@ -408,6 +416,7 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
         if state.failing is not None and state.failing[0] == sequence_number:
             attempts = state.failing[1] + 1
         state.failing = (sequence_number, attempts)
+        self._metrics.consumer_failed(self.group, state.identifier)
         where = {
             "sequence_number": sequence_number,
             "event_id": event.id,
@@ -446,6 +455,7 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
             )
         state.position = sequence_number
         state.failing = None
+        self._metrics.dead_lettered(self.group)
         await state.log.aerror("consumer.event-parked", **where)
         return True
 
@@ -464,6 +474,7 @@ def make_transactional_consumer(
     on_poison: PoisonPolicy | str = PoisonPolicy.PARK,
     poison_attempts: int = 3,
     event_reader: EventReader | None = None,
+    metrics: NodeMetrics | None = None,
 ) -> TransactionalConsumer:
     """A subscriber for ``subscription_requests`` whose batches go to ``processor``.
 
@@ -471,6 +482,8 @@ def make_transactional_consumer(
     ``event_reader`` is given: on PostgreSQL one direct query on the ``events`` table
     of the store's database, in memory through ``event_store``. ``node_id`` names the
     claim holder with the subscriber's id (host and process id by default).
+    ``metrics`` records each committed batch, each failed attempt (an event's or
+    the database's) and each parked event.
     """
     if not subscription_requests:
         raise ValueError(
@@ -503,4 +516,5 @@ def make_transactional_consumer(
         claim_lease=claim_lease,
         on_poison=policy,
         poison_attempts=poison_attempts,
+        metrics=metrics,
     )

@@ -153,6 +153,7 @@ class EventRuntimeContainer(containers.DeclarativeContainer):
         claim_lease=settings.provided.consumers.claim_lease,
         on_poison=settings.provided.consumers.on_poison,
         poison_attempts=settings.provided.consumers.poison_attempts,
+        metrics=metrics,
     )
 
     # What the node registers on its runtime: redefine it in a subclass, or

@@ -3,8 +3,11 @@
     eventcomposition run --app eventcomposition.containers.demo:DemoContainer --role observer
 
 An application subclasses ``EventRuntimeContainer``, declares its own providers
-(here a projection store and a processor) and redefines ``consumers``. Providers of
-the base are referred to as ``EventRuntimeContainer.<name>`` in the class body.
+(here a projection store and a batch processor) and redefines ``consumers``, here
+with one transactional consumer specialised from the base's
+``transactional_consumer`` (this node's batch size, lease and poison policy).
+Providers of the base are referred to as ``EventRuntimeContainer.<name>`` in the
+class body.
 ``demo_node`` is how the demo command builds its nodes without knowing containers.
 """
 
@@ -15,10 +18,9 @@ from logicblocks.event.projection import (
     ProjectionStore,
 )
 
-from ..consumers import make_subscription_consumer
+from ..demo.batches import InMemoryCustomerTotals, PostgresCustomerTotals
 from ..demo.cluster import DemoNode, SharedMemory
 from ..demo.orders import DemoNames
-from ..demo.processor import CustomerTotalsProcessor
 from ..runtime import SubscriptionConsumerRegistration
 from ..settings import EventCompositionSettings
 from . import build_container, resolve
@@ -31,7 +33,9 @@ class DemoContainer(EventRuntimeContainer):
     ``names`` scopes the categories, subscriber group and projection (override it
     with a ``DemoNames(run_id=...)`` to keep runs apart in one database).
     Projections are stored in memory or in PostgreSQL's ``projections`` table,
-    following ``storage.type``; the PostgreSQL adapter shares the node's pool.
+    following ``storage.type``: on PostgreSQL the processor writes each batch's
+    totals in the batch's transaction, in memory once the batch commits; the
+    projection store (which reads them) shares the node's pool.
     """
 
     names = providers.Object(DemoNames())
@@ -48,21 +52,26 @@ class DemoContainer(EventRuntimeContainer):
         ProjectionStore, adapter=projection_storage_adapter
     )
 
-    processor = providers.Singleton(
-        CustomerTotalsProcessor,
-        projection_store=projection_store,
-        projection_name=names.provided.projection_name,
+    processor = providers.Selector(
+        EventRuntimeContainer.storage_type,
+        memory=providers.Singleton(
+            InMemoryCustomerTotals,
+            projection_store=projection_store,
+            projection_name=names.provided.projection_name,
+        ),
+        postgres=providers.Singleton(
+            PostgresCustomerTotals, projection_name=names.provided.projection_name
+        ),
     )
 
     consumers = providers.List(
         providers.Factory(
             SubscriptionConsumerRegistration,
             consumer=providers.Factory(
-                make_subscription_consumer,
-                event_store=EventRuntimeContainer.event_store,
+                EventRuntimeContainer.transactional_consumer,
                 subscriber_group=names.provided.subscriber_group,
                 subscription_requests=providers.Callable(DemoNames.categories, names),
-                event_processor=processor,
+                processor=processor,
             ),
         )
     )
@@ -76,12 +85,13 @@ async def demo_node(
     """One node of the sample application over ``settings``, not started.
 
     ``shared`` makes in-memory nodes of one process share their events,
-    coordination state and projections.
+    coordination state, checkpoints and claims, and projections.
     """
     container = build_container(DemoContainer, settings)
     container.names.override(providers.Object(names))
     if shared is not None:
         container.cluster_state.override(providers.Object(shared.cluster_state))
+        container.checkpoint_store.override(providers.Object(shared.checkpoints))
         container.projection_storage_adapter.override(
             providers.Object(shared.projections)
         )

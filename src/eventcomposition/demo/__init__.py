@@ -2,7 +2,13 @@
 
 - ``orders``: the "order-placed" events, sharded over ``SHARD_COUNT`` categories by
   customer; a deterministic publisher; the totals the projection must reach.
-- ``processor``: ``CustomerTotalsProcessor``, idempotent, skipping malformed events.
+- ``batches``: the batch processors its transactional consumer uses
+  (``PostgresCustomerTotals``: one statement per batch; ``InMemoryCustomerTotals``:
+  on commit), with no idempotency of their own; malformed events are logged and
+  skipped.
+- ``processor``: ``CustomerTotalsProcessor``, the same projection event by event for
+  a subscription consumer (at least once), idempotent of its own; the throughput
+  benchmark's per-event figure and the runtime's tests use it.
 - ``DemoCluster``: a coordinator and K observers in one process (the demo command).
 
 Its container, ``DemoContainer``, lives with the composition root in
@@ -10,6 +16,11 @@ Its container, ``DemoContainer``, lives with the composition root in
 it too (loaded on first use, so this package never imports dependency-injector).
 """
 
+from .batches import (
+    CustomerTotalsBatchProcessor,
+    InMemoryCustomerTotals,
+    PostgresCustomerTotals,
+)
 from .cluster import (
     DemoCluster,
     DemoClusterError,
@@ -37,15 +48,18 @@ __all__ = [
     "SHARD_COUNT",
     "AppliedPosition",
     "CustomerTotals",
+    "CustomerTotalsBatchProcessor",
     "CustomerTotalsProcessor",
     "DemoCluster",
     "DemoClusterError",
     "DemoNames",
     "DemoNode",
+    "InMemoryCustomerTotals",
     "MalformedOrderError",
     "NodeFactory",
     "NodeSummary",
     "Order",
+    "PostgresCustomerTotals",
     "SharedMemory",
     "amount_of",
     "expected_totals",

@@ -2,8 +2,9 @@
 
 One coordinator-only node and K observer-only nodes, each an ``EventNode`` made
 by a ``NodeFactory`` (the demo command passes
-``eventcomposition.containers.demo.demo_node``). In memory they share one ``InMemoryClusterState`` (events and
-coordination) and one projection storage; on PostgreSQL each node has its own pool
+``eventcomposition.containers.demo.demo_node``). In memory they share one
+``InMemoryClusterState`` (events and coordination), one checkpoint store (checkpoints
+and claims) and one projection storage; on PostgreSQL each node has its own pool
 on the same database, as separate processes would.
 """
 
@@ -27,12 +28,13 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from ..broker import BrokerRole, InMemoryClusterState
+from ..consumers import InMemoryCheckpointStore
 from ..errors import EventCompositionError
 from ..node import EventNode
 from ..settings import EventCompositionSettings
 from ..waiting import wait_for
+from .batches import CustomerTotalsBatchProcessor
 from .orders import DemoNames
-from .processor import CustomerTotalsProcessor
 from .totals import CustomerTotals, read_totals
 
 type SettingsFor = Callable[[str, BrokerRole], EventCompositionSettings]
@@ -101,10 +103,13 @@ class PostgresClusterView:
 
 @dataclass(frozen=True)
 class SharedMemory:
-    """What the in-memory nodes of one process share: events, coordination and
-    projections."""
+    """What the in-memory nodes of one process share: events, coordination,
+    checkpoints and claims, and projections."""
 
     cluster_state: InMemoryClusterState = field(default_factory=InMemoryClusterState)
+    checkpoints: InMemoryCheckpointStore = field(
+        default_factory=InMemoryCheckpointStore
+    )
     projections: InMemoryProjectionStorageAdapter = field(
         default_factory=InMemoryProjectionStorageAdapter
     )
@@ -115,7 +120,7 @@ class DemoNode:
     """One node of the sample application and the parts the demo reads."""
 
     node: EventNode
-    processor: CustomerTotalsProcessor
+    processor: CustomerTotalsBatchProcessor
     event_store: EventStore
     projection_store: ProjectionStore
     pool: AsyncConnectionPool[AsyncConnection[Any]] | None = None
@@ -143,7 +148,6 @@ class NodeSummary:
     role: BrokerRole
     applied: int
     malformed: int
-    replayed: int
     sources: tuple[str, ...] = field(default=())
 
 
@@ -262,7 +266,6 @@ class DemoCluster:
                 role=node.role,
                 applied=node.processor.applied,
                 malformed=node.processor.malformed,
-                replayed=node.processor.replayed,
                 sources=tuple(sorted(_names_of(held.get(node.node_id, [])))),
             )
             for node in self.nodes

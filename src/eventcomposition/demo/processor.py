@@ -1,4 +1,10 @@
-"""The sample processor: projects orders into totals per customer, idempotently."""
+"""The sample projection event by event, idempotently: for subscription consumers.
+
+The demo application itself uses the batch processors of ``batches`` with a
+transactional consumer; this per-event processor is the at-least-once path, kept for
+the throughput benchmark's per-event figure and the runtime's tests. ``amount_of``
+serves both.
+"""
 
 import structlog
 from logicblocks.event.processing import EventProcessor

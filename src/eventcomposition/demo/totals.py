@@ -85,7 +85,6 @@ async def read_totals(
             sort=SortClause(fields=[SortField(Path("id"), SortOrder.ASC)]),
             paging=OffsetPagingClause(page_number=page, item_count=_PAGE_SIZE),
             state_type=CustomerTotals,
-            metadata_type=AppliedPosition,
         )
         totals.update((projection.id, projection.state) for projection in found)
         if len(found) < _PAGE_SIZE:

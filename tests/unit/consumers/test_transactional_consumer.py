@@ -31,6 +31,7 @@ from eventcomposition.consumers import (
     make_transactional_consumer,
     retry_dead_letters,
 )
+from eventcomposition.metrics import NodeMetrics
 from eventcomposition.retry import Backoff
 
 GROUP = "totals"
@@ -131,6 +132,7 @@ def consumer(
     on_poison: PoisonPolicy = PoisonPolicy.PARK,
     poison_attempts: int = 2,
     clock: Clock | None = None,
+    metrics: NodeMetrics | None = None,
 ) -> TransactionalConsumer:
     return TransactionalConsumer(
         group=GROUP,
@@ -146,6 +148,7 @@ def consumer(
         poison_attempts=poison_attempts,
         transient_backoff=Backoff(initial=timedelta(seconds=1)),
         clock=time.monotonic if clock is None else (lambda: clock.monotonic),
+        metrics=metrics,
     )
 
 
@@ -515,3 +518,92 @@ async def test_an_idle_source_costs_one_read_per_poll(event_store: EventStore) -
     await subscriber.consume_all()
 
     assert (reader.reads - reads, store.calls - calls) == (1, 0)
+
+
+class RecordingMetrics(NodeMetrics):
+    """Keeps every call a consumer makes."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[str, EventSourceIdentifier, int]] = []
+        self.seconds: list[float] = []
+        self.failures: list[tuple[str, EventSourceIdentifier]] = []
+        self.dead_letters: list[str] = []
+
+    def batch_processed(
+        self, group: str, source: EventSourceIdentifier, events: int, seconds: float
+    ) -> None:
+        self.batches.append((group, source, events))
+        self.seconds.append(seconds)
+
+    def consumer_failed(self, group: str, source: EventSourceIdentifier) -> None:
+        self.failures.append((group, source))
+
+    def dead_lettered(self, group: str, events: int = 1) -> None:
+        self.dead_letters.extend([group] * events)
+
+
+class TestMetrics:
+    async def test_records_each_committed_batch_with_its_size_and_duration(
+        self, event_store: EventStore, checkpoints: InMemoryCheckpointStore
+    ) -> None:
+        await publish(event_store, "orders", 12)
+        metrics = RecordingMetrics()
+        subscriber = consumer(
+            event_store, checkpoints, Recorder(), batch_size=5, metrics=metrics
+        )
+        await accept(subscriber, event_store)
+
+        await subscriber.consume_all()
+
+        orders = CategoryIdentifier(category="orders")
+        assert metrics.batches == [
+            (GROUP, orders, 5),
+            (GROUP, orders, 5),
+            (GROUP, orders, 2),
+        ]
+        assert all(seconds >= 0 for seconds in metrics.seconds)
+        assert metrics.failures == []
+        assert metrics.dead_letters == []
+
+    async def test_records_each_failed_attempt_and_each_parked_event(
+        self, event_store: EventStore, checkpoints: InMemoryCheckpointStore
+    ) -> None:
+        await publish(event_store, "orders", 10)
+        metrics = RecordingMetrics()
+        subscriber = consumer(
+            event_store,
+            checkpoints,
+            Recorder(poison=[4]),
+            batch_size=10,
+            poison_attempts=2,
+            metrics=metrics,
+        )
+        await accept(subscriber, event_store)
+
+        await subscriber.consume_all()
+        orders = CategoryIdentifier(category="orders")
+        assert metrics.failures == [(GROUP, orders)]
+        assert metrics.dead_letters == []
+
+        await subscriber.consume_all()
+
+        assert metrics.failures == [(GROUP, orders), (GROUP, orders)]
+        assert metrics.dead_letters == [GROUP]
+        assert sum(events for _, _, events in metrics.batches) == 9
+
+    async def test_records_a_database_failure_as_a_failed_attempt(
+        self, event_store: EventStore, checkpoints: InMemoryCheckpointStore
+    ) -> None:
+        await publish(event_store, "orders", 3)
+        recorder = Recorder()
+        recorder.transient_failures = 1
+        metrics = RecordingMetrics()
+        subscriber = consumer(event_store, checkpoints, recorder, metrics=metrics)
+        await accept(subscriber, event_store)
+
+        with pytest.raises(psycopg.OperationalError):
+            await subscriber.consume_all()
+
+        assert metrics.failures == [(GROUP, CategoryIdentifier(category="orders"))]
+        assert metrics.batches == []
+        assert metrics.dead_letters == []
