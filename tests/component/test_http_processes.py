@@ -287,12 +287,6 @@ async def test_probes_status_and_metrics_through_a_nodes_life(
     assert not port_open(port)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the transactional consumer records no metrics on this branch yet "
-    "(batch_processed comes with the consumers branch); strict: remove this mark "
-    "once merged",
-)
 async def test_processed_counters_equal_the_ledger(
     postgres_database: ConnectionInfo, pool: Pool, nodes: NodeProcesses
 ) -> None:
