@@ -429,3 +429,64 @@ async def test_reads_leave_pooled_connections_as_they_found_them(
         assert [number(event) for event in events] == [0, 1, 2]
         async with single.connection() as connection:
             assert connection.autocommit is False
+
+
+class CountingReader(PostgresEventReader):
+    """Counts the reads of each source and the head queries."""
+
+    def __init__(self, pool: Pool) -> None:
+        super().__init__(pool)
+        self.reads: list[str] = []
+        self.head_queries = 0
+
+    async def read(
+        self, source: Any, *, after: int | None, limit: int
+    ) -> Sequence[StoredEvent]:
+        self.reads.append(source.category)
+        return await super().read(source, after=after, limit=limit)
+
+    async def heads(self, sources: Sequence[Any]) -> Any:
+        self.head_queries += 1
+        return await super().heads(sources)
+
+
+async def test_an_idle_poll_costs_one_query_and_a_wake_reads_its_categories(
+    pool: Pool,
+) -> None:
+    categories = ("orders-0", "orders-1", "orders-2", "orders-3")
+    for category in categories:
+        await publish(pool, category, 3)
+    reader = CountingReader(pool)
+    consumer = make_transactional_consumer(
+        event_store=EventStore(
+            adapter=PostgresEventStorageAdapter(connection_source=pool)
+        ),
+        checkpoint_store=PostgresCheckpointStore(pool),
+        subscriber_group=GROUP,
+        subscription_requests=[CategoryIdentifier(category=c) for c in categories],
+        processor=InsertingProcessor(),
+        subscriber_id="a",
+        event_reader=reader,
+    )
+    await accept(consumer, pool, *categories)
+    await consumer.consume_all()
+    assert await applied_counts(pool) == (12, 12)
+
+    reader.reads.clear()
+    reader.head_queries = 0
+    await consumer.consume_all()
+    assert (reader.head_queries, reader.reads) == (1, [])
+
+    await publish(pool, "orders-2", 2, start=100)
+    await consumer.consume_all()
+    assert reader.reads == ["orders-2"]  # the only source with new events
+
+    reader.reads.clear()
+    await publish(pool, "orders-1", 1, start=200)
+    await publish(pool, "orders-3", 1, start=300)
+    await consumer.consume_categories(frozenset({"orders-1"}))
+    assert "orders-3" not in reader.reads
+    assert "orders-1" in reader.reads
+    assert await applied_counts(pool) == (15, 15)
+    await consumer.consume_all()  # the next full poll: orders-3 too
+    assert await applied_counts(pool) == (16, 16)

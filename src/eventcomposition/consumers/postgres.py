@@ -25,6 +25,7 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool
 
+from ..lag import PostgresHeadReader
 from .batch import Transaction
 from .claims import Claim, ClaimRecord, DeadLetter, Holder, claim_lost
 from .stores import CheckpointStore, EventReader, check_readable
@@ -149,6 +150,12 @@ class PostgresEventReader(EventReader):
 
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
+        self._heads = PostgresHeadReader(pool)
+
+    async def heads(
+        self, sources: Sequence[EventSourceIdentifier]
+    ) -> Mapping[EventSourceIdentifier, int | None]:
+        return await self._heads.heads(sources)
 
     async def read(
         self, source: EventSourceIdentifier, *, after: int | None, limit: int

@@ -36,6 +36,14 @@ class EventReader(ABC):
         ``after`` is None), oldest first."""
         raise NotImplementedError
 
+    async def heads(
+        self, sources: Sequence[EventSourceIdentifier]
+    ) -> Mapping[EventSourceIdentifier, int | None] | None:
+        """The greatest sequence number of each source (``None`` when empty), read
+        at once, so that idle sources cost one query together; ``None`` when this
+        reader cannot tell (then every source is read)."""
+        return None
+
     async def read_one(
         self, source: EventSourceIdentifier, sequence_number: int
     ) -> StoredEvent | None:

@@ -28,7 +28,12 @@ import structlog
 from logicblocks.event.processing.consumers import EventSubscriptionConsumer
 from logicblocks.event.sources import EventSource
 from logicblocks.event.store import EventStore
-from logicblocks.event.types import EventSourceIdentifier, StoredEvent
+from logicblocks.event.types import (
+    CategoryIdentifier,
+    EventSourceIdentifier,
+    StoredEvent,
+    StreamIdentifier,
+)
 
 from ..errors import EventCompositionError
 from ..metrics import NodeMetrics
@@ -87,6 +92,23 @@ class _Source:
     transient_failures: int = 0
     retry_at: float = 0.0
     log: Any = field(default=None, repr=False)
+
+
+def _category_of(source: EventSourceIdentifier) -> str | None:
+    match source:
+        case (
+            CategoryIdentifier(category=category) | StreamIdentifier(category=category)
+        ):
+            return category
+    return None
+
+
+def _nothing_after(head: int | None, position: int | None) -> bool:
+    """Whether a source whose greatest sequence number is ``head`` has nothing
+    after the checkpoint ``position`` (a source read up to its head, or empty)."""
+    if head is None:
+        return True
+    return position is not None and head <= position
 
 
 def _no_delegates(source: EventSource[EventSourceIdentifier, Any]) -> Any:
@@ -251,9 +273,23 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
     async def consume_all(self) -> None:
         """One batch from each source in turn, round after round, while any has a
         backlog: a long backlog does not hold the other sources up."""
+        await self._consume(list(self._sources.values()))
+
+    async def consume_categories(self, categories: frozenset[str]) -> None:
+        """``consume_all`` for the sources in ``categories`` only (what a
+        notification names); the others wait for the next full poll."""
+        await self._consume(
+            [
+                state
+                for state in self._sources.values()
+                if _category_of(state.identifier) in categories
+            ]
+        )
+
+    async def _consume(self, states: list[_Source]) -> None:
         await self._renew_due_claims()
         transient: list[Exception] = []
-        pending = list(self._sources.values())
+        pending = await self._with_new_events(states)
         while pending:
             backlogged = []
             for state in pending:
@@ -271,6 +307,32 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
                 "reach the database",
                 transient,
             )
+
+    async def _with_new_events(self, states: list[_Source]) -> list[_Source]:
+        """``states`` less the sources known to have nothing after their checkpoint,
+        found with one query for all of them: an idle poll costs one query."""
+        known = [
+            state
+            for state in states
+            if state.claim is not None
+            and state.position_loaded
+            and state.stopped is None
+            and not state.withdrawn
+        ]
+        if len(known) < 2:
+            return states
+        try:
+            heads = await self._reader.heads([state.identifier for state in known])
+        except TRANSIENT_ERRORS:
+            return states  # each source's own read reports and backs off
+        if heads is None:
+            return states
+        idle = {
+            id(state)
+            for state in known
+            if _nothing_after(heads.get(state.identifier), state.position)
+        }
+        return [state for state in states if id(state) not in idle]
 
     async def _take_turn(self, state: _Source, transient: list[Exception]) -> bool:
         """Consume one batch of ``state``'s source; True when more may be waiting."""
