@@ -89,6 +89,29 @@ def order_id_of(event: StoredEvent) -> str:
     return order_id
 
 
+def assert_two_rejections_logged(
+    logs: Sequence[Mapping[str, Any]],
+    orders: Sequence[Order],
+    events: Sequence[StoredEvent],
+) -> None:
+    """The two malformed orders were each logged once, as errors, with where they
+    are and why, never their payload."""
+    rejected = [line for line in logs if line["event"] == "demo.order-rejected"]
+    malformed_ids = {order.order_id for order in orders if order.malformed}
+    broken = [event for event in events if order_id_of(event) in malformed_ids]
+    assert len(broken) == 2
+    assert [
+        (line["category"], line["stream"], line["position"], line["sequence_number"])
+        for line in rejected
+    ] == [(e.category, e.stream, e.position, e.sequence_number) for e in broken]
+    assert {line["reason"] for line in rejected} == {
+        "amount_cents is missing",
+        "amount_cents is not an integer (got str)",
+    }
+    assert all(line["log_level"] == "error" for line in rejected)
+    assert all("payload" not in line for line in rejected)
+
+
 def projection_store() -> ProjectionStore:
     return ProjectionStore(adapter=InMemoryProjectionStorageAdapter())
 
@@ -279,20 +302,7 @@ async def test_malformed_events_are_logged_with_their_position_and_skipped() -> 
     with capture_logs() as logs:
         await project_batches(events, processor, InMemoryCheckpointStore())
 
-    rejected = [line for line in logs if line["event"] == "demo.order-rejected"]
-    malformed_ids = {order.order_id for order in orders if order.malformed}
-    broken = [event for event in events if order_id_of(event) in malformed_ids]
-    assert len(broken) == 2
-    assert [
-        (line["category"], line["stream"], line["position"], line["sequence_number"])
-        for line in rejected
-    ] == [(e.category, e.stream, e.position, e.sequence_number) for e in broken]
-    assert {line["reason"] for line in rejected} == {
-        "amount_cents is missing",
-        "amount_cents is not an integer (got str)",
-    }
-    assert all(line["log_level"] == "error" for line in rejected)
-    assert all("payload" not in line for line in rejected)
+    assert_two_rejections_logged(logs, orders, events)
     assert processor.malformed == 2
     assert await read_totals(projections, NAMES.projection_name) == expected_totals(
         orders
@@ -419,20 +429,7 @@ async def test_the_per_event_processor_logs_and_skips_malformed_events() -> None
         await project(events, processor)  # does not raise
         await project(events, processor)  # a replay logs nothing more
 
-    rejected = [line for line in logs if line["event"] == "demo.order-rejected"]
-    malformed_ids = {order.order_id for order in orders if order.malformed}
-    broken = [event for event in events if order_id_of(event) in malformed_ids]
-    assert len(broken) == 2
-    assert [
-        (line["category"], line["stream"], line["position"], line["sequence_number"])
-        for line in rejected
-    ] == [(e.category, e.stream, e.position, e.sequence_number) for e in broken]
-    assert {line["reason"] for line in rejected} == {
-        "amount_cents is missing",
-        "amount_cents is not an integer (got str)",
-    }
-    assert all(line["log_level"] == "error" for line in rejected)
-    assert all("payload" not in line for line in rejected)
+    assert_two_rejections_logged(logs, orders, events)
     assert processor.malformed == 2
     assert await read_totals(projections, NAMES.projection_name) == expected_totals(
         orders
