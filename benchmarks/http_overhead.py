@@ -1,4 +1,4 @@
-"""6. Overhead of operating a node: the HTTP server and metrics on vs off.
+"""9. Overhead of operating a node: the HTTP server and metrics on vs off.
 
 The same node processes the same N events (the demo's orders over its 8 shard
 categories, published before the clock starts) with a batch consumer shaped like
@@ -369,7 +369,7 @@ async def run(ctx: BenchContext) -> None:
         "memory": (3_000 if ctx.quick else 250_000, 2 if ctx.quick else 8),
         "postgres": (3_000 if ctx.quick else 150_000, 2 if ctx.quick else 8),
     }
-    say("\n== 6. Overhead of operating a node: HTTP server and metrics on vs off ==")
+    say("\n== 9. Overhead of operating a node: HTTP server and metrics on vs off ==")
     say(
         "Same node, same batch consumer (batches of "
         f"{BATCH_SIZE}, metrics recorded per batch), same events (demo orders over 8 "

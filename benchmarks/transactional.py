@@ -1,4 +1,4 @@
-"""6. One transactional consumer in process on PostgreSQL, against the raw read rate.
+"""8. One transactional consumer in process on PostgreSQL, against the raw read rate.
 
 N stored orders over the demo's 8 shard categories are applied by one
 ``make_transactional_consumer`` subscriber (batches of 500) with a trivial
@@ -126,7 +126,7 @@ async def one_run(
 async def run(ctx: BenchContext) -> None:
     events = 5_000 if ctx.quick else 20_000
     reps = 2 if ctx.quick else 5
-    say("\n== 6. One transactional consumer in process vs the raw read rate ==")
+    say("\n== 8. One transactional consumer in process vs the raw read rate ==")
     try:
         template = await ctx.postgres.new_database()
     except PostgresUnavailable as error:
