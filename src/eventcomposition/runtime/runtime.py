@@ -345,13 +345,24 @@ class EventRuntime:
 
     @property
     def service_statuses(self) -> Mapping[str, ProcessStatus]:
-        """Each service's status by name: the broker and every consumer."""
+        """Each service's status by name: the broker and every consumer.
+
+        Once the runtime has started, a service whose task has not run yet reads
+        ``starting``, not ``initialised``: it has been started.
+        """
         statuses = {
             name: service.status for name, service in self._consumer_services.items()
         }
         broker_state = self._service_manager.service(BROKER_SERVICE_NAME)
         if broker_state is not None:
             statuses[BROKER_SERVICE_NAME] = self._broker_status(broker_state.future)
+        if self._phase is not _Phase.NEW:
+            statuses = {
+                name: ProcessStatus.STARTING
+                if status is ProcessStatus.INITIALISED
+                else status
+                for name, status in statuses.items()
+            }
         return statuses
 
     @property
@@ -364,7 +375,11 @@ class EventRuntime:
                 return ProcessStatus.STOPPED
             case _Phase.STOPPING:
                 return ProcessStatus.STOPPING
-        return determine_multi_process_status(*self.service_statuses.values())
+        combined = determine_multi_process_status(*self.service_statuses.values())
+        # Started: never "initialised", even with no service reporting yet.
+        if combined is ProcessStatus.INITIALISED:
+            return ProcessStatus.STARTING
+        return combined
 
     @property
     def broker_failed(self) -> bool:
