@@ -140,7 +140,8 @@ async def test_a_held_lock_keeps_no_transaction_open(
         )
         assert await cursor.fetchall() == [("idle", True, True)]
         found = await leading_coordinator(status)
-        assert found is not None and found.node_id == "coordinator-x"
+        assert found is not None
+        assert found.node_id == "coordinator-x"
 
     async with leader.try_lock(COORDINATOR_LOCK_NAME) as again:
         assert again.locked  # released on exit
