@@ -68,6 +68,9 @@ START_TIMEOUT = 90.0
 # The coordinator's database user: its statements stay out of the observer's.
 COORDINATOR_USER = "latency_coordinator"
 TRANSACTION_CONTROL = frozenset({"BEGIN", "COMMIT", "ROLLBACK"})
+# The NOTIFY listener's health check (the coordinator's lock check is the same
+# text, but the coordinator connects as another user).
+LISTENER_STATEMENTS = frozenset({"select 1", "select $1"})
 ACCEPTED = "consumer.source-accepted"
 
 type Pool = AsyncConnectionPool[AsyncConnection[Any]]
@@ -281,9 +284,14 @@ def statement_calls(admin: ConnectionInfo, database: ConnectionInfo) -> dict[str
 
 
 def kind_of(query: str) -> str:
+    """The origin of an observer's statement: consumer, broker, listener (its
+    LISTEN and health check), transaction control, or other (HTTP reads come
+    only from scrapes, and nothing scrapes here)."""
     if query.strip().upper() in TRANSACTION_CONTROL:
         return "begin/commit"
     text = query.lower()
+    if text.strip() in LISTENER_STATEMENTS or text.lstrip().startswith("listen"):
+        return "listener"
     # Claims name their holder's subscriber: look for the consumer's tables first.
     if "consumer_claims" in text or "checkpoint" in text or "from events" in text:
         return "consumer"
@@ -297,7 +305,13 @@ def kind_of(query: str) -> str:
 def idle_rates(
     before: Mapping[str, int], after: Mapping[str, int], seconds: float
 ) -> dict[str, float]:
-    rates = {"consumer": 0.0, "broker": 0.0, "begin/commit": 0.0, "other": 0.0}
+    rates = {
+        "consumer": 0.0,
+        "broker": 0.0,
+        "listener": 0.0,
+        "begin/commit": 0.0,
+        "other": 0.0,
+    }
     for query, calls in after.items():
         rates[kind_of(query)] += (calls - before.get(query, 0)) / seconds
     rates["total"] = sum(rates.values())
@@ -448,7 +462,8 @@ def report(
                 p99_verdict,
                 f"{rates['total']:.2f}",
                 f"{rates['consumer']:.2f} / {rates['broker']:.2f} / "
-                f"{rates['begin/commit']:.2f} / {rates['other']:.2f}",
+                f"{rates['listener']:.2f} / {rates['begin/commit']:.2f} / "
+                f"{rates['other']:.2f}",
                 idle_verdict,
             ]
         )
@@ -478,7 +493,7 @@ def report(
                 "max",
                 "p99 <= 50 ms",
                 "idle stmts/s",
-                "consumer / broker / begin+commit / other",
+                "consumer / broker / listener / begin+commit / other",
                 "idle <= 1/s",
             ],
             rows,

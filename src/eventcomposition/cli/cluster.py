@@ -206,7 +206,13 @@ def _group(
         for source in sources:
             key = source_key(source)
             holder_of[key] = f"{node_of[subscriber]}/{subscriber}"
-            lag = SourceLag(group, source, checkpoints.get((group, key)), heads[source])
+            lag = SourceLag(
+                group,
+                source,
+                checkpoints.get((group, key)),
+                heads.get(source),
+                head_known=source in heads,
+            )
             holdings.append(
                 HoldingStatus(
                     node_of[subscriber],

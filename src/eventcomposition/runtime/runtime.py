@@ -27,6 +27,8 @@ from logicblocks.event.types import (
 )
 
 from ..broker import BrokerRole
+from ..lag import SavesPositions
+from ..metrics import NodeMetrics
 from .consumer_service import ConsumerService
 from .errors import RuntimeLifecycleError
 from .registrations import (
@@ -40,6 +42,13 @@ from .settings import EventConsumerSettings
 logger = structlog.get_logger("eventcomposition.runtime")
 
 BROKER_SERVICE_NAME = "event-broker"
+
+
+@runtime_checkable
+class UsesMetrics(Protocol):
+    """A consumer that records into the node's metrics once given them."""
+
+    def use_metrics(self, metrics: NodeMetrics) -> None: ...
 
 
 @runtime_checkable
@@ -114,8 +123,10 @@ class EventRuntime:
         default_consumer_settings: EventConsumerSettings | None = None,
         *,
         role: BrokerRole = BrokerRole.FULL,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self._node_id = node_id
+        self._metrics = metrics
         self._role = BrokerRole(role)
         self._event_broker = event_broker
         self._service_manager = service_manager
@@ -216,6 +227,8 @@ class EventRuntime:
         settings: EventConsumerSettings | None,
     ) -> ConsumerService:
         resolved = settings or self._default_consumer_settings
+        if self._metrics is not None and isinstance(consumer, UsesMetrics):
+            consumer.use_metrics(self._metrics)
         service = ConsumerService(service_name, consumer, resolved)
         self._service_manager.register(
             service,
@@ -327,6 +340,25 @@ class EventRuntime:
             if isinstance(consumer := service.consumer, EventSubscriber)
             and isinstance(consumer, ExposesSources)
             for source in consumer.sources
+        ]
+
+    def subscriber_groups(self) -> list[str]:
+        """The subscriber groups of this node's subscription consumers, each once."""
+        return list(
+            dict.fromkeys(
+                consumer.group
+                for service in self._consumer_services.values()
+                if isinstance(consumer := service.consumer, EventSubscriber)
+            )
+        )
+
+    def position_savers(self) -> list[SavesPositions]:
+        """The consumers that keep their sources' positions themselves (per-event
+        subscription consumers), for reading their lag."""
+        return [
+            consumer
+            for service in self._consumer_services.values()
+            if isinstance(consumer := service.consumer, SavesPositions)
         ]
 
     def wake_consumers(self, categories: Collection[str] | None = None) -> int:
