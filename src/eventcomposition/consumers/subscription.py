@@ -62,7 +62,8 @@ def state_category_name(subscriber_group: str, source: EventSourceIdentifier) ->
 
 
 # logicblocks' EventConsumerStateStore keeps its state in this stream of the state
-# category, as {"state": {"last_sequence_number": n}} (pinned by a test).
+# category, as {"state": {"last_sequence_number": n}} (pinned by
+# test_saved_positions_are_those_the_state_store_saved).
 STATE_STREAM = "default"
 
 
