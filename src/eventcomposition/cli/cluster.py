@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from logicblocks.event.store import EventStore, PostgresEventStorageAdapter
 from logicblocks.event.types import EventSourceIdentifier
 from logicblocks.event.types.identifier import event_sequence_identifier
 from psycopg import AsyncConnection
@@ -23,6 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 from ..broker import CoordinatorLeader, leading_coordinator
 from ..broker.allocation import SubscriberRequest, target_requests
 from ..consumers import source_key
+from ..consumers.subscription import saved_position
 from ..lag import PostgresHeadReader, SourceLag
 from ..settings import load_settings
 from .cluster_report import (
@@ -168,6 +170,7 @@ async def read_status(pool: Pool, where: str, live_within: timedelta) -> Cluster
         for source in sources
     }
     heads = await PostgresHeadReader(pool).heads(sorted(held_sources, key=repr))
+    checkpoints.update(await _saved_positions(pool, held, checkpoints))
     groups = [
         _group(
             group,
@@ -188,6 +191,27 @@ async def read_status(pool: Pool, where: str, live_within: timedelta) -> Cluster
         groups=groups,
         stale=stale,
     )
+
+
+async def _saved_positions(
+    pool: Pool,
+    held: Mapping[str, Mapping[str, tuple[EventSourceIdentifier, ...]]],
+    checkpoints: Mapping[tuple[str, str], int],
+) -> dict[tuple[str, str], int]:
+    """Positions of held sources without a transactional checkpoint, as per-event
+    subscription consumers save them (logicblocks' consumer state store)."""
+    store = EventStore(adapter=PostgresEventStorageAdapter(connection_source=pool))
+    found: dict[tuple[str, str], int] = {}
+    for group, subscriptions_of_group in held.items():
+        for sources in subscriptions_of_group.values():
+            for source in sources:
+                key = (group, source_key(source))
+                if key in checkpoints or key in found:
+                    continue
+                position = await saved_position(store, group, source)
+                if position is not None:
+                    found[key] = position
+    return found
 
 
 def _group(
