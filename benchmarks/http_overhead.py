@@ -336,7 +336,6 @@ async def scrape_cost(storage: Storage, samples: int) -> dict[str, float]:
     if storage.database is None:
         assert storage.memory is not None
         heads: HeadReader = InMemoryHeadReader(storage.memory)
-        database: DatabaseCheck | None = None
     else:
         pool = AsyncConnectionPool(
             storage.database.conninfo, min_size=1, max_size=2, open=False

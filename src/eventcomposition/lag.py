@@ -40,6 +40,8 @@ from logicblocks.event.types import (
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
+from .connections import autocommitting
+
 
 @dataclass(frozen=True)
 class HeldSource:
@@ -291,7 +293,8 @@ class PostgresHeadReader:
         }
         if not (categories or streams or wants_log):
             return heads
-        async with self._pool.connection() as connection:
+        # One statement: in autocommit, without BEGIN and COMMIT around it.
+        async with autocommitting(self._pool) as connection:
             cursor = await connection.execute(
                 self._query,
                 {

@@ -24,10 +24,8 @@ from psycopg import AsyncConnection
 from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
-from eventcomposition.broker.stores import (
-    AutocommitConnections,
-    AutocommitSubscriptionStateStore,
-)
+from eventcomposition.broker.stores import AutocommitSubscriptionStateStore
+from eventcomposition.connections import AutocommitConnections
 from eventcomposition.testing.capture import CapturingSubscriber
 
 pytestmark = pytest.mark.postgres

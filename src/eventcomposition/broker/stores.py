@@ -8,16 +8,14 @@ pool connection is not in autocommit: every heartbeat, purge and synchronisation
 trips where one does. On an idle node those are most of its statements.
 
 These subclasses hand logicblocks' stores an ``AutocommitConnections`` instead of
-the pool: the same pool's connections, switched to autocommit while the store
-uses them (a client-side switch in psycopg 3: no statement is sent) and switched
-back before they return to the pool. Only ``apply`` (the coordinator's changes,
+the pool (``eventcomposition.connections``): the same pool's connections, in
+autocommit while the store uses them. Only ``apply`` (the coordinator's changes,
 several statements that must land together) keeps its transaction. The stores
 reach their connections only through ``connection_pool.connection()``: a test pins
 that (``tests/integration/test_broker_stores.py``).
 """
 
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from typing import Any, cast
 
 from logicblocks.event.processing.broker.strategies.distributed import (
@@ -33,26 +31,9 @@ from logicblocks.event.processing.broker.strategies.distributed.subscriptions.st
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from ..connections import AutocommitConnections
+
 type Pool = AsyncConnectionPool[AsyncConnection[Any]]
-
-
-class AutocommitConnections:
-    """Lends ``pool``'s connections in autocommit: one statement, one round trip."""
-
-    def __init__(self, pool: Pool) -> None:
-        self.pool = pool
-
-    @asynccontextmanager
-    async def connection(self) -> AsyncIterator[AsyncConnection[Any]]:
-        async with self.pool.connection() as connection:
-            await connection.set_autocommit(True)
-            try:
-                yield connection
-            finally:
-                # Other users of the pool expect its default; a broken connection
-                # is discarded by the pool anyway.
-                if not connection.broken and not connection.closed:
-                    await connection.set_autocommit(False)
 
 
 class AutocommitSubscriberStateStore(PostgresEventSubscriberStateStore):

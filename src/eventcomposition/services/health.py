@@ -27,7 +27,7 @@ from logicblocks.event.processing import ProcessStatus
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from ..broker.stores import AutocommitConnections
+from ..connections import autocommitting
 from ..lag import SourceLag
 from ..metrics import source_label
 from ..runtime.runtime import BROKER_SERVICE_NAME
@@ -49,10 +49,10 @@ class PostgresCheck:
     """
 
     def __init__(self, pool: AsyncConnectionPool[AsyncConnection[Any]]) -> None:
-        self._connections = AutocommitConnections(pool)
+        self._pool = pool
 
     async def check(self) -> None:
-        async with self._connections.connection() as connection:
+        async with autocommitting(self._pool) as connection:
             await connection.execute("SELECT 1")
 
 
