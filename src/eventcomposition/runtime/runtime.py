@@ -113,6 +113,10 @@ class EventRuntime:
     ``stop_timeout``), then stops the broker, whose subscribers leave the cluster so
     that other nodes take their sources over at once. A runtime runs once:
     logicblocks' ``ServiceManager`` cannot start twice.
+
+    ``metrics``, when given, are the node's: each consumer that records metrics
+    (``UsesMetrics``) and was built without its own is handed them at
+    registration, so every kind of consumer reports into the node's registry.
     """
 
     def __init__(
