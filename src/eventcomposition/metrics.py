@@ -113,8 +113,11 @@ class NodeMetrics:
         """The sources this node holds, with their lag, as just read; ``groups``
         are the node's subscriber groups (those holding nothing count 0)."""
 
-    def holdings_unknown(self) -> None:
-        """The holdings could not be read: no lag is known."""
+    def holdings_unknown(
+        self, held: Iterable[tuple[str, EventSourceIdentifier]], groups: Iterable[str]
+    ) -> None:
+        """The lag could not be read: none is known. ``held`` are the (group,
+        source) pairs the node holds, as it knows them itself."""
 
 
 class PrometheusNodeMetrics(NodeMetrics):
@@ -217,5 +220,13 @@ class PrometheusNodeMetrics(NodeMetrics):
         for group, count in held.items():
             self._held.labels(group).set(count)
 
-    def holdings_unknown(self) -> None:
+    def holdings_unknown(
+        self, held: Iterable[tuple[str, EventSourceIdentifier]], groups: Iterable[str]
+    ) -> None:
         self._lag.clear()
+        self._held.clear()
+        counts = dict.fromkeys(groups, 0)
+        for group, _ in held:
+            counts[group] = counts.get(group, 0) + 1
+        for group, count in counts.items():
+            self._held.labels(group).set(count)

@@ -36,6 +36,7 @@ from typing import Protocol, Self
 import structlog
 from aiohttp import web
 from logicblocks.event.processing import ProcessStatus
+from logicblocks.event.types import EventSourceIdentifier
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..broker import BrokerRole
@@ -68,6 +69,8 @@ class OperatedRuntime(Protocol):
     def broker_failed(self) -> bool: ...
 
     def subscriber_groups(self) -> Sequence[str]: ...
+
+    def held_sources(self) -> Sequence[tuple[str, EventSourceIdentifier]]: ...
 
 
 @dataclass(frozen=True)
@@ -239,11 +242,15 @@ class NodeHttpServer:
 
     async def _metrics(self, request: web.Request) -> web.Response:
         reading = await self._read()
+        runtime = self._served.runtime
         if reading.holdings is None:
-            self.metrics.holdings_unknown()
+            # What is held is known here, without the database; the lag is not.
+            self.metrics.holdings_unknown(
+                runtime.held_sources(), runtime.subscriber_groups()
+            )
         else:
             self.metrics.holdings_observed(
-                reading.holdings, self._served.runtime.subscriber_groups()
+                reading.holdings, runtime.subscriber_groups()
             )
         return web.Response(
             body=generate_latest(self.metrics.registry),

@@ -171,9 +171,13 @@ def test_a_lag_not_known_is_absent_never_zero_or_stale() -> None:
     assert unknown_lag not in found
     assert found[("eventcomposition_sources_held", (("group", "totals"),))] == 2
 
-    # The holdings could not be read: the last lag read is not shown as current.
-    metrics.holdings_unknown()
-    assert lag not in samples(metrics)
+    # The lag could not be read: the last one read is not shown as current; what
+    # is held is known without the database.
+    metrics.holdings_unknown([("totals", ORDERS)], ["totals", "idle"])
+    found = samples(metrics)
+    assert lag not in found
+    assert found[("eventcomposition_sources_held", (("group", "totals"),))] == 1
+    assert found[("eventcomposition_sources_held", (("group", "idle"),))] == 0
 
 
 def test_a_group_holding_nothing_shows_zero_sources_held() -> None:
