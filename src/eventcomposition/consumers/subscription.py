@@ -79,9 +79,11 @@ async def saved_position(
         category=state_category_name(subscriber_group, source)
     )
     latest = await category.stream(stream=STATE_STREAM).latest()
-    if latest is None:
-        return None
-    payload: Any = latest.payload
+    return None if latest is None else position_in_state(latest.payload)
+
+
+def position_in_state(payload: Any) -> int | None:
+    """The position a saved consumer state (an event's payload) records."""
     state = payload.get("state") if isinstance(payload, dict) else None
     position = state.get("last_sequence_number") if isinstance(state, dict) else None
     return position if isinstance(position, int) else None
