@@ -62,6 +62,7 @@ from eventcomposition.lag import (
 )
 from eventcomposition.metrics import NodeMetrics, PrometheusNodeMetrics
 from eventcomposition.runtime import ConsumerRegistration, SubscriberRegistration
+from eventcomposition.services.health import DatabaseCheck, PostgresCheck
 from eventcomposition.services.http import NodeHttpServer
 
 from .common import (
@@ -221,6 +222,7 @@ async def run_side(storage: Storage, side: str, events: int, rep: int) -> Run:
             cluster_state=InMemoryClusterState(adapter),
         )
         heads: HeadReader = InMemoryHeadReader(storage.memory)
+        database: DatabaseCheck | None = None
     else:
         pool = AsyncConnectionPool(
             storage.database.conninfo, min_size=1, max_size=10, open=False
@@ -236,6 +238,8 @@ async def run_side(storage: Storage, side: str, events: int, rep: int) -> Run:
             adapter=adapter,
         )
         heads = PostgresHeadReader(pool)
+        # As the container wires it: each probe asks the database first.
+        database = PostgresCheck(pool)
     runtime = EventRuntime(
         tag,
         broker,
@@ -257,6 +261,7 @@ async def run_side(storage: Storage, side: str, events: int, rep: int) -> Run:
                 ),
                 metrics=metrics,
                 port=port,
+                database=database,
             )
         )
         scraper = await asyncio.create_subprocess_exec(

@@ -15,6 +15,11 @@ consumer and checkpoint store:
   ``InMemoryHeadReader`` reads the in-memory store's indexes in place;
   ``EventStoreHeadReader`` asks any storage adapter, one source at a time.
 
+What is not known stays unknown: a checkpoint reader leaves out a source whose
+position it cannot tell, and a head reader a source whose head it cannot read (a
+kind of source it does not know). Such a holding has no lag (``lag`` is ``None``),
+and the node shows none for it rather than a made-up 0.
+
 Lag is counted in sequence numbers, which are global to the log (as Marten's
 high-water mark is): with several categories interleaved it is an upper bound on the
 events behind, and it is 0 exactly when the checkpoint is at the head.
@@ -22,7 +27,7 @@ events behind, and it is 0 exactly when the checkpoint is at the head.
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from logicblocks.event.store import EventStorageAdapter, InMemoryEventStorageAdapter
 from logicblocks.event.types import (
@@ -35,6 +40,8 @@ from logicblocks.event.types import (
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
+from .connections import autocommitting
+
 
 @dataclass(frozen=True)
 class HeldSource:
@@ -46,20 +53,35 @@ class HeldSource:
 
 @dataclass(frozen=True)
 class SourceLag:
-    """A held source with its checkpoint and head (sequence numbers)."""
+    """A held source with its checkpoint and head (sequence numbers).
+
+    ``checkpoint`` is ``None`` before the first checkpoint, ``head`` while the
+    source is empty; ``checkpoint_known``/``head_known`` are False when they could
+    not be told at all.
+    """
 
     group: str
     source: EventSourceIdentifier
     checkpoint: int | None
     head: int | None
+    checkpoint_known: bool = True
+    head_known: bool = True
 
     @property
-    def lag(self) -> int:
-        """Sequence numbers between the checkpoint and the head; 0 when caught up.
+    def known(self) -> bool:
+        """Whether both the checkpoint and the head are known, and so the lag."""
+        return self.checkpoint_known and self.head_known
+
+    @property
+    def lag(self) -> int | None:
+        """Sequence numbers between the checkpoint and the head; 0 when caught up;
+        ``None`` when not known.
 
         Before the first checkpoint, everything up to the head counts (sequence
         numbers start at 0 in memory and 1 on PostgreSQL: at most one too many).
         """
+        if not self.known:
+            return None
         if self.head is None:
             return 0
         if self.checkpoint is None:
@@ -74,7 +96,10 @@ class HoldingsProvider(Protocol):
 
 
 class HeadReader(Protocol):
-    """The head (greatest sequence number) of each source; ``None`` when empty."""
+    """The head (greatest sequence number) of each source; ``None`` when empty.
+
+    A source whose head the reader cannot tell is left out of the mapping.
+    """
 
     async def heads(
         self, sources: Sequence[EventSourceIdentifier]
@@ -85,12 +110,66 @@ type HeldSources = Callable[[], Iterable[HeldSource]]
 type CheckpointReader = Callable[
     [Sequence[HeldSource]], Awaitable[Mapping[HeldSource, int | None]]
 ]
+"""Checkpoints of held sources (``None``: none yet); a source whose checkpoint
+the reader cannot tell is left out."""
 
 
 class HoldsSources(Protocol):
     """What holds sources: a node's runtime (``EventRuntime.held_sources``)."""
 
     def held_sources(self) -> Sequence[tuple[str, EventSourceIdentifier]]: ...
+
+
+@runtime_checkable
+class SavesPositions(Protocol):
+    """A consumer that keeps its sources' positions itself (a per-event
+    subscription consumer, in logicblocks' consumer state store) and reads them.
+
+    ``saved_positions`` leaves out the sources whose position it cannot tell.
+    """
+
+    @property
+    def group(self) -> str: ...
+
+    async def saved_positions(
+        self, sources: Sequence[EventSourceIdentifier]
+    ) -> Mapping[EventSourceIdentifier, int | None]: ...
+
+
+class HasPositionSavers(Protocol):
+    """What knows the consumers that save their own positions: a node's runtime
+    (``EventRuntime.position_savers``)."""
+
+    def position_savers(self) -> Sequence[SavesPositions]: ...
+
+
+def checkpoints_of(
+    holder: HasPositionSavers, checkpoints: CheckpointReader
+) -> CheckpointReader:
+    """The ``checkpoints`` part of a ``LagReader`` for every kind of consumer.
+
+    A group whose consumer saves its own positions (``SavesPositions``) reads them
+    from it; every other group's are read by ``checkpoints`` (the transactional
+    consumers' checkpoint store).
+    """
+
+    async def read(held: Sequence[HeldSource]) -> Mapping[HeldSource, int | None]:
+        savers = {saver.group: saver for saver in holder.position_savers()}
+        positions: dict[HeldSource, int | None] = {}
+        rest = [holding for holding in held if holding.group not in savers]
+        if rest:
+            positions.update(await checkpoints(rest))
+        for group, saver in savers.items():
+            mine = [holding for holding in held if holding.group == group]
+            if not mine:
+                continue
+            saved = await saver.saved_positions([h.source for h in mine])
+            for holding in mine:
+                if holding.source in saved:
+                    positions[holding] = saved[holding.source]
+        return positions
+
+    return read
 
 
 def held_sources_of(holder: HoldsSources) -> HeldSources:
@@ -131,6 +210,8 @@ class LagReader:
                 source=holding.source,
                 checkpoint=checkpoints.get(holding),
                 head=heads.get(holding.source),
+                checkpoint_known=holding in checkpoints,
+                head_known=holding.source in heads,
             )
             for holding in held
         ]
@@ -139,8 +220,8 @@ class LagReader:
 class EventStoreHeadReader:
     """Heads read through a storage adapter's ``latest``, one source at a time.
 
-    Log, category and stream sources have heads; other sources (partitions) read as
-    ``None``.
+    Log, category and stream sources have heads; other sources (partitions) are
+    left out (unknown).
     """
 
     def __init__(self, adapter: EventStorageAdapter) -> None:
@@ -151,7 +232,6 @@ class EventStoreHeadReader:
     ) -> Mapping[EventSourceIdentifier, int | None]:
         heads: dict[EventSourceIdentifier, int | None] = {}
         for source in sources:
-            heads[source] = None
             if isinstance(
                 source, LogIdentifier | CategoryIdentifier | StreamIdentifier
             ):
@@ -177,7 +257,6 @@ class InMemoryHeadReader:
     ) -> Mapping[EventSourceIdentifier, int | None]:
         heads: dict[EventSourceIdentifier, int | None] = {}
         for source in sources:
-            heads[source] = None
             if isinstance(
                 source, LogIdentifier | CategoryIdentifier | StreamIdentifier
             ):
@@ -206,10 +285,16 @@ class PostgresHeadReader:
         categories = [s.category for s in sources if isinstance(s, CategoryIdentifier)]
         streams = [s for s in sources if isinstance(s, StreamIdentifier)]
         wants_log = any(isinstance(s, LogIdentifier) for s in sources)
-        heads: dict[EventSourceIdentifier, int | None] = dict.fromkeys(sources)
+        # Only the kinds this query reads; others stay unknown (left out).
+        heads: dict[EventSourceIdentifier, int | None] = {
+            source: None
+            for source in sources
+            if isinstance(source, LogIdentifier | CategoryIdentifier | StreamIdentifier)
+        }
         if not (categories or streams or wants_log):
             return heads
-        async with self._pool.connection() as connection:
+        # One statement: in autocommit, without BEGIN and COMMIT around it.
+        async with autocommitting(self._pool) as connection:
             cursor = await connection.execute(
                 self._query,
                 {

@@ -8,6 +8,12 @@ process, and the tests, stay apart; the node's HTTP server exposes that registry
 
 Sources are labelled with ``source_label``: ``log``, ``category:orders``,
 ``stream:orders/o-1``.
+
+Every kind of consumer records: transactional consumers per committed batch
+(``batch_processed``), per-event subscription consumers per processed event
+(``event_processed``). A series is shown only for what the node knows: the lag of a
+held source whose checkpoint or head could not be read is absent (never 0, never
+the last value read), and a source handed away drops its lag series.
 """
 
 from collections.abc import Iterable
@@ -25,6 +31,21 @@ if TYPE_CHECKING:
     from .lag import SourceLag
 
 PREFIX = "eventcomposition"
+
+# One event through a per-event processor: from well under a millisecond to a
+# slow projection's seconds.
+EVENT_DURATION_BUCKETS = (
+    0.0001,
+    0.0005,
+    0.001,
+    0.005,
+    0.01,
+    0.05,
+    0.1,
+    0.5,
+    1.0,
+    5.0,
+)
 
 # Batches of a few events take milliseconds; a batch of 500 with a slow projection
 # may take seconds.
@@ -68,8 +89,14 @@ class NodeMetrics:
     ) -> None:
         """A batch of ``events`` events of ``source`` processed in ``seconds``."""
 
+    def event_processed(
+        self, group: str, source: EventSourceIdentifier, seconds: float
+    ) -> None:
+        """One event of ``source`` processed by a per-event consumer in ``seconds``."""
+
     def consumer_failed(self, group: str, source: EventSourceIdentifier) -> None:
-        """Processing ``source`` for ``group`` failed (the batch was not committed)."""
+        """Processing ``source`` for ``group`` failed (the batch was not committed,
+        or a per-event processor raised)."""
 
     def dead_lettered(self, group: str, events: int = 1) -> None:
         """``events`` events of ``group`` parked as dead letters."""
@@ -80,8 +107,17 @@ class NodeMetrics:
     def leadership_changed(self, leading: bool) -> None:
         """This node's coordinator became the leader, or stopped being it."""
 
-    def holdings_observed(self, holdings: Iterable["SourceLag"]) -> None:
-        """The sources this node holds, with their lag, as just read."""
+    def holdings_observed(
+        self, holdings: Iterable["SourceLag"], groups: Iterable[str] = ()
+    ) -> None:
+        """The sources this node holds, with their lag, as just read; ``groups``
+        are the node's subscriber groups (those holding nothing count 0)."""
+
+    def holdings_unknown(
+        self, held: Iterable[tuple[str, EventSourceIdentifier]], groups: Iterable[str]
+    ) -> None:
+        """The lag could not be read: none is known. ``held`` are the (group,
+        source) pairs the node holds, as it knows them itself."""
 
 
 class PrometheusNodeMetrics(NodeMetrics):
@@ -91,8 +127,16 @@ class PrometheusNodeMetrics(NodeMetrics):
         self.registry = registry if registry is not None else CollectorRegistry()
         self._processed = Counter(
             f"{PREFIX}_events_processed",
-            "Events processed and committed, per subscriber group and source.",
+            "Events processed, per subscriber group and source: committed with their "
+            "batch (transactional consumers), or returned from the processor "
+            "(per-event subscription consumers).",
             ["group", "source"],
+            registry=self.registry,
+        )
+        self._event_duration = Histogram(
+            f"{PREFIX}_event_duration_seconds",
+            "Time taken by a per-event subscription consumer's processor on one event.",
+            buckets=EVENT_DURATION_BUCKETS,
             registry=self.registry,
         )
         self._batch_duration = Histogram(
@@ -144,6 +188,12 @@ class PrometheusNodeMetrics(NodeMetrics):
         self._processed.labels(group, source_label(source)).inc(events)
         self._batch_duration.observe(seconds)
 
+    def event_processed(
+        self, group: str, source: EventSourceIdentifier, seconds: float
+    ) -> None:
+        self._processed.labels(group, source_label(source)).inc()
+        self._event_duration.observe(seconds)
+
     def consumer_failed(self, group: str, source: EventSourceIdentifier) -> None:
         self._errors.labels(group, source_label(source)).inc()
 
@@ -156,15 +206,27 @@ class PrometheusNodeMetrics(NodeMetrics):
     def leadership_changed(self, leading: bool) -> None:
         self._leader.set(1 if leading else 0)
 
-    def holdings_observed(self, holdings: Iterable["SourceLag"]) -> None:
+    def holdings_observed(
+        self, holdings: Iterable["SourceLag"], groups: Iterable[str] = ()
+    ) -> None:
         # Replaced whole: a source handed to another node disappears from here.
         self._lag.clear()
         self._held.clear()
-        held: dict[str, int] = {}
+        held = dict.fromkeys(groups, 0)
         for holding in holdings:
-            self._lag.labels(holding.group, source_label(holding.source)).set(
-                holding.lag
-            )
+            if (lag := holding.lag) is not None:
+                self._lag.labels(holding.group, source_label(holding.source)).set(lag)
             held[holding.group] = held.get(holding.group, 0) + 1
         for group, count in held.items():
+            self._held.labels(group).set(count)
+
+    def holdings_unknown(
+        self, held: Iterable[tuple[str, EventSourceIdentifier]], groups: Iterable[str]
+    ) -> None:
+        self._lag.clear()
+        self._held.clear()
+        counts = dict.fromkeys(groups, 0)
+        for group, _ in held:
+            counts[group] = counts.get(group, 0) + 1
+        for group, count in counts.items():
             self._held.labels(group).set(count)

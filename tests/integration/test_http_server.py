@@ -289,7 +289,7 @@ async def test_every_endpoint_answers_while_the_node_runs() -> None:
         assert status == 200
         assert ready["ready"] is True
         assert ready["failed"] == []
-        assert set(ready["checks"]) == {"broker", "consumers", "lag"}
+        assert set(ready["checks"]) == {"broker", "consumers", "database", "lag"}
 
         status, body = await harness.get_json("/status")
         assert status == 200

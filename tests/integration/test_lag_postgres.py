@@ -1,5 +1,6 @@
 """Lag on PostgreSQL: every head read in one query, the same as the adapter says."""
 
+from datetime import timedelta
 from typing import Any
 
 from logicblocks.event.store import EventStore, PostgresEventStorageAdapter
@@ -11,8 +12,11 @@ from logicblocks.event.types import (
     StreamIdentifier,
 )
 from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from eventcomposition.cli.cluster import read_status
+from eventcomposition.consumers import make_subscription_consumer
 from eventcomposition.lag import (
     EventStoreHeadReader,
     HeldSource,
@@ -20,6 +24,7 @@ from eventcomposition.lag import (
     PostgresHeadReader,
     SourceLag,
 )
+from eventcomposition.testing.capture import CapturingProcessor
 
 type Pool = AsyncConnectionPool[AsyncConnection[Any]]
 
@@ -132,3 +137,43 @@ async def test_lag_of_held_sources_from_their_checkpoints(postgres_pool: Pool) -
         heads[PAYMENTS] + 1,
         0,
     ]
+
+
+async def test_cluster_status_reads_a_per_event_groups_saved_positions(
+    postgres_pool: Pool,
+) -> None:
+    # A per-event consumer keeps its position in logicblocks' state store, not in
+    # the checkpoint table: the cluster's status must read it from there.
+    store = EventStore(
+        adapter=PostgresEventStorageAdapter(connection_source=postgres_pool)
+    )
+    consumer = make_subscription_consumer(
+        event_store=store,
+        subscriber_group="projection",
+        subscription_requests=[ORDERS],
+        event_processor=CapturingProcessor(),
+        subscriber_id="sub-1",
+    )
+    async with postgres_pool.connection() as connection:
+        await connection.execute(
+            "INSERT INTO subscribers VALUES ('projection', 'sub-1', 'node-1', %s, "
+            "now())",
+            [Jsonb([ORDERS.serialise()])],
+        )
+        await connection.execute(
+            "INSERT INTO subscriptions VALUES ('projection', 'sub-1', 'node-1', %s)",
+            [Jsonb([ORDERS.serialise()])],
+        )
+    heads = await interleaved(postgres_pool)
+    await consumer.accept(store.category(category="orders"))
+
+    before = await read_status(postgres_pool, "test", timedelta(minutes=1))
+    await consumer.consume_all()
+    after = await read_status(postgres_pool, "test", timedelta(minutes=1))
+
+    [behind] = before.groups[0].holdings
+    assert behind.checkpoint is None
+    assert behind.lag == heads[ORDERS] + 1
+    [caught_up] = after.groups[0].holdings
+    assert caught_up.checkpoint == heads[ORDERS]
+    assert caught_up.lag == 0

@@ -116,3 +116,32 @@ async def holding_migration_lock(database: ConnectionInfo) -> AsyncIterator[None
             "SELECT pg_advisory_xact_lock(%s)", [_MIGRATION_LOCK_KEY]
         )
         yield
+
+
+async def test_a_held_lock_keeps_no_transaction_open(
+    postgres_database: ConnectionInfo,
+) -> None:
+    # A snapshot held for a leadership term (up to 15 minutes) would keep VACUUM
+    # from removing the dead rows the whole database makes meanwhile.
+    leader = CheckedPostgresLockManager(
+        postgres_database.connection_settings(), node_id="coordinator-x"
+    )
+    async with (
+        await AsyncConnection.connect(
+            postgres_database.conninfo, autocommit=True
+        ) as status,
+        leader.try_lock(COORDINATOR_LOCK_NAME) as lock,
+    ):
+        assert lock.locked
+        await leader.verify_held(COORDINATOR_LOCK_NAME)
+        cursor = await status.execute(
+            "SELECT state, backend_xmin IS NULL, xact_start IS NULL "
+            "FROM pg_stat_activity WHERE application_name = 'coordinator:coordinator-x'"
+        )
+        assert await cursor.fetchall() == [("idle", True, True)]
+        found = await leading_coordinator(status)
+        assert found is not None
+        assert found.node_id == "coordinator-x"
+
+    async with leader.try_lock(COORDINATOR_LOCK_NAME) as again:
+        assert again.locked  # released on exit

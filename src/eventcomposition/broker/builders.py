@@ -31,8 +31,6 @@ from logicblocks.event.processing.broker import (
 from logicblocks.event.processing.broker.strategies.distributed import (
     DefaultEventSubscriberManager,
     DefaultEventSubscriptionObserver,
-    PostgresEventSubscriberStateStore,
-    PostgresEventSubscriptionStateStore,
 )
 from logicblocks.event.processing.broker.strategies.distributed.builder import (
     DistributedEventBrokerBuilder,
@@ -56,6 +54,7 @@ from .coordination import CoordinatorFactory, leader_checking_coordinator
 from .leadership import CheckedPostgresLockManager
 from .memory import InMemoryClusterState
 from .role import BrokerRole
+from .stores import AutocommitSubscriberStateStore, AutocommitSubscriptionStateStore
 
 
 @dataclass(frozen=True)
@@ -157,7 +156,7 @@ class PostgresDistributedEventBrokerBuilder(
 
     The leadership lock takes its own connection (``connection_settings``), named
     after the node; the state stores and, without an ``adapter``, the events use
-    ``connection_pool``.
+    ``connection_pool`` (the state stores in autocommit: see ``broker.stores``).
     """
 
     def dependencies(
@@ -174,11 +173,11 @@ class PostgresDistributedEventBrokerBuilder(
                 connection_settings, node_id=self.node_id
             ),
             event_source_factory=EventStoreEventSourceFactory(adapter=events),
-            event_subscriber_state_store=PostgresEventSubscriberStateStore(
-                node_id=self.node_id, connection_source=connection_pool
+            event_subscriber_state_store=AutocommitSubscriberStateStore(
+                node_id=self.node_id, connection_pool=connection_pool
             ),
-            event_subscription_state_store=PostgresEventSubscriptionStateStore(
-                node_id=self.node_id, connection_source=connection_pool
+            event_subscription_state_store=AutocommitSubscriptionStateStore(
+                node_id=self.node_id, connection_pool=connection_pool
             ),
         )
 

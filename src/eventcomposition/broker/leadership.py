@@ -1,7 +1,17 @@
 """The coordinator's leadership: its PostgreSQL lock, checked, and who holds it.
 
 logicblocks' ``PostgresLockManager`` holds the coordinator's leadership as a
-transaction-level advisory lock on a connection of its own. When the server
+transaction-level advisory lock on a connection of its own, so the leader's
+connection sits ``idle in transaction`` with a snapshot (``backend_xmin``) for its
+whole term (up to 15 minutes): VACUUM cannot remove the rows that churn meanwhile
+(events, claims, checkpoints, subscribers). Here the lock is a session-level
+advisory lock on a dedicated autocommit connection: no transaction stays open, and
+the lock still lives exactly as long as that connection (a dead connection frees
+it, as before). Session and transaction advisory locks on one key exclude each
+other, so mixed clusters (logicblocks' own coordinators beside ours) still elect
+one leader.
+
+When the server
 restarts, that connection and the lock vanish, but the coordinator does not notice:
 it keeps distributing until its leadership max duration (15 minutes by default)
 while another coordinator takes the lock on the restarted server, and two leaders
@@ -14,7 +24,7 @@ The lock's connection carries the node id in its ``application_name``, so
 """
 
 from collections.abc import AsyncGenerator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +62,8 @@ class LeadershipLostError(EventCompositionError):
 
 
 class CheckedPostgresLockManager(PostgresLockManager):
-    """logicblocks' PostgreSQL lock manager that can tell whether a lock is held.
+    """logicblocks' PostgreSQL lock manager that can tell whether a lock is held,
+    and holds a lock without holding a transaction open (``try_lock``).
 
     With a ``node_id``, its lock connections name the node in their
     ``application_name`` (PostgreSQL keeps its first 63 bytes).
@@ -69,10 +80,10 @@ class CheckedPostgresLockManager(PostgresLockManager):
 
     @asynccontextmanager
     async def try_lock(self, lock_name: str) -> AsyncGenerator[Lock]:
+        """Try ``lock_name`` once; held (without a transaction) until exit."""
+        key = get_digest(lock_name)
         async with await self._connect() as connection:
-            cursor = await connection.execute(
-                "SELECT pg_try_advisory_xact_lock(%s)", [get_digest(lock_name)]
-            )
+            cursor = await connection.execute("SELECT pg_try_advisory_lock(%s)", [key])
             row = await cursor.fetchone()
             locked = bool(row and row[0])
             if locked:
@@ -83,6 +94,8 @@ class CheckedPostgresLockManager(PostgresLockManager):
                 # A failed second attempt must not forget the lock the first holds.
                 if self._held.get(lock_name) is connection:
                     del self._held[lock_name]
+                if locked:
+                    await _unlock(connection, key)
 
     async def verify_held(self, lock_name: str) -> None:
         """Raise ``LeadershipLostError`` unless ``lock_name`` is still held."""
@@ -90,7 +103,8 @@ class CheckedPostgresLockManager(PostgresLockManager):
         if connection is None or connection.closed or connection.broken:
             raise LeadershipLostError(f"lock {lock_name!r} is not held")
         try:
-            await connection.execute("SELECT 1")
+            # Named, so the statement statistics tell it from other checks.
+            await connection.execute("SELECT 1 AS leadership_check")
         except psycopg.Error as error:
             raise LeadershipLostError(
                 f"lost the connection holding lock {lock_name!r}: {error}"
@@ -99,10 +113,19 @@ class CheckedPostgresLockManager(PostgresLockManager):
     async def _connect(self) -> AsyncConnection[Any]:
         conninfo = self.connection_settings.to_connection_string()
         if self._application_name is None:
-            return await AsyncConnection.connect(conninfo)
+            return await AsyncConnection.connect(conninfo, autocommit=True)
         return await AsyncConnection.connect(
-            conninfo, application_name=self._application_name
+            conninfo, autocommit=True, application_name=self._application_name
         )
+
+
+async def _unlock(connection: AsyncConnection[Any], key: int) -> None:
+    # Closing the connection frees the lock anyway; unlocking first frees it at
+    # once even if the close is slow. A broken connection has lost it already.
+    if connection.closed or connection.broken:
+        return
+    with suppress(psycopg.Error):
+        await connection.execute("SELECT pg_advisory_unlock(%s)", [key])
 
 
 async def verify_leadership(lock_manager: LockManager) -> None:

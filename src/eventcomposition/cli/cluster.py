@@ -23,6 +23,11 @@ from psycopg_pool import AsyncConnectionPool
 from ..broker import CoordinatorLeader, leading_coordinator
 from ..broker.allocation import SubscriberRequest, target_requests
 from ..consumers import source_key
+from ..consumers.subscription import (
+    STATE_STREAM,
+    position_in_state,
+    state_category_name,
+)
 from ..lag import PostgresHeadReader, SourceLag
 from ..settings import load_settings
 from .cluster_report import (
@@ -52,6 +57,14 @@ UNRELEASED_CLAIMS = """
     FROM consumer_claims WHERE NOT released
 """
 DEAD_LETTERS = 'SELECT "group", count(*) FROM consumer_dead_letters GROUP BY "group"'
+# The latest saved state of each per-event state category (one index probe each).
+SAVED_STATES = """
+    SELECT s.category,
+           (SELECT e.payload FROM events e
+            WHERE e.category = s.category AND e.stream = %(stream)s
+            ORDER BY e.sequence_number DESC LIMIT 1)
+    FROM unnest(%(categories)s::text[]) AS s(category)
+"""
 # How often --wait looks for a first heartbeat.
 WAIT_POLL_SECONDS = 0.2
 
@@ -168,6 +181,7 @@ async def read_status(pool: Pool, where: str, live_within: timedelta) -> Cluster
         for source in sources
     }
     heads = await PostgresHeadReader(pool).heads(sorted(held_sources, key=repr))
+    checkpoints.update(await _saved_positions(pool, held, checkpoints))
     groups = [
         _group(
             group,
@@ -190,6 +204,37 @@ async def read_status(pool: Pool, where: str, live_within: timedelta) -> Cluster
     )
 
 
+async def _saved_positions(
+    pool: Pool,
+    held: Mapping[str, Mapping[str, tuple[EventSourceIdentifier, ...]]],
+    checkpoints: Mapping[tuple[str, str], int],
+) -> dict[tuple[str, str], int]:
+    """Positions of held sources without a transactional checkpoint, as per-event
+    subscription consumers save them (logicblocks' consumer state store: the latest
+    state event of each source's state category), in one query."""
+    wanted = {
+        state_category_name(group, source): (group, source_key(source))
+        for group, subscriptions_of_group in held.items()
+        for sources in subscriptions_of_group.values()
+        for source in sources
+        if (group, source_key(source)) not in checkpoints
+    }
+    if not wanted:
+        return {}
+    async with pool.connection() as connection:
+        rows = await _rows(
+            connection,
+            SAVED_STATES,
+            {"categories": list(wanted), "stream": STATE_STREAM},
+        )
+    found: dict[tuple[str, str], int] = {}
+    for category, payload in rows:
+        position = position_in_state(payload)
+        if position is not None:
+            found[wanted[category]] = position
+    return found
+
+
 def _group(
     group: str,
     subscribers: Sequence[_Subscriber],
@@ -206,7 +251,13 @@ def _group(
         for source in sources:
             key = source_key(source)
             holder_of[key] = f"{node_of[subscriber]}/{subscriber}"
-            lag = SourceLag(group, source, checkpoints.get((group, key)), heads[source])
+            lag = SourceLag(
+                group,
+                source,
+                checkpoints.get((group, key)),
+                heads.get(source),
+                head_known=source in heads,
+            )
             holdings.append(
                 HoldingStatus(
                     node_of[subscriber],
@@ -277,5 +328,9 @@ def _identifier(serialised: Any) -> EventSourceIdentifier:
     return identifier
 
 
-async def _rows(connection: AsyncConnection[Any], query: str) -> list[Row]:
-    return await (await connection.execute(query)).fetchall()
+async def _rows(
+    connection: AsyncConnection[Any],
+    query: str,
+    parameters: Mapping[str, Any] | None = None,
+) -> list[Row]:
+    return await (await connection.execute(query, parameters)).fetchall()

@@ -42,7 +42,8 @@ class HoldingStatus:
     source: str
     checkpoint: int | None
     head: int | None
-    lag: int
+    lag: int | None
+    """``None`` when not known (a source whose head cannot be read)."""
 
 
 @dataclass(frozen=True)
@@ -232,7 +233,7 @@ def _group_parts(group: GroupStatus) -> list[RenderableType]:
                 holding.source,
                 _number(holding.checkpoint),
                 _number(holding.head),
-                str(holding.lag),
+                _number(holding.lag),
             )
         parts.append(table)
     if group.moving:

@@ -21,10 +21,10 @@ from logicblocks.event.types import (
     StreamIdentifier,
 )
 from psycopg import AsyncConnection
-from psycopg.pq import TransactionStatus
 from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool
 
+from ..connections import autocommitting as _autocommitting
 from ..lag import PostgresHeadReader
 from .batch import Transaction
 from .claims import Claim, ClaimRecord, DeadLetter, Holder, claim_lost
@@ -118,22 +118,6 @@ class PostgresTransaction(Transaction):
     @property
     def connection(self) -> AsyncConnection[Any]:
         return self._connection
-
-
-@asynccontextmanager
-async def _autocommitting(pool: Pool) -> AsyncIterator[AsyncConnection[Any]]:
-    """A pooled connection whose statements commit each on their own: one round
-    trip per statement, where psycopg would send BEGIN and the pool COMMIT too."""
-    async with pool.connection() as connection:
-        was = connection.autocommit
-        await connection.set_autocommit(True)
-        try:
-            yield connection
-        finally:
-            # Pooled connections are shared: leave a sound one as it was (a broken
-            # one is discarded by the pool).
-            if connection.info.transaction_status is TransactionStatus.IDLE:
-                await connection.set_autocommit(was)
 
 
 def _connection_of(transaction: Transaction) -> AsyncConnection[Any]:

@@ -15,7 +15,9 @@ it last wrote, so once another node had written the same state stream, every lat
 save of the old store would fail.
 """
 
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 from uuid import uuid4
 
 import structlog
@@ -39,6 +41,8 @@ from logicblocks.event.types import (
     StreamIdentifier,
 )
 
+from ..metrics import NodeMetrics
+
 logger = structlog.get_logger("eventcomposition.consumers")
 
 
@@ -55,6 +59,55 @@ def source_key(identifier: EventSourceIdentifier) -> str:
 def state_category_name(subscriber_group: str, source: EventSourceIdentifier) -> str:
     """Where a group keeps its consumer state for one source."""
     return f"{subscriber_group}.state.{source_key(source).replace('/', '.')}"
+
+
+# logicblocks' EventConsumerStateStore keeps its state in this stream of the state
+# category, as {"state": {"last_sequence_number": n}} (pinned by
+# test_saved_positions_are_those_the_state_store_saved).
+STATE_STREAM = "default"
+
+
+async def saved_position(
+    event_store: EventStore, subscriber_group: str, source: EventSourceIdentifier
+) -> int | None:
+    """The last sequence number of ``source`` the group's state store saved.
+
+    ``None`` before the first save. This is where a per-event consumer resumes, so
+    it is its checkpoint (events processed since the last save are replayed).
+    """
+    category = event_store.category(
+        category=state_category_name(subscriber_group, source)
+    )
+    latest = await category.stream(stream=STATE_STREAM).latest()
+    return None if latest is None else position_in_state(latest.payload)
+
+
+def position_in_state(payload: Any) -> int | None:
+    """The position a saved consumer state (an event's payload) records."""
+    state = payload.get("state") if isinstance(payload, dict) else None
+    position = state.get("last_sequence_number") if isinstance(state, dict) else None
+    return position if isinstance(position, int) else None
+
+
+class _MeasuredProcessor(EventProcessor[StoredEvent]):
+    """Records each event one source's processor handled, and how long it took."""
+
+    def __init__(
+        self,
+        processor: EventProcessor[StoredEvent],
+        consumer: "MultiSourceSubscriptionConsumer",
+        source: EventSourceIdentifier,
+    ) -> None:
+        self._processor = processor
+        self._consumer = consumer
+        self._source = source
+
+    async def process_event(self, event: StoredEvent) -> None:
+        started = time.perf_counter()
+        await self._processor.process_event(event)
+        self._consumer.metrics.event_processed(
+            self._consumer.group, self._source, time.perf_counter() - started
+        )
 
 
 class RestartingSourceConsumer(EventConsumer):
@@ -83,7 +136,42 @@ class MultiSourceSubscriptionConsumer(EventSubscriptionConsumer[StoredEvent]):
     Every allocated source is consumed in each ``consume_all``, even after another
     failed; the failures are raised together at the end (an ``ExceptionGroup`` when
     several failed), so the runtime still sees and reports them.
+
+    Each failure is recorded in ``metrics`` (see ``use_metrics``); with an
+    ``event_store``, ``saved_positions`` reads the sources' checkpoints from the
+    group's consumer state.
     """
+
+    def __init__(
+        self,
+        *args: Any,
+        event_store: EventStore | None = None,
+        metrics: NodeMetrics | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._event_store = event_store
+        self.metrics = metrics if metrics is not None else NodeMetrics()
+
+    def use_metrics(self, metrics: NodeMetrics) -> None:
+        """Record into ``metrics`` from now on, unless given metrics when built.
+
+        The runtime calls this at registration with its node's metrics.
+        """
+        if type(self.metrics) is NodeMetrics:
+            self.metrics = metrics
+
+    async def saved_positions(
+        self, sources: Sequence[EventSourceIdentifier]
+    ) -> Mapping[EventSourceIdentifier, int | None]:
+        """The position the group's state store saved for each source (``None``
+        before the first save); empty without an event store (not known)."""
+        if self._event_store is None:
+            return {}
+        return {
+            source: await saved_position(self._event_store, self.group, source)
+            for source in sources
+        }
 
     @property
     def sources(self) -> tuple[EventSourceIdentifier, ...]:
@@ -97,6 +185,7 @@ class MultiSourceSubscriptionConsumer(EventSubscriptionConsumer[StoredEvent]):
             try:
                 await delegate.consume_all()
             except Exception as error:
+                self.metrics.consumer_failed(self.group, identifier)
                 await logger.awarning(
                     "consumer.source-failed",
                     subscriber=f"{self.group}/{self.id}",
@@ -120,12 +209,15 @@ def make_subscription_consumer(
     event_processor: EventProcessor[StoredEvent],
     subscriber_id: str | None = None,
     state_persistence_interval: int = 100,
-) -> EventSubscriptionConsumer[StoredEvent]:
+    metrics: NodeMetrics | None = None,
+) -> MultiSourceSubscriptionConsumer:
     """A subscriber for ``subscription_requests`` that feeds ``event_processor``.
 
     Consumer state for each source lives in its own category of ``event_store``
     (see ``state_category_name``), so a source keeps its position when it moves to
-    another node. Each subscriber gets a fresh id unless one is given.
+    another node. Each subscriber gets a fresh id unless one is given. Each event
+    processed and each failure is recorded in ``metrics`` (by default the metrics
+    of the runtime it is registered with).
     """
     if not subscription_requests:
         raise ValueError(
@@ -145,14 +237,21 @@ def make_subscription_consumer(
                 persistence_interval=EventCount(state_persistence_interval),
             )
             return EventSourceConsumer(
-                source=source, processor=event_processor, state_store=state_store
+                source=source,
+                processor=_MeasuredProcessor(
+                    event_processor, consumer, source.identifier
+                ),
+                state_store=state_store,
             )
 
         return RestartingSourceConsumer(fresh)
 
-    return MultiSourceSubscriptionConsumer(
+    consumer = MultiSourceSubscriptionConsumer(
         group=subscriber_group,
         id=subscriber_id or uuid4().hex,
         subscription_requests=list(subscription_requests),
         delegate_factory=consumer_for,
+        event_store=event_store,
+        metrics=metrics,
     )
+    return consumer

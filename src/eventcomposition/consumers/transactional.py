@@ -174,6 +174,14 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
         self._sources: dict[EventSourceIdentifier, _Source] = {}
         self._log = logger.bind(subscriber=f"{group}/{id}", node_id=node_id)
 
+    def use_metrics(self, metrics: NodeMetrics) -> None:
+        """Record into ``metrics`` from now on, unless given metrics when built.
+
+        The runtime calls this at registration with its node's metrics.
+        """
+        if type(self._metrics) is NodeMetrics:
+            self._metrics = metrics
+
     # -- what others may read ----------------------------------------------------
 
     @property

@@ -17,11 +17,18 @@ from ..consumers import (
     checkpoint_reader,
     make_transactional_consumer,
 )
-from ..lag import InMemoryHeadReader, LagReader, PostgresHeadReader, held_sources_of
+from ..lag import (
+    InMemoryHeadReader,
+    LagReader,
+    PostgresHeadReader,
+    checkpoints_of,
+    held_sources_of,
+)
 from ..metrics import NodeMetrics, PrometheusNodeMetrics
 from ..node import EventNode
 from ..runtime import EventRuntime
 from ..services import NotifyListener
+from ..services.health import PostgresCheck
 from ..services.http import NodeHttpServer
 from ..settings import PostgresSettings, load_settings
 from .mapping import (
@@ -172,6 +179,7 @@ class EventRuntimeContainer(containers.DeclarativeContainer):
         service_manager=service_manager,
         default_consumer_settings=consumer_settings,
         role=role,
+        metrics=metrics,
     )
 
     # The node's own services, each on or off as the settings say.
@@ -193,7 +201,13 @@ class EventRuntimeContainer(containers.DeclarativeContainer):
     holdings = providers.Singleton(
         LagReader,
         held=providers.Callable(held_sources_of, event_runtime),
-        checkpoints=providers.Callable(checkpoint_reader, checkpoint_store),
+        # Per-event consumers' positions from their state store, the others' from
+        # the checkpoint store.
+        checkpoints=providers.Callable(
+            checkpoints_of,
+            event_runtime,
+            providers.Callable(checkpoint_reader, checkpoint_store),
+        ),
         heads=head_reader,
     )
     http_server = providers.Selector(
@@ -206,6 +220,11 @@ class EventRuntimeContainer(containers.DeclarativeContainer):
             port=settings.provided.http.port,
             max_lag_events=settings.provided.health.max_lag_events,
             lag_trend_window=settings.provided.health.lag_trend_window,
+            database=providers.Selector(
+                storage_type,
+                memory=providers.Object(None),
+                postgres=providers.Singleton(PostgresCheck, connection_pool),
+            ),
         ),
         off=providers.Object(None),
     )

@@ -27,6 +27,8 @@ from logicblocks.event.types import (
 )
 
 from ..broker import BrokerRole
+from ..lag import SavesPositions
+from ..metrics import NodeMetrics
 from .consumer_service import ConsumerService
 from .errors import RuntimeLifecycleError
 from .registrations import (
@@ -40,6 +42,13 @@ from .settings import EventConsumerSettings
 logger = structlog.get_logger("eventcomposition.runtime")
 
 BROKER_SERVICE_NAME = "event-broker"
+
+
+@runtime_checkable
+class UsesMetrics(Protocol):
+    """A consumer that records into the node's metrics once given them."""
+
+    def use_metrics(self, metrics: NodeMetrics) -> None: ...
 
 
 @runtime_checkable
@@ -104,6 +113,10 @@ class EventRuntime:
     ``stop_timeout``), then stops the broker, whose subscribers leave the cluster so
     that other nodes take their sources over at once. A runtime runs once:
     logicblocks' ``ServiceManager`` cannot start twice.
+
+    ``metrics``, when given, are the node's: each consumer that records metrics
+    (``UsesMetrics``) and was built without its own is handed them at
+    registration, so every kind of consumer reports into the node's registry.
     """
 
     def __init__(
@@ -114,8 +127,10 @@ class EventRuntime:
         default_consumer_settings: EventConsumerSettings | None = None,
         *,
         role: BrokerRole = BrokerRole.FULL,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self._node_id = node_id
+        self._metrics = metrics
         self._role = BrokerRole(role)
         self._event_broker = event_broker
         self._service_manager = service_manager
@@ -216,6 +231,8 @@ class EventRuntime:
         settings: EventConsumerSettings | None,
     ) -> ConsumerService:
         resolved = settings or self._default_consumer_settings
+        if self._metrics is not None and isinstance(consumer, UsesMetrics):
+            consumer.use_metrics(self._metrics)
         service = ConsumerService(service_name, consumer, resolved)
         self._service_manager.register(
             service,
@@ -329,6 +346,25 @@ class EventRuntime:
             for source in consumer.sources
         ]
 
+    def subscriber_groups(self) -> list[str]:
+        """The subscriber groups of this node's subscription consumers, each once."""
+        return list(
+            dict.fromkeys(
+                consumer.group
+                for service in self._consumer_services.values()
+                if isinstance(consumer := service.consumer, EventSubscriber)
+            )
+        )
+
+    def position_savers(self) -> list[SavesPositions]:
+        """The consumers that keep their sources' positions themselves (per-event
+        subscription consumers), for reading their lag."""
+        return [
+            consumer
+            for service in self._consumer_services.values()
+            if isinstance(consumer := service.consumer, SavesPositions)
+        ]
+
     def wake_consumers(self, categories: Collection[str] | None = None) -> int:
         """Make consumers poll now: those holding a source in one of ``categories``,
         or all of them when ``categories`` is None. Consumers that do not expose
@@ -345,13 +381,24 @@ class EventRuntime:
 
     @property
     def service_statuses(self) -> Mapping[str, ProcessStatus]:
-        """Each service's status by name: the broker and every consumer."""
+        """Each service's status by name: the broker and every consumer.
+
+        Once the runtime has started, a service whose task has not run yet reads
+        ``starting``, not ``initialised``: it has been started.
+        """
         statuses = {
             name: service.status for name, service in self._consumer_services.items()
         }
         broker_state = self._service_manager.service(BROKER_SERVICE_NAME)
         if broker_state is not None:
             statuses[BROKER_SERVICE_NAME] = self._broker_status(broker_state.future)
+        if self._phase is not _Phase.NEW:
+            statuses = {
+                name: ProcessStatus.STARTING
+                if status is ProcessStatus.INITIALISED
+                else status
+                for name, status in statuses.items()
+            }
         return statuses
 
     @property
@@ -364,7 +411,11 @@ class EventRuntime:
                 return ProcessStatus.STOPPED
             case _Phase.STOPPING:
                 return ProcessStatus.STOPPING
-        return determine_multi_process_status(*self.service_statuses.values())
+        combined = determine_multi_process_status(*self.service_statuses.values())
+        # Started: never "initialised", even with no service reporting yet.
+        if combined is ProcessStatus.INITIALISED:
+            return ProcessStatus.STARTING
+        return combined
 
     @property
     def broker_failed(self) -> bool:

@@ -9,6 +9,8 @@ restarting, the database away for a while) leave it live and make it not ready.
 Ready: every check passes:
 
 - ``broker``: the broker runs (``running``, or ``waiting`` for leadership);
+- ``database``: the node's database answered within the probe's budget (every
+  role: a coordinator that cannot reach its database cannot lead);
 - ``consumers``: no consumer is errored;
 - ``lag``: the holdings could be read, and every held source's lag is at most
   ``max_lag_events`` or has fallen over the last ``trend_window``.
@@ -19,14 +21,40 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any, Protocol
 
 from logicblocks.event.processing import ProcessStatus
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
 
+from ..connections import autocommitting
 from ..lag import SourceLag
 from ..metrics import source_label
 from ..runtime.runtime import BROKER_SERVICE_NAME
 
 BROKER_RUNNING = frozenset({ProcessStatus.RUNNING, ProcessStatus.WAITING})
+
+
+class DatabaseCheck(Protocol):
+    """Whether the node's database answers: ``check`` raises when it does not."""
+
+    async def check(self) -> None: ...
+
+
+class PostgresCheck:
+    """One ``SELECT 1`` through the node's pool, in autocommit (one statement).
+
+    Bound it with a timeout: with the server gone, taking a connection from the
+    pool waits for the pool's own timeout.
+    """
+
+    def __init__(self, pool: AsyncConnectionPool[AsyncConnection[Any]]) -> None:
+        self._pool = pool
+
+    async def check(self) -> None:
+        async with autocommitting(self._pool) as connection:
+            # Named, so the statement statistics tell it from other checks.
+            await connection.execute("SELECT 1 AS database_check")
 
 
 @dataclass(frozen=True)
@@ -82,7 +110,11 @@ class LagTrend:
 
     def observe(self, holdings: Sequence[SourceLag]) -> None:
         now = self._clock()
-        current = {_key(holding): holding.lag for holding in holdings}
+        current = {
+            _key(holding): holding.lag
+            for holding in holdings
+            if holding.lag is not None
+        }
         for gone in self._samples.keys() - current.keys():
             del self._samples[gone]
         for key, lag in current.items():
@@ -93,7 +125,7 @@ class LagTrend:
 
     def falling(self, holding: SourceLag) -> bool:
         samples = self._samples.get(_key(holding))
-        if not samples:
+        if not samples or holding.lag is None:
             return False
         return holding.lag < samples[0][1]
 
@@ -119,12 +151,15 @@ def check_readiness(
     max_lag_events: int,
     trend: LagTrend,
     holdings_error: str = "",
+    database_error: str | None = None,
 ) -> Readiness:
-    """Every readiness check. ``holdings`` is ``None`` when it could not be read."""
+    """Every readiness check. ``holdings`` is ``None`` when it could not be read;
+    ``database_error`` says why the database did not answer, when it did not."""
     return Readiness(
         (
             _check_broker(runtime_statuses),
             _check_consumers(runtime_statuses),
+            Check("database", database_error is None, database_error or ""),
             _check_lag(holdings, max_lag_events, trend, holdings_error),
         )
     )
@@ -157,10 +192,14 @@ def _check_lag(
 ) -> Check:
     if holdings is None:
         return Check("lag", False, f"could not read the lag: {holdings_error}")
+    # A holding whose lag is not known (a kind of source without a readable
+    # head) is not judged: /status shows its lag as null.
     behind = [
         f"{holding.group} {source_label(holding.source)} is {holding.lag} behind"
         for holding in holdings
-        if holding.lag > max_lag_events and not trend.falling(holding)
+        if holding.lag is not None
+        and holding.lag > max_lag_events
+        and not trend.falling(holding)
     ]
     if not behind:
         return Check("lag", True)

@@ -13,6 +13,11 @@ A node service (an async context manager, entered once the runtime runs)::
 - ``GET /metrics``: the node's ``PrometheusNodeMetrics``, lag and holdings read
   at each scrape.
 
+Every probe answers within ``probe_timeout`` (1 s) whatever the database does:
+the database is asked (``database``, then the holdings) within a shorter budget,
+and what did not answer in time is reported as not known (readiness fails, with
+the reason; the lag series are left out of ``/metrics``).
+
 Other paths answer 404, other methods 405. Nothing shows settings.
 
 Built on aiohttp's ``AppRunner`` and ``TCPSite``: the server runs on the node's own
@@ -20,8 +25,10 @@ event loop, with no thread and no framework of its own, and stops when the node
 exits it.
 """
 
+import asyncio
 import errno
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
 from typing import Protocol, Self
@@ -29,13 +36,14 @@ from typing import Protocol, Self
 import structlog
 from aiohttp import web
 from logicblocks.event.processing import ProcessStatus
+from logicblocks.event.types import EventSourceIdentifier
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..broker import BrokerRole
 from ..errors import EventCompositionError
 from ..lag import HoldingsProvider, NoHoldings, SourceLag
 from ..metrics import PrometheusNodeMetrics, source_label
-from .health import LagTrend, check_readiness, liveness_failure
+from .health import DatabaseCheck, LagTrend, check_readiness, liveness_failure
 
 logger = structlog.get_logger("eventcomposition.http")
 
@@ -44,6 +52,9 @@ DEFAULT_PORT = 8080
 DEFAULT_MAX_LAG_EVENTS = 1000
 # Probes in flight get this long to finish when the node stops.
 SHUTDOWN_TIMEOUT_SECONDS = 2.0
+# Every probe answers within this bound; the database gets most of it.
+DEFAULT_PROBE_TIMEOUT = timedelta(seconds=1)
+_DATABASE_SHARE = 0.8
 
 
 class HttpServerError(EventCompositionError):
@@ -56,6 +67,20 @@ class OperatedRuntime(Protocol):
 
     @property
     def broker_failed(self) -> bool: ...
+
+    def subscriber_groups(self) -> Sequence[str]: ...
+
+    def held_sources(self) -> Sequence[tuple[str, EventSourceIdentifier]]: ...
+
+
+@dataclass(frozen=True)
+class _Reading:
+    """What one probe read: the holdings (``None`` when not read) and why not;
+    ``database_error`` is set when the database did not answer."""
+
+    holdings: Sequence[SourceLag] | None
+    error: str = ""
+    database_error: str | None = None
 
 
 class OperatedNode(Protocol):
@@ -95,9 +120,13 @@ class NodeHttpServer:
         port: int = DEFAULT_PORT,
         max_lag_events: int = DEFAULT_MAX_LAG_EVENTS,
         lag_trend_window: timedelta = timedelta(seconds=60),
+        database: DatabaseCheck | None = None,
+        probe_timeout: timedelta = DEFAULT_PROBE_TIMEOUT,
     ) -> None:
         self._node = node
         self._holdings = holdings if holdings is not None else NoHoldings()
+        self._database = database
+        self._read_budget = probe_timeout.total_seconds() * _DATABASE_SHARE
         self.metrics = metrics if metrics is not None else PrometheusNodeMetrics()
         self._host = host
         self._port = port
@@ -181,13 +210,14 @@ class NodeHttpServer:
         return web.json_response(body, status=200 if failure is None else 503)
 
     async def _ready(self, request: web.Request) -> web.Response:
-        holdings, error = await self._read_holdings()
+        reading = await self._read()
         readiness = check_readiness(
             self._served.runtime.service_statuses,
-            holdings,
+            reading.holdings,
             max_lag_events=self._max_lag_events,
             trend=self._trend,
-            holdings_error=error,
+            holdings_error=reading.error,
+            database_error=reading.database_error,
         )
         return web.json_response(
             readiness.as_json(), status=200 if readiness.ready else 503
@@ -195,7 +225,8 @@ class NodeHttpServer:
 
     async def _node_status(self, request: web.Request) -> web.Response:
         node = self._served
-        holdings, error = await self._read_holdings()
+        reading = await self._read()
+        holdings, error = reading.holdings, reading.error
         body = {
             "node_id": node.node_id,
             "role": str(node.role),
@@ -205,27 +236,54 @@ class NodeHttpServer:
             },
             "sources": None if holdings is None else [_holding(h) for h in holdings],
             "sources_error": error or None,
+            "database_error": reading.database_error,
         }
         return web.json_response(body)
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        holdings, _ = await self._read_holdings()
-        if holdings is not None:
-            self.metrics.holdings_observed(holdings)
+        reading = await self._read()
+        runtime = self._served.runtime
+        if reading.holdings is None:
+            # What is held is known here, without the database; the lag is not.
+            self.metrics.holdings_unknown(
+                runtime.held_sources(), runtime.subscriber_groups()
+            )
+        else:
+            self.metrics.holdings_observed(
+                reading.holdings, runtime.subscriber_groups()
+            )
         return web.Response(
             body=generate_latest(self.metrics.registry),
             headers={"Content-Type": CONTENT_TYPE_LATEST},
         )
 
-    async def _read_holdings(self) -> tuple[Sequence[SourceLag] | None, str]:
+    async def _read(self) -> _Reading:
+        """The database's answer and the holdings, within the read budget."""
+        budget = self._read_budget
         try:
-            holdings = await self._holdings.holdings()
-        except Exception as error:
-            # The error's type only: a driver's message may name hosts and users.
-            await logger.awarning("http.holdings-unreadable", error=repr(error))
-            return None, type(error).__name__
+            async with asyncio.timeout(budget):
+                if self._database is not None:
+                    try:
+                        await self._database.check()
+                    except Exception as error:
+                        await logger.awarning(
+                            "http.database-unreachable", error=repr(error)
+                        )
+                        reason = f"the database is unreachable ({type(error).__name__})"
+                        return _Reading(None, reason, reason)
+                try:
+                    holdings = await self._holdings.holdings()
+                except Exception as error:
+                    # The error's type only: a driver's message may name hosts and
+                    # users.
+                    await logger.awarning("http.holdings-unreadable", error=repr(error))
+                    return _Reading(None, type(error).__name__)
+        except TimeoutError:
+            reason = f"the database did not answer within {budget:g} s"
+            await logger.awarning("http.database-timed-out", budget_seconds=budget)
+            return _Reading(None, reason, reason)
         self._trend.observe(holdings)
-        return holdings, ""
+        return _Reading(holdings)
 
 
 def _holding(holding: SourceLag) -> dict[str, object]:

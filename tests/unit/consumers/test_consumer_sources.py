@@ -18,7 +18,7 @@ async def test_sources_follow_what_the_broker_allocates_and_withdraws() -> None:
         event_processor=CapturingProcessor(),
     )
     assert isinstance(consumer, ExposesSources)
-    assert len(consumer.sources) == 0
+    assert list(consumer.sources) == []
 
     await consumer.accept(store.category(category="a"))
     await consumer.accept(store.category(category="c"))

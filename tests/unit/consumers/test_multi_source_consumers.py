@@ -19,6 +19,7 @@ from eventcomposition.consumers import (
     make_subscription_consumer,
     state_category_name,
 )
+from eventcomposition.metrics import PrometheusNodeMetrics
 from eventcomposition.testing.capture import CapturingProcessor
 
 GROUP = "totals"
@@ -152,3 +153,59 @@ def test_a_subscriber_needs_at_least_one_source(store: EventStore) -> None:
             subscription_requests=[],
             event_processor=CapturingProcessor(),
         )
+
+
+async def test_events_and_failures_are_recorded_in_the_metrics_given_later() -> None:
+    # Declared without metrics, as an application does; the runtime hands its
+    # node's metrics over at registration.
+    store = EventStore(adapter=InMemoryEventStorageAdapter())
+    consumer = make_subscription_consumer(
+        event_store=store,
+        subscriber_group=GROUP,
+        subscription_requests=sources("orders", "payments"),
+        event_processor=CapturingProcessor(
+            fail_on=lambda event: event.category == "payments"
+        ),
+    )
+    metrics = PrometheusNodeMetrics()
+    consumer.use_metrics(metrics)
+    consumer.use_metrics(PrometheusNodeMetrics())  # the first given stays
+    await accept_all(consumer, store, sources("orders", "payments"))
+    await publish(store, "orders", 3)
+    await publish(store, "payments", 1)
+
+    with pytest.raises(ValueError, match="refusing"):
+        await consumer.consume_all()
+
+    def value(name: str, source: str) -> float | None:
+        return metrics.registry.get_sample_value(
+            name, {"group": GROUP, "source": source}
+        )
+
+    assert value("eventcomposition_events_processed_total", "category:orders") == 3
+    assert value("eventcomposition_consumer_errors_total", "category:payments") == 1
+    assert value("eventcomposition_events_processed_total", "category:payments") is None
+
+
+async def test_saved_positions_are_those_the_state_store_saved() -> None:
+    store = EventStore(adapter=InMemoryEventStorageAdapter())
+    consumer = make_subscription_consumer(
+        event_store=store,
+        subscriber_group=GROUP,
+        subscription_requests=sources("orders", "payments"),
+        event_processor=CapturingProcessor(),
+    )
+    await accept_all(consumer, store, sources("orders"))
+    stored = await store.stream(category="orders", stream="s").publish(
+        events=[NewEvent(name="happened", payload={"n": n}) for n in range(3)]
+    )
+
+    assert await consumer.saved_positions(sources("orders")) == {
+        CategoryIdentifier(category="orders"): None
+    }
+    await consumer.consume_all()
+
+    assert await consumer.saved_positions(sources("orders", "payments")) == {
+        CategoryIdentifier(category="orders"): stored[-1].sequence_number,
+        CategoryIdentifier(category="payments"): None,
+    }

@@ -132,3 +132,64 @@ def test_metrics_off_records_nothing_and_accepts_every_call() -> None:
     metrics.holdings_observed([])
 
     assert not hasattr(metrics, "registry")
+
+
+def test_per_event_consumers_count_each_event_and_time_it() -> None:
+    metrics = PrometheusNodeMetrics()
+
+    metrics.event_processed("projection", ORDERS, 0.002)
+    metrics.event_processed("projection", ORDERS, 0.004)
+
+    found = samples(metrics)
+    processed = (
+        "eventcomposition_events_processed_total",
+        (("group", "projection"), ("source", "category:orders")),
+    )
+    assert found[processed] == 2
+    assert found[("eventcomposition_event_duration_seconds_count", ())] == 2
+
+
+def test_a_lag_not_known_is_absent_never_zero_or_stale() -> None:
+    metrics = PrometheusNodeMetrics()
+    payments = CategoryIdentifier(category="payments")
+    lag = (
+        "eventcomposition_consumer_lag_events",
+        (("group", "totals"), ("source", "category:orders")),
+    )
+    unknown_lag = (
+        "eventcomposition_consumer_lag_events",
+        (("group", "totals"), ("source", "category:payments")),
+    )
+    metrics.holdings_observed(
+        [
+            SourceLag("totals", ORDERS, checkpoint=3, head=9),
+            SourceLag("totals", payments, checkpoint=3, head=None, head_known=False),
+        ]
+    )
+    found = samples(metrics)
+    assert found[lag] == 6
+    assert unknown_lag not in found
+    assert found[("eventcomposition_sources_held", (("group", "totals"),))] == 2
+
+    # The lag could not be read: the last one read is not shown as current; what
+    # is held is known without the database.
+    metrics.holdings_unknown([("totals", ORDERS)], ["totals", "idle"])
+    found = samples(metrics)
+    assert lag not in found
+    assert found[("eventcomposition_sources_held", (("group", "totals"),))] == 1
+    assert found[("eventcomposition_sources_held", (("group", "idle"),))] == 0
+
+
+def test_a_group_holding_nothing_shows_zero_sources_held() -> None:
+    metrics = PrometheusNodeMetrics()
+
+    metrics.holdings_observed([SourceLag("totals", ORDERS, 1, 1)], ["totals", "idle"])
+    found = samples(metrics)
+    assert found[("eventcomposition_sources_held", (("group", "idle"),))] == 0
+    assert found[("eventcomposition_sources_held", (("group", "totals"),))] == 1
+
+    # A source handed away drops its series.
+    metrics.holdings_observed([], ["totals", "idle"])
+    found = samples(metrics)
+    assert found[("eventcomposition_sources_held", (("group", "totals"),))] == 0
+    assert not any(name == "eventcomposition_consumer_lag_events" for name, _ in found)

@@ -233,6 +233,19 @@ async def test_statuses_cover_the_runtime_and_every_service() -> None:
     assert node.service_statuses["Recorder"] is ProcessStatus.STOPPED
 
 
+async def test_a_started_node_is_never_initialised() -> None:
+    # Right after entry no service task has run yet: the runtime has started all
+    # the same, and says so.
+    runtime = make_runtime()
+    async with EventNode(runtime) as node:
+        assert runtime.status is not ProcessStatus.INITIALISED
+        assert status_of(node) is not ProcessStatus.INITIALISED
+        assert ProcessStatus.INITIALISED not in node.service_statuses.values()
+        await wait_until(
+            lambda: node.status is ProcessStatus.RUNNING, description="node running"
+        )
+
+
 async def test_a_node_runs_once() -> None:
     node = EventNode(make_runtime())
     async with node:

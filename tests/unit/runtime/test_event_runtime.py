@@ -752,6 +752,30 @@ async def test_status_is_initialised_before_start(runtime: EventRuntime) -> None
     assert runtime.service_statuses == {name: ProcessStatus.INITIALISED}
 
 
+async def test_status_is_starting_once_start_returns() -> None:
+    broker = make_event_broker(
+        "node-1",
+        EventBrokerType.Distributed,
+        EventBrokerStorageType.InMemory,
+        settings=DistributedEventBrokerSettings(),
+        cluster_state=InMemoryClusterState(),
+    )
+    runtime = EventRuntime("node-1", broker, ServiceManager())
+    name = await runtime.register_consumer(OrdersProjector())
+
+    await runtime.start()
+    try:
+        # No service task has run yet: each has been started all the same.
+        assert runtime.status is ProcessStatus.STARTING
+        assert runtime.service_statuses[name] is ProcessStatus.STARTING
+        await wait_until(
+            lambda: runtime.status is ProcessStatus.RUNNING,
+            description="runtime running",
+        )
+    finally:
+        await runtime.stop()
+
+
 async def test_status_is_stopped_after_stop(runtime: EventRuntime) -> None:
     await runtime.register_consumer(OrdersProjector())
     await runtime.start()
