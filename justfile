@@ -46,6 +46,10 @@ typecheck:
 check-wheel:
     scripts/check-wheel
 
+# Regenerate the Grafana dashboard (src/eventcomposition/dashboards/eventcomposition.json).
+dashboard:
+    uv run --locked python -m eventcomposition.dashboards.grafana
+
 # Everything CI checks.
 check: lint format-check typecheck test
 
