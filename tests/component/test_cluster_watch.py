@@ -10,6 +10,7 @@ import subprocess
 import sys
 import termios
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,6 +43,7 @@ NAMES = DemoNames()
 CATEGORIES = NAMES.category(0).removesuffix("0")
 COLUMNS, LINES = 160, 60
 EXIT_TIMEOUT = 10.0
+SETTLE_SECONDS = 0.15
 
 type Pool = AsyncConnectionPool[AsyncConnection[Any]]
 
@@ -86,8 +88,22 @@ class Terminal:
                 self._stream.feed(data)
 
     def screen(self) -> str:
+        """The screen now: possibly halfway through a redraw."""
         with self._lock:
             return "\n".join(line.rstrip() for line in self._screen.display)
+
+    def settled_screen(self, timeout: float = 5.0) -> str:
+        """The screen once it stays the same for a moment: a whole frame (the view
+        redraws once a second, in well under SETTLE_SECONDS)."""
+        deadline = time.monotonic() + timeout
+        previous = self.screen()
+        while time.monotonic() < deadline:
+            time.sleep(SETTLE_SECONDS)
+            current = self.screen()
+            if current == previous:
+                return current
+            previous = current
+        raise AssertionError(f"the screen kept changing for {timeout}s:\n{previous}")
 
     def interrupt(self) -> None:
         """Ctrl-C, as the terminal sends it: SIGINT to the foreground process."""
@@ -120,13 +136,18 @@ def rows_of(screen: str, first_cell: str) -> list[list[str]]:
     ]
 
 
+def held_rows(screen: str) -> list[list[str]]:
+    """The holding rows on the screen: node, subscriber, source, ..., events/s."""
+    return [
+        cells
+        for line in screen.splitlines()
+        if len(cells := line.split()) == 7 and cells[2].startswith(CATEGORIES)
+    ]
+
+
 def holders(screen: str) -> set[str]:
     """The nodes holding demo categories on the screen."""
-    return {
-        cells[0]
-        for line in screen.splitlines()
-        if len(cells := line.split()) >= 7 and cells[2].startswith(CATEGORIES)
-    }
+    return {cells[0] for cells in held_rows(screen)}
 
 
 def rates(screen: str) -> list[float]:
@@ -156,14 +177,15 @@ async def test_the_view_redraws_as_events_flow_and_an_observer_joins(
         with terminal(WATCH, environment) as watch:
             await wait_until(
                 lambda: (
-                    len(holders(watch.screen())) == 1
+                    len(held_rows(watch.screen())) == SHARD_COUNT
                     and "leading coordinator: full-1" in watch.screen()
                 ),
                 timeout=60,
                 description="the full node holding the demo categories, leading",
             )
-            before = watch.screen()
+            before = watch.settled_screen()
             assert holders(before) == {"full-1"}, before
+            assert len(held_rows(before)) == SHARD_COUNT, before
             assert "events/s" in before
             assert not rows_of(before, "observer-1")
 
@@ -179,18 +201,20 @@ async def test_the_view_redraws_as_events_flow_and_an_observer_joins(
 
             observer = start_node(nodes, environment, "observer-1", "observer")
             await wait_until(
-                lambda: holders(watch.screen()) == {"full-1", "observer-1"},
+                lambda: (
+                    holders(watch.screen()) == {"full-1", "observer-1"}
+                    and len(held_rows(watch.screen())) == SHARD_COUNT
+                ),
                 timeout=60,
                 description="the observer's holdings on screen beside the full node's",
             )
-            after = watch.screen()
+            after = watch.settled_screen()
             assert rows_of(after, "observer-1"), after
-            held = [
-                line
-                for line in after.splitlines()
-                if line.startswith(("full-1 ", "observer-1 "))
-            ]
-            assert sum(CATEGORIES in line for line in held) == SHARD_COUNT, after
+            rows = held_rows(after)
+            assert sorted(cells[2] for cells in rows) == [
+                NAMES.category(shard) for shard in range(SHARD_COUNT)
+            ], after
+            assert holders(after) == {"full-1", "observer-1"}, after
 
             watch.interrupt()
             assert watch.process.wait(timeout=EXIT_TIMEOUT) == 0
@@ -232,3 +256,18 @@ def test_without_a_terminal_each_reading_is_printed_after_the_last(
     headers = [line for line in output.splitlines() if line.endswith("UTC, every 0.2s")]
     assert len(headers) >= 3, output
     assert "no live nodes" in output
+
+
+def test_a_reader_that_goes_away_ends_the_watch_quietly(
+    postgres_database: ConnectionInfo,
+) -> None:
+    # As `cluster status --watch | head -1`: every write fails with EPIPE.
+    watch = NodeProcess(
+        [*WATCH, "--interval", "0.2"],
+        env=node_environment(postgres_database),
+        output_closed=True,
+    )
+    try:
+        assert watch.wait(timeout=30) == 0
+    finally:
+        watch.close()

@@ -43,7 +43,6 @@ from .cluster_report import (
     render_status,
     status_json,
 )
-from .cluster_watch import watch_status
 from .db import reachable_postgres
 from .options import add_settings_arguments
 
@@ -154,6 +153,9 @@ def _status_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -
 
 async def watch(args: argparse.Namespace) -> int:
     """Show the status every ``--interval`` seconds until interrupted."""
+    # Imported here: one-shot `cluster status` needs none of rich's live display.
+    from .cluster_watch import watch_status
+
     postgres = await reachable_postgres(args)
     live_within = _live_within(args)
     async with AsyncConnectionPool[AsyncConnection[Any]](
