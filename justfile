@@ -52,7 +52,7 @@ dashboard:
 
 # Build the documentation site strictly into site/ (broken links and references fail).
 docs:
-    NO_MKDOCS_2_WARNING=1 uv run --locked mkdocs build --strict --quiet
+    NO_MKDOCS_2_WARNING=1 uv run --locked mkdocs build --strict
 
 # Serve the documentation site while editing it.
 docs-serve:
