@@ -228,7 +228,8 @@ def _group_parts(group: GroupStatus, *, rates: bool) -> list[RenderableType]:
         "",
         f"group {group.name}: {len(group.subscribers)} live subscribers, "
         f"{len(group.holdings)} sources held by {len(holders)}, "
-        f"{len(group.moving)} moving, {group.dead_letters} dead letters",
+        f"{len(group.moving)} moving, {group.dead_letters} dead letters"
+        + (_group_rate(group) if rates else ""),
     ]
     if group.holdings:
         columns = ["node", "subscriber", "source", "checkpoint", "head", "lag"]
@@ -268,6 +269,13 @@ def _ago(now: datetime, then: datetime | None) -> str:
 
 def _number(value: int | None) -> str:
     return "-" if value is None else str(value)
+
+
+def _group_rate(group: GroupStatus) -> str:
+    known = [h.events_per_second for h in group.holdings]
+    if not known or None in known:
+        return ""
+    return f", {sum(rate or 0.0 for rate in known):.1f} events/s"
 
 
 def _rate(value: float | None) -> str:

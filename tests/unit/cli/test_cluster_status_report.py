@@ -74,6 +74,11 @@ def test_with_rates_each_holding_shows_its_events_per_second_or_a_dash() -> None
     assert _cells(lines, "orders-0")[-1] == "12.3"
     assert _cells(lines, "orders-1")[-1] == "-"
     assert "events/s" not in "\n".join(plain)
+    # The group's rate only when every holding's is known.
+    assert "dead letters, " not in "\n".join(lines)
+    known = [replace(holding, events_per_second=2.5) for holding in holdings]
+    status = replace(status, groups=[replace(group, holdings=known)])
+    assert "2 dead letters, 5.0 events/s" in render_status(status, rates=True)
     assert _cells(plain, "orders-0")[-1] == "3"
 
 
