@@ -87,7 +87,9 @@ def _panels() -> list[Json]:
         ),
         panel(
             "Throughput",
-            "Events processed and committed per second, per group and node.",
+            "Events processed per second, per group and node: committed with their "
+            "batch (transactional consumers) or returned from the processor "
+            "(per-event consumers).",
             [
                 target(
                     f"sum by (group, instance) (rate({processed}{{{GROUPS}}}"
@@ -103,11 +105,27 @@ def _panels() -> list[Json]:
         ),
         panel(
             "Batch duration",
-            "Time to process one batch, quantiles over every node.",
+            "Time to process and commit one batch of a transactional consumer, "
+            "quantiles over every node.",
             [
                 target(
                     f"histogram_quantile({quantile}, sum by (le) "
                     f"(rate({buckets}[$__rate_interval])))",
+                    f"p{round(quantile * 100)}",
+                )
+                for quantile in (0.5, 0.95, 0.99)
+            ],
+            unit="s",
+        ),
+        panel(
+            "Event duration",
+            "Time for one event through a per-event consumer's processor, "
+            "quantiles over every node.",
+            [
+                target(
+                    f"histogram_quantile({quantile}, sum by (le) "
+                    f"(rate({metric('event_duration_seconds_bucket')}"
+                    "[$__rate_interval])))",
                     f"p{round(quantile * 100)}",
                 )
                 for quantile in (0.5, 0.95, 0.99)
@@ -250,10 +268,9 @@ def build_dashboard() -> Json:
                     "label": "Subscriber group",
                     "type": "query",
                     "datasource": DATASOURCE,
-                    "query": {
-                        "query": f"label_values({metric('sources_held')}, group)",
-                        "refId": "groups",
-                    },
+                    # The plain-string form, which every Grafana version reads.
+                    "query": f"label_values({metric('sources_held')}, group)",
+                    "definition": f"label_values({metric('sources_held')}, group)",
                     "refresh": 2,
                     "includeAll": True,
                     "multi": True,
