@@ -46,8 +46,20 @@ typecheck:
 check-wheel:
     scripts/check-wheel
 
+# Regenerate the Grafana dashboard (src/eventcomposition/dashboards/eventcomposition.json).
+dashboard:
+    uv run --locked python -m eventcomposition.dashboards.grafana
+
+# Build the documentation site strictly into site/ (broken links and references fail).
+docs:
+    NO_MKDOCS_2_WARNING=1 uv run --locked mkdocs build --strict
+
+# Serve the documentation site while editing it.
+docs-serve:
+    NO_MKDOCS_2_WARNING=1 uv run --locked mkdocs serve
+
 # Everything CI checks.
-check: lint format-check typecheck test
+check: lint format-check typecheck docs test
 
 # A local PostgreSQL on 127.0.0.1:54329 for trying nodes by hand.
 db-start:

@@ -1,5 +1,7 @@
 """Lag on PostgreSQL: every head read in one query, the same as the adapter says."""
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -7,6 +9,7 @@ from logicblocks.event.store import EventStore, PostgresEventStorageAdapter
 from logicblocks.event.types import (
     CategoryIdentifier,
     EventSourceIdentifier,
+    JsonValue,
     LogIdentifier,
     NewEvent,
     StreamIdentifier,
@@ -21,10 +24,21 @@ from eventcomposition.lag import (
     EventStoreHeadReader,
     HeldSource,
     LagReader,
+    PostgresEventCounter,
     PostgresHeadReader,
     SourceLag,
+    SourceSpan,
 )
 from eventcomposition.testing.capture import CapturingProcessor
+
+
+@dataclass(frozen=True)
+class Elsewhere(EventSourceIdentifier):
+    """A kind of source the PostgreSQL readers do not know (as a partition)."""
+
+    def serialise(self, fallback: Callable[[object], JsonValue] = str) -> JsonValue:
+        return {"type": "elsewhere"}
+
 
 type Pool = AsyncConnectionPool[AsyncConnection[Any]]
 
@@ -177,3 +191,36 @@ async def test_cluster_status_reads_a_per_event_groups_saved_positions(
     [caught_up] = after.groups[0].holdings
     assert caught_up.checkpoint == heads[ORDERS]
     assert caught_up.lag == 0
+
+
+async def test_the_counter_counts_each_spans_events_of_its_own_source(
+    postgres_pool: Pool,
+) -> None:
+    store = EventStore(
+        adapter=PostgresEventStorageAdapter(connection_source=postgres_pool)
+    )
+    first = await publish(store, ORDER_1, 3)
+    payments = await publish(
+        store, StreamIdentifier(category="payments", stream="p-1"), 2
+    )
+    second = await publish(store, ORDER_2, 4)
+    last = await publish(store, ORDER_1, 1)
+
+    counts = await PostgresEventCounter(postgres_pool).counts(
+        [
+            SourceSpan(ORDERS, None, last[-1]),
+            SourceSpan(ORDERS, first[-1], last[-1]),
+            SourceSpan(PAYMENTS, first[0], payments[0]),
+            SourceSpan(ORDER_1, first[0], last[-1]),
+            SourceSpan(ORDER_2, second[1], second[-1]),
+            SourceSpan(LogIdentifier(), payments[-1], last[-1]),
+            SourceSpan(EMPTY, None, last[-1]),
+            SourceSpan(ORDERS, last[-1], first[0]),
+        ]
+    )
+    unknown = await PostgresEventCounter(postgres_pool).counts(
+        [SourceSpan(Elsewhere(), None, last[-1])]
+    )
+
+    assert counts == [8, 5, 1, 3, 2, 5, 0, 0]
+    assert unknown == [None]

@@ -8,10 +8,12 @@ of reach.
 
 import argparse
 import asyncio
+import os
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,7 +30,7 @@ from ..consumers.subscription import (
     position_in_state,
     state_category_name,
 )
-from ..lag import PostgresHeadReader, SourceLag
+from ..lag import PostgresEventCounter, PostgresHeadReader, SourceLag, SourceSpan
 from ..settings import load_settings
 from .cluster_report import (
     ClusterStatus,
@@ -67,6 +69,9 @@ SAVED_STATES = """
 """
 # How often --wait looks for a first heartbeat.
 WAIT_POLL_SECONDS = 0.2
+# Seconds between the readings of --watch, by default and at least.
+WATCH_INTERVAL = 1.0
+MIN_INTERVAL = 0.1
 
 type Pool = AsyncConnectionPool[AsyncConnection[Any]]
 type Row = tuple[Any, ...]
@@ -95,15 +100,88 @@ def add_parser(
         action="store_true",
         help="print one JSON document instead of tables, for scripts",
     )
+    status.add_argument(
+        "--watch",
+        action="store_true",
+        help="redraw the status in place every second (or --interval) with each "
+        "holding's events/s, until Ctrl-C; when stdout is not a terminal, print "
+        "each reading after the last",
+    )
+    status.add_argument(
+        "--interval",
+        type=_interval,
+        metavar="SECONDS",
+        help=f"seconds between readings of --watch (default {WATCH_INTERVAL:g})",
+    )
     add_settings_arguments(status)
-    status.set_defaults(func=lambda args: asyncio.run(show_status(args)))
+    status.set_defaults(func=lambda args: _status_command(status, args))
+
+
+def _interval(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0
+    if not MIN_INTERVAL <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a number of seconds of at least {MIN_INTERVAL:g} "
+            "(e.g. 1 or 0.5)"
+        )
+    return seconds
+
+
+def _status_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.watch and (args.json or args.wait):
+        parser.error(
+            "--watch shows the status until Ctrl-C: it takes neither --json nor "
+            "--wait (nodes appear as they start)"
+        )
+    if args.interval is not None and not args.watch:
+        parser.error("--interval applies to --watch only: add --watch")
+    if not args.watch:
+        return asyncio.run(show_status(args))
+    try:
+        return asyncio.run(watch(args))
+    except KeyboardInterrupt:
+        # Ctrl-C is how a watch ends.
+        return 0
+    except BrokenPipeError:
+        # The reader went away (`| head`): nothing more to say to it.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+async def watch(args: argparse.Namespace) -> int:
+    """Show the status every ``--interval`` seconds until interrupted."""
+    # Imported here: one-shot `cluster status` needs none of rich's live display.
+    from .cluster_watch import watch_status
+
+    postgres = await reachable_postgres(args)
+    live_within = _live_within(args)
+    async with AsyncConnectionPool[AsyncConnection[Any]](
+        postgres.conninfo(), min_size=1, max_size=1, open=False
+    ) as pool:
+
+        async def read(since: ClusterStatus | None) -> ClusterStatus:
+            return await read_status(
+                pool, postgres.location(), live_within, since=since
+            )
+
+        await watch_status(
+            read, interval=args.interval or WATCH_INTERVAL, output=sys.stdout
+        )
+    return 0
+
+
+def _live_within(args: argparse.Namespace) -> timedelta:
+    settings = load_settings(args.env, settings_dir=args.settings_dir)
+    # A node is live while the coordinator would still allocate to it.
+    return settings.broker.coordinator_subscriber_max_time_since_last_seen
 
 
 async def show_status(args: argparse.Namespace) -> int:
     postgres = await reachable_postgres(args)
-    settings = load_settings(args.env, settings_dir=args.settings_dir)
-    # A node is live while the coordinator would still allocate to it.
-    live_within = settings.broker.coordinator_subscriber_max_time_since_last_seen
+    live_within = _live_within(args)
     deadline = time.monotonic() + max(args.wait, 0)
     async with AsyncConnectionPool[AsyncConnection[Any]](
         postgres.conninfo(), min_size=1, max_size=1, open=False
@@ -127,8 +205,19 @@ class _Subscriber:
     last_seen: datetime
 
 
-async def read_status(pool: Pool, where: str, live_within: timedelta) -> ClusterStatus:
-    """The cluster as the database shows it now."""
+async def read_status(
+    pool: Pool,
+    where: str,
+    live_within: timedelta,
+    *,
+    since: ClusterStatus | None = None,
+) -> ClusterStatus:
+    """The cluster as the database shows it now.
+
+    With ``since`` (an earlier reading), each holding also has the events processed
+    since then per second: the events of its source between the two checkpoints,
+    counted in the database.
+    """
     async with pool.connection() as connection:
         subscriber_rows = await _rows(connection, SUBSCRIBERS)
         subscriptions = await _rows(connection, SUBSCRIPTIONS)
@@ -194,6 +283,9 @@ async def read_status(pool: Pool, where: str, live_within: timedelta) -> Cluster
         )
         for group in sorted({s.group for s in live.values()} | dead_letters.keys())
     ]
+    if since is not None:
+        by_key = {source_key(source): source for source in held_sources}
+        groups = await _with_rates(pool, groups, since, now, by_key)
     return ClusterStatus(
         where=where,
         at=now,
@@ -288,6 +380,56 @@ def _group(
         moving=moving,
         dead_letters=dead_letters,
     )
+
+
+async def _with_rates(
+    pool: Pool,
+    groups: Sequence[GroupStatus],
+    since: ClusterStatus,
+    now: datetime,
+    identifiers: Mapping[str, EventSourceIdentifier],
+) -> list[GroupStatus]:
+    elapsed = (now - since.at).total_seconds()
+    before = {
+        (group.name, holding.source): holding.checkpoint
+        for group in since.groups
+        for holding in group.holdings
+    }
+    counted: list[tuple[str, str]] = []
+    spans: list[SourceSpan] = []
+    for group in groups:
+        for holding in group.holdings:
+            key = (group.name, holding.source)
+            if key in before and holding.checkpoint is not None:
+                counted.append(key)
+                spans.append(
+                    SourceSpan(
+                        identifiers[holding.source], before[key], holding.checkpoint
+                    )
+                )
+    counts = dict(
+        zip(counted, await PostgresEventCounter(pool).counts(spans), strict=True)
+    )
+
+    def rate(group: str, holding: HoldingStatus) -> float | None:
+        key = (group, holding.source)
+        if key not in before or elapsed <= 0:
+            return None
+        if holding.checkpoint is None:
+            return 0.0
+        count = counts.get(key)
+        return None if count is None else count / elapsed
+
+    return [
+        replace(
+            group,
+            holdings=[
+                replace(holding, events_per_second=rate(group.name, holding))
+                for holding in group.holdings
+            ],
+        )
+        for group in groups
+    ]
 
 
 def _nodes(

@@ -35,7 +35,12 @@ class SubscriberStatus:
 
 @dataclass(frozen=True)
 class HoldingStatus:
-    """A source held by a live subscriber, with its checkpoint, head and lag."""
+    """A source held by a live subscriber, with its checkpoint, head and lag.
+
+    ``events_per_second``: the events processed since the previous reading of a
+    watch, per second; ``None`` when not known (a single reading, a source that was
+    not held then, or a kind of source whose events cannot be counted).
+    """
 
     node_id: str
     subscriber: str
@@ -44,6 +49,7 @@ class HoldingStatus:
     head: int | None
     lag: int | None
     """``None`` when not known (a source whose head cannot be read)."""
+    events_per_second: float | None = None
 
 
 @dataclass(frozen=True)
@@ -155,9 +161,18 @@ def status_json(status: ClusterStatus) -> str:
     return json.dumps(status_document(status), indent=2)
 
 
-def render_status(status: ClusterStatus, *, waited: float = 0) -> str:
-    """The report: live nodes, each group's work, then what departed nodes left
-    behind (stale), each once."""
+def render_status(
+    status: ClusterStatus, *, waited: float = 0, rates: bool = False
+) -> str:
+    """The report as plain text: live nodes, each group's work, then what departed
+    nodes left behind (stale), each once. ``rates``: with each holding's events/s."""
+    return render(*status_parts(status, waited=waited, rates=rates))
+
+
+def status_parts(
+    status: ClusterStatus, *, waited: float = 0, rates: bool = False
+) -> list[RenderableType]:
+    """The report's lines and tables, for ``render`` or a live display."""
     parts: list[RenderableType] = [f"cluster at {status.where}", ""]
     if any(node.last_heartbeat is not None for node in status.nodes):
         table = new_table(
@@ -184,7 +199,7 @@ def render_status(status: ClusterStatus, *, waited: float = 0) -> str:
     if not any(group.holdings or group.moving for group in status.groups):
         parts.extend(["", "no live work allocated yet"])
     for group in status.groups:
-        parts.extend(_group_parts(group))
+        parts.extend(_group_parts(group, rates=rates))
     if status.stale:
         parts.extend(
             [
@@ -201,40 +216,40 @@ def render_status(status: ClusterStatus, *, waited: float = 0) -> str:
                 f"{stale.group}/{stale.subscriber}: {', '.join(stale.sources)}",
             )
         parts.append(table)
-    return render(*parts)
+    return parts
 
 
 _NO_LEADER = "none (no coordinator holds the leadership lock)"
 
 
-def _group_parts(group: GroupStatus) -> list[RenderableType]:
+def _group_parts(group: GroupStatus, *, rates: bool) -> list[RenderableType]:
     holders = {holding.subscriber for holding in group.holdings}
     parts: list[RenderableType] = [
         "",
         f"group {group.name}: {len(group.subscribers)} live subscribers, "
         f"{len(group.holdings)} sources held by {len(holders)}, "
-        f"{len(group.moving)} moving, {group.dead_letters} dead letters",
+        f"{len(group.moving)} moving, {group.dead_letters} dead letters"
+        + (_group_rate(group) if rates else ""),
     ]
     if group.holdings:
+        columns = ["node", "subscriber", "source", "checkpoint", "head", "lag"]
         table = new_table(
-            "node",
-            "subscriber",
-            "source",
-            "checkpoint",
-            "head",
-            "lag",
-            numeric={"checkpoint", "head", "lag"},
+            *columns,
+            *(["events/s"] if rates else []),
+            numeric={"checkpoint", "head", "lag", "events/s"},
         )
         for holding in group.holdings:
-            add_plain_row(
-                table,
+            cells = [
                 holding.node_id,
                 holding.subscriber,
                 holding.source,
                 _number(holding.checkpoint),
                 _number(holding.head),
                 _number(holding.lag),
-            )
+            ]
+            if rates:
+                cells.append(_rate(holding.events_per_second))
+            add_plain_row(table, *cells)
         parts.append(table)
     if group.moving:
         table = new_table("moving source", "still claimed by", "allocated to")
@@ -254,6 +269,17 @@ def _ago(now: datetime, then: datetime | None) -> str:
 
 def _number(value: int | None) -> str:
     return "-" if value is None else str(value)
+
+
+def _group_rate(group: GroupStatus) -> str:
+    known = [h.events_per_second for h in group.holdings]
+    if not known or None in known:
+        return ""
+    return f", {sum(rate or 0.0 for rate in known):.1f} events/s"
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def _timestamp(value: datetime | None) -> str | None:

@@ -1,6 +1,7 @@
 """The cluster status report: tables and the JSON document from one status."""
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from eventcomposition.cli.cluster_report import (
@@ -58,6 +59,27 @@ def test_each_holding_shows_its_checkpoint_head_and_lag() -> None:
     assert _cells(lines, "orders-1") == ["node-a", "sub-a", "orders-1", "-", "-", "0"]
     assert _cells(lines, "orders-2") == ["orders-2", "node-b/sub-b", "-"]
     assert "2 dead letters" in "\n".join(lines)
+
+
+def test_with_rates_each_holding_shows_its_events_per_second_or_a_dash() -> None:
+    status = a_status()
+    [group] = status.groups
+    holdings = [replace(group.holdings[0], events_per_second=12.345), group.holdings[1]]
+    status = replace(status, groups=[replace(group, holdings=holdings)])
+
+    lines = render_status(status, rates=True).splitlines()
+    plain = render_status(status).splitlines()
+
+    assert any(line.split()[-1:] == ["events/s"] for line in lines)
+    assert _cells(lines, "orders-0")[-1] == "12.3"
+    assert _cells(lines, "orders-1")[-1] == "-"
+    assert "events/s" not in "\n".join(plain)
+    # The group's rate only when every holding's is known.
+    assert "dead letters, " not in "\n".join(lines)
+    known = [replace(holding, events_per_second=2.5) for holding in holdings]
+    status = replace(status, groups=[replace(group, holdings=known)])
+    assert "2 dead letters, 5.0 events/s" in render_status(status, rates=True)
+    assert _cells(plain, "orders-0")[-1] == "3"
 
 
 def test_nodes_show_role_and_heartbeat_and_the_leader_by_name() -> None:
