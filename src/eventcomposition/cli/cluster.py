@@ -42,7 +42,6 @@ from .cluster_report import (
     status_json,
 )
 from .db import reachable_postgres
-from .options import add_settings_arguments
 
 SUBSCRIBERS = """
     SELECT "group", id, node_id, subscription_requests, last_seen
@@ -70,33 +69,6 @@ WAIT_POLL_SECONDS = 0.2
 
 type Pool = AsyncConnectionPool[AsyncConnection[Any]]
 type Row = tuple[Any, ...]
-
-
-def add_parser(
-    subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]",
-) -> None:
-    parser = subparsers.add_parser("cluster", help="inspect a PostgreSQL cluster")
-    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    status = actions.add_parser(
-        "status",
-        help="live nodes, their last heartbeat, each group's holdings with their "
-        "lag, the sources moving between nodes and the dead letters",
-    )
-    status.add_argument(
-        "--wait",
-        type=float,
-        default=0,
-        metavar="SECONDS",
-        help="wait up to SECONDS for a first node heartbeat (nodes that are still "
-        "starting have none)",
-    )
-    status.add_argument(
-        "--json",
-        action="store_true",
-        help="print one JSON document instead of tables, for scripts",
-    )
-    add_settings_arguments(status)
-    status.set_defaults(func=lambda args: asyncio.run(show_status(args)))
 
 
 async def show_status(args: argparse.Namespace) -> int:

@@ -2,32 +2,12 @@
 the application's own migrations."""
 
 import argparse
-import asyncio
 from collections.abc import Sequence
 
 from ..containers import application_migrations
 from ..database import wait_for_database
 from ..schema import MigrationDeclaration, migrate
 from ..settings import PostgresSettings, load_settings
-from .options import add_settings_arguments
-
-
-def add_parser(
-    subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]",
-) -> None:
-    parser = subparsers.add_parser("db", help="manage the PostgreSQL schema")
-    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    migrate_parser = actions.add_parser(
-        "migrate",
-        help="create the tables, indexes and extension the nodes need (idempotent)",
-    )
-    migrate_parser.add_argument(
-        "--app",
-        help="module:attribute of the application's container: its 'migrations' "
-        "are applied after the eventcomposition schema",
-    )
-    add_settings_arguments(migrate_parser)
-    migrate_parser.set_defaults(func=lambda args: asyncio.run(apply_schema(args)))
 
 
 async def reachable_postgres(args: argparse.Namespace) -> PostgresSettings:

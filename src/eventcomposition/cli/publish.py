@@ -5,7 +5,6 @@ sample application's orders to feed a running demo cluster.
 """
 
 import argparse
-import asyncio
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,48 +26,7 @@ from ..settings import (
     load_settings,
 )
 from .errors import CommandError
-from .options import add_settings_arguments, configure_logging_from
-
-
-def add_parser(
-    subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]",
-) -> None:
-    parser = subparsers.add_parser(
-        "publish",
-        help="append events to streams in PostgreSQL",
-        description="Append one event (--category, --stream, --name, --payload), "
-        "the events of a JSON Lines file or of standard input (--file; one object "
-        "a line with category, stream, name and payload), or the sample "
-        "application's orders (--demo-orders). Every event is checked before any "
-        "is written.",
-    )
-    what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--name", help="the name of one event")
-    what.add_argument(
-        "--file", help="a JSON Lines file of events, or - for standard input"
-    )
-    what.add_argument(
-        "--demo-orders",
-        type=int,
-        metavar="N",
-        help="N orders of the sample application, in its categories",
-    )
-    parser.add_argument("--category", help="the category of the one event")
-    parser.add_argument("--stream", help="the stream of the one event")
-    parser.add_argument(
-        "--payload", default="{}", help="the JSON object payload (default: {})"
-    )
-    parser.add_argument(
-        "--demo-run-id",
-        default="",
-        help="with --demo-orders: the run id scoping the sample's names "
-        "(default: none, the names eventcomposition.demo:DemoContainer uses)",
-    )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="with --demo-orders: the orders' seed"
-    )
-    add_settings_arguments(parser)
-    parser.set_defaults(func=lambda args: asyncio.run(publish(args)))
+from .options import configure_logging_from
 
 
 async def publish(args: argparse.Namespace) -> int:

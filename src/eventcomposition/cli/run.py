@@ -1,45 +1,15 @@
 """``eventcomposition run``: one node, until SIGINT or SIGTERM."""
 
 import argparse
-import asyncio
 
 import structlog
 
-from ..broker import BrokerRole
-from ..containers import DEFAULT_APP, application_migrations, node_for
+from ..containers import application_migrations, node_for
 from ..settings import load_settings
 from .db import prepare_database
-from .options import add_settings_arguments, configure_logging_from
+from .options import configure_logging_from
 
 logger = structlog.get_logger("eventcomposition.cli")
-
-
-def add_parser(
-    subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]",
-) -> None:
-    parser = subparsers.add_parser(
-        "run",
-        help="run one node until SIGINT or SIGTERM",
-        description="Build the application's node, start it and run until SIGINT "
-        "or SIGTERM, then stop gracefully.",
-    )
-    parser.add_argument(
-        "--app",
-        default=DEFAULT_APP,
-        help="module:attribute of the application's container class, or of a "
-        f"callable returning its container (default: {DEFAULT_APP}, no consumers)",
-    )
-    add_settings_arguments(parser)
-    parser.add_argument(
-        "--role", choices=[role.value for role in BrokerRole], help="the node's role"
-    )
-    parser.add_argument("--node-id", help="the node's id (default: from settings)")
-    parser.add_argument(
-        "--migrate",
-        action="store_true",
-        help="apply the PostgreSQL schema before starting (idempotent)",
-    )
-    parser.set_defaults(func=lambda args: asyncio.run(run(args)))
 
 
 async def run(args: argparse.Namespace) -> int:
