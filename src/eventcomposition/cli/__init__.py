@@ -9,6 +9,7 @@ the light commands start at once.
 import argparse
 import importlib
 import inspect
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -29,6 +30,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(one_line(str(error)), status=exit_status(error))
     except KeyboardInterrupt:
         return fail("interrupted", status=130)
+    except BrokenPipeError:
+        # The reader of our output went away (`... | head -5`): what it wanted
+        # is written, so this is no failure. Later writes (the interpreter's
+        # flush at exit) go nowhere instead of raising again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as error:
+        message = database_refusal(error)
+        if message is None:
+            raise
+        return fail(message)
+
+
+def database_refusal(error: Exception) -> str | None:
+    """A message for PostgreSQL's refusals that a user can act on, else None.
+
+    psycopg is imported by the commands that talk to PostgreSQL; a command that
+    did not import it cannot have raised its errors.
+    """
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is None or not isinstance(error, psycopg.Error):
+        return None
+    reason = first_line(str(error))
+    if isinstance(error, psycopg.errors.InsufficientPrivilege):
+        return (
+            f"PostgreSQL refused: {reason}; the role in storage.postgres.user needs "
+            "SELECT, INSERT, UPDATE and DELETE on eventcomposition's tables (grant "
+            "them, or use the role that ran `eventcomposition db migrate`)"
+        )
+    if isinstance(error, psycopg.errors.UndefinedTable):
+        return (
+            f"PostgreSQL: {reason}; create the schema first with "
+            "`eventcomposition db migrate`"
+        )
+    return None
+
+
+def first_line(message: str) -> str:
+    """The first non-empty line of ``message``, stripped."""
+    return next((line.strip() for line in message.splitlines() if line.strip()), "")
 
 
 def implementation(reference: str) -> Callable[[argparse.Namespace], int]:

@@ -23,12 +23,6 @@ from .options import configure_logging_from
 
 
 async def list_dead_letters(args: argparse.Namespace) -> int:
-    storage = load_settings(args.env, settings_dir=args.settings_dir).storage.type
-    if storage != "postgres":
-        raise CommandError(
-            f"storage.type is {storage}: dead letters outlive a process only in "
-            "PostgreSQL; set storage.type = postgres (or EVENTCOMPOSITION_STORAGE__TYPE)"
-        )
     postgres = await reachable_postgres(args)
     where = postgres.location()
     async with AsyncConnectionPool[AsyncConnection[Any]](

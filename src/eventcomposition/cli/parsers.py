@@ -253,7 +253,9 @@ def add_publish_parser(
         "the events of a JSON Lines file or of standard input (--file; one object "
         "a line with category, stream, name and payload), or the sample "
         "application's orders (--demo-orders). Every event is checked before any "
-        "is written.",
+        "is written; the events of one category are written in one transaction "
+        "(a file of several categories: one per category, in order of first "
+        "appearance).",
     )
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--name", help="the name of one event")

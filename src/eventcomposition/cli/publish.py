@@ -16,6 +16,7 @@ from ..database import connection_pool
 from ..demo import DemoNames, generate_orders, publish_orders
 from ..publishing import (
     EventToPublish,
+    categories_of,
     parse_event,
     parse_json_lines,
     publish_events,
@@ -39,7 +40,11 @@ async def publish(args: argparse.Namespace) -> int:
         load_settings(args.env, settings_dir=args.settings_dir)
     ) as store:
         stored = await publish_events(store, events)
-    print(f"published {len(stored)} event{'s' if len(stored) != 1 else ''}")
+    writes = len(categories_of(events))
+    print(
+        f"published {len(stored)} event{'s' if len(stored) != 1 else ''}"
+        + (f" in {writes} writes, one per category" if writes > 1 else "")
+    )
     for event in stored:
         print(
             f"  {event.category}/{event.stream} position {event.position} "

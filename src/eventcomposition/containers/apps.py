@@ -1,6 +1,7 @@
 """Finding an application's container from ``module:attribute``, for entry points."""
 
 import importlib
+import importlib.util
 import inspect
 import os
 import sys
@@ -34,6 +35,7 @@ def load_app(path: str) -> object:
         )
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+    check_module_exists(module_name)
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
@@ -51,6 +53,35 @@ def load_app(path: str) -> object:
     return target
 
 
+def check_module_exists(module_name: str) -> None:
+    """Raise ``ApplicationError`` unless ``module_name`` can be found.
+
+    Looks the name up level by level, importing only packages on its path (a
+    plain module such as Python's ``this`` is never run just to be probed).
+    """
+    parts = module_name.split(".")
+    for depth in range(1, len(parts) + 1):
+        prefix = ".".join(parts[:depth])
+        if prefix in sys.modules:
+            continue  # imported already (``os.path`` is no package's submodule)
+        try:
+            spec = importlib.util.find_spec(prefix)
+        except (ImportError, ValueError) as error:
+            raise ApplicationError(
+                f"cannot import the app module {module_name!r}: {error}"
+            ) from None
+        if spec is None:
+            raise ApplicationError(
+                f"cannot import the app module {module_name!r}: no module named "
+                f"{prefix!r} (is the application installed, or run from its folder?)"
+            )
+        if depth < len(parts) and spec.submodule_search_locations is None:
+            raise ApplicationError(
+                f"cannot import the app module {module_name!r}: {prefix!r} is a "
+                "module, not a package"
+            )
+
+
 def application_container(path: str, settings: EventCompositionSettings) -> Any:
     """The container ``path`` names, built over ``settings``.
 
@@ -66,7 +97,13 @@ def application_container(path: str, settings: EventCompositionSettings) -> Any:
             "callable returning a container"
         )
     else:
-        container = target()
+        try:
+            container = target()
+        except Exception as error:
+            raise ApplicationError(
+                f"--app {path!r} failed when called: {type(error).__name__}: "
+                f"{error} (it should return the application's container)"
+            ) from None
         if not isinstance(container, containers.Container) or not all(
             isinstance(getattr(container, name, None), providers.Provider)
             for name in ("settings", "node")

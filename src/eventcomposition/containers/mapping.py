@@ -25,6 +25,7 @@ from ..database import PostgresDatabase
 from ..metrics import NodeMetrics
 from ..retry import Backoff
 from ..runtime import EventConsumerSettings, error_handler_for
+from ..schema import NODE_PRIVILEGES
 from ..settings import EventCompositionSettings, PostgresSettings
 
 # The broker timings keep logicblocks' names in the settings model, so they map
@@ -113,4 +114,5 @@ def postgres_database(postgres: PostgresSettings) -> PostgresDatabase:
         min_size=postgres.pool_min_size,
         max_size=postgres.pool_max_size,
         connect_timeout=postgres.connect_timeout,
+        required_privileges=NODE_PRIVILEGES,
     )
