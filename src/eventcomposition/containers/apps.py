@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager, nullcontext
 from typing import Any
 
 from dependency_injector import containers, providers
+from logicblocks.event.store import EventStore
 
 from ..errors import EventCompositionError
 from ..node import EventNode
@@ -131,6 +132,27 @@ async def application_consumers(
     async with database if database is not None else nullcontext():
         consumers: Sequence[Registration] = container.consumers()
         yield consumers
+
+
+@asynccontextmanager
+async def open_event_store(
+    settings: EventCompositionSettings,
+    container_class: type[EventRuntimeContainer] = EventRuntimeContainer,
+) -> AsyncIterator[EventStore]:
+    """The event store ``settings`` describe, open until the block ends.
+
+    For scripts and one-off jobs that read or publish events without running a
+    node: on PostgreSQL the connection pool is opened (waiting for the server as a
+    node does) and closed on exit; in memory the store is an empty one of this
+    process. ``container_class`` is the application's container when it
+    redefines the store.
+    """
+    container = container_class()
+    container.settings.override(providers.Object(settings))
+    database = container.database()
+    async with database if database is not None else nullcontext():
+        store: EventStore = container.event_store()
+        yield store
 
 
 def application_migrations(
