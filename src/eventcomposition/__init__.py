@@ -7,7 +7,9 @@
   opened in order and closed in reverse.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from .broker import (
@@ -24,36 +26,6 @@ if TYPE_CHECKING:
     from .retry import Backoff
     from .runtime import EventConsumerSettings, EventRuntime, RuntimeLifecycleError
 
-# Where each public name lives: imported on first use (PEP 562), so that importing
-# a light part of the package (its command line, its errors) stays fast.
-_HOMES = {
-    "Backoff": ".retry",
-    "BrokerRole": ".broker",
-    "BrokerRoleError": ".broker",
-    "CoordinatorFactory": ".broker",
-    "DistributedEventBroker": ".broker",
-    "DistributedEventBrokerSettings": ".broker",
-    "EventCompositionError": ".errors",
-    "EventConsumerSettings": ".runtime",
-    "EventNode": ".node",
-    "EventRuntime": ".runtime",
-    "InMemoryClusterState": ".broker",
-    "RuntimeLifecycleError": ".runtime",
-    "make_event_broker": ".broker",
-}
-
-
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(home, __name__), name)
-    globals()[name] = value
-    return value
-
-
 __all__ = [
     "Backoff",
     "BrokerRole",
@@ -69,3 +41,5 @@ __all__ = [
     "RuntimeLifecycleError",
     "make_event_broker",
 ]
+
+__getattr__ = lazy_attributes(__name__, __file__)

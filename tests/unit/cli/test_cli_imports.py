@@ -46,6 +46,33 @@ def test_help_imports_none_of_the_heavy_modules() -> None:
     assert [module for module in HEAVY if module in loaded] == []
 
 
+def test_loading_settings_imports_neither_logicblocks_processing_nor_psycopg() -> None:
+    # What `settings show` needs, and every command before it does anything.
+    probe = (
+        "import sys\n"
+        "from eventcomposition.settings import load_settings\n"
+        "load_settings('test')\n"
+        "print('\\n'.join(sorted(sys.modules)))\n"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.split()
+
+    assert "eventcomposition.settings.models" in loaded
+    heavy = [
+        "logicblocks.event.processing",
+        "logicblocks.event.store",
+        "psycopg",
+        "dependency_injector",
+        "aiohttp",
+    ]
+    assert [module for module in heavy if module in loaded] == []
+
+
 def test_the_parsers_copies_of_names_match_their_homes() -> None:
     assert [role.value for role in BrokerRole] == ROLES
     assert DEFAULT_APP == CONTAINERS_DEFAULT_APP
