@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, str] = {
     "latency": "benchmarks.latency",
     "transactional": "benchmarks.transactional",
     "http-overhead": "benchmarks.http_overhead",
+    "cli-startup": "benchmarks.cli_startup",
 }
 
 

@@ -7,19 +7,24 @@
   opened in order and closed in reverse.
 """
 
-from .broker import (
-    BrokerRole,
-    BrokerRoleError,
-    CoordinatorFactory,
-    DistributedEventBroker,
-    DistributedEventBrokerSettings,
-    InMemoryClusterState,
-    make_event_broker,
-)
-from .errors import EventCompositionError
-from .node import EventNode
-from .retry import Backoff
-from .runtime import EventConsumerSettings, EventRuntime, RuntimeLifecycleError
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_attributes
+
+if TYPE_CHECKING:
+    from .broker import (
+        BrokerRole,
+        BrokerRoleError,
+        CoordinatorFactory,
+        DistributedEventBroker,
+        DistributedEventBrokerSettings,
+        InMemoryClusterState,
+        make_event_broker,
+    )
+    from .errors import EventCompositionError
+    from .node import EventNode
+    from .retry import Backoff
+    from .runtime import EventConsumerSettings, EventRuntime, RuntimeLifecycleError
 
 __all__ = [
     "Backoff",
@@ -36,3 +41,5 @@ __all__ = [
     "RuntimeLifecycleError",
     "make_event_broker",
 ]
+
+__getattr__ = lazy_attributes(__name__, __file__)

@@ -3,7 +3,7 @@
 import asyncio
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
@@ -39,6 +39,62 @@ class DatabaseUnavailableError(EventCompositionError):
 
 class DatabaseAuthenticationError(DatabaseUnavailableError):
     """PostgreSQL refused the user or the password (or asked for a missing one)."""
+
+
+class DatabasePrivilegeError(EventCompositionError):
+    """The role connects, but may not use tables the node needs."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of ``error``'s message, stripped (libpq's messages
+    go on with hints on tab-indented lines)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else repr(error)
+
+
+async def missing_privileges(
+    connection: AsyncConnection[Any], required: Mapping[str, Sequence[str]]
+) -> dict[str, list[str]]:
+    """The privileges of ``required`` (table -> privileges) the connected role lacks.
+
+    Tables that do not exist are left out: using them fails with its own message.
+    """
+    missing: dict[str, list[str]] = {}
+    for table, privileges in required.items():
+        cursor = await connection.execute(
+            "SELECT p FROM unnest(%s::text[]) AS p "
+            "WHERE to_regclass(quote_ident(%s)) IS NOT NULL "
+            "AND NOT has_table_privilege(quote_ident(%s), p)",
+            [list(privileges), table, table],
+        )
+        lacking = [row[0] for row in await cursor.fetchall()]
+        if lacking:
+            missing[table] = lacking
+    return missing
+
+
+async def check_privileges(
+    conninfo: str,
+    required: Mapping[str, Sequence[str]],
+    *,
+    where: str,
+    connect_timeout: int = 5,
+) -> None:
+    """Raise ``DatabasePrivilegeError`` naming what the role lacks, if anything."""
+    async with await AsyncConnection.connect(
+        conninfo, connect_timeout=connect_timeout
+    ) as connection:
+        missing = await missing_privileges(connection, required)
+        user = connection.info.user
+    if missing:
+        lacking = "; ".join(
+            f"{', '.join(privileges)} on {table}"
+            for table, privileges in missing.items()
+        )
+        raise DatabasePrivilegeError(
+            f"the PostgreSQL role {user!r} at {where} lacks {lacking}; grant them "
+            "(or connect as the role that ran `eventcomposition db migrate`)"
+        )
 
 
 async def probe(conninfo: str, *, connect_timeout: int) -> None:
@@ -85,7 +141,7 @@ async def wait_for_database(
             await probe(conninfo, connect_timeout=connect_timeout)
             return
         except psycopg.Error as error:
-            reason = str(error).strip().splitlines()[-1] if str(error) else repr(error)
+            reason = first_line(error)
             if _is_authentication_failure(error):
                 raise DatabaseAuthenticationError(
                     f"PostgreSQL at {where} refused to authenticate: {reason}; check "
@@ -156,8 +212,10 @@ class PostgresDatabase:
         max_size: int = 10,
         connect_timeout: int = 5,
         attempts: int = 5,
+        required_privileges: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self._conninfo = conninfo
+        self._required_privileges = required_privileges or {}
         self.where = where
         self._min_size = min_size
         self._connect_timeout = connect_timeout
@@ -188,6 +246,13 @@ class PostgresDatabase:
             connect_timeout=self._connect_timeout,
             attempts=self._attempts,
         )
+        if self._required_privileges:
+            await check_privileges(
+                self._conninfo,
+                self._required_privileges,
+                where=self.where,
+                connect_timeout=self._connect_timeout,
+            )
         await self.pool.open(
             wait=self._min_size > 0, timeout=self._connect_timeout * self._attempts
         )

@@ -10,10 +10,9 @@ Every event of an input is checked before any is written, so a malformed line
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from itertools import groupby
 from typing import Any
 
-from logicblocks.event.store import EventStore
+from logicblocks.event.store import EventStore, stream_publish_definition
 from logicblocks.event.types import JsonValue, NewEvent, StoredEvent
 
 from .errors import EventCompositionError
@@ -105,22 +104,39 @@ def _checked(value: Any) -> EventToPublish:
 
 async def publish_events(
     event_store: EventStore, events: Sequence[EventToPublish]
-) -> list[StoredEvent]:
-    """Append ``events`` in order; the stored events, with their positions.
+) -> list[StoredEvent[str, JsonValue]]:
+    """Append ``events``; the stored events, with their positions, in input order.
 
-    Consecutive events of one stream go out in one write. Events of different
-    streams are separate writes: a failure while writing (the database gone, say)
-    keeps those written before it.
+    The events of one category are written together, atomically: one write (one
+    transaction) for all their streams, whatever the order of the lines. Several
+    categories are written one after the other, in the order they first appear;
+    a failure while writing (the database gone, say) keeps the categories written
+    before it. Within a stream the input's order is kept; within a category the
+    events are stored stream by stream.
     """
-    stored: list[StoredEvent] = []
-    for (category, stream), run in groupby(
-        events, key=lambda event: (event.category, event.stream)
-    ):
-        stored.extend(
-            await event_store.stream(category=category, stream=stream).publish(
-                events=[
-                    NewEvent(name=event.name, payload=event.payload) for event in run
-                ]
-            )
+    by_category: dict[str, dict[str, list[tuple[int, EventToPublish]]]] = {}
+    for index, event in enumerate(events):
+        streams = by_category.setdefault(event.category, {})
+        streams.setdefault(event.stream, []).append((index, event))
+    stored: list[StoredEvent[str, JsonValue] | None] = [None] * len(events)
+    for category, streams in by_category.items():
+        written = await event_store.category(category=category).publish(
+            streams={
+                stream: stream_publish_definition(
+                    events=[
+                        NewEvent(name=event.name, payload=event.payload)
+                        for _, event in entries
+                    ]
+                )
+                for stream, entries in streams.items()
+            }
         )
-    return stored
+        for stream, entries in streams.items():
+            for (index, _), saved in zip(entries, written[stream], strict=True):
+                stored[index] = saved
+    return [event for event in stored if event is not None]
+
+
+def categories_of(events: Iterable[EventToPublish]) -> list[str]:
+    """The categories of ``events``, in the order they first appear."""
+    return list(dict.fromkeys(event.category for event in events))

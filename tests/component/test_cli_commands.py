@@ -101,6 +101,7 @@ def test_db_migrate_creates_then_finds_the_schema_up_to_date(
 def test_db_migrate_on_an_unreachable_server_says_so_in_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    monkeypatch.setenv("EVENTCOMPOSITION_STORAGE__TYPE", "postgres")
     monkeypatch.setenv("EVENTCOMPOSITION_STORAGE__POSTGRES__PORT", "1")
     monkeypatch.setenv("EVENTCOMPOSITION_STORAGE__POSTGRES__CONNECT_TIMEOUT", "1")
 
@@ -110,6 +111,35 @@ def test_db_migrate_on_an_unreachable_server_says_so_in_one_line(
     assert status == 1
     assert err.count("\n") == 1
     assert "PostgreSQL at 127.0.0.1:1/eventcomposition is unreachable" in err
+    # The cause's first line, not libpq's tab-indented hint after it.
+    assert "Connection refused" in err
+    assert "\t" not in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["db", "migrate"],
+        ["cluster", "status"],
+        ["dead-letters", "list"],
+    ],
+)
+def test_commands_that_need_postgres_say_so_at_once_in_memory(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("EVENTCOMPOSITION_STORAGE__TYPE", raising=False)
+
+    status = main([*argv, "--env", "development", "--settings-dir", SETTINGS_DIR])
+
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err.count("\n") == 1
+    assert (
+        f"{' '.join(argv)} needs PostgreSQL, but the 'development' settings use "
+        in (err)
+    )
+    assert "EVENTCOMPOSITION_STORAGE__TYPE=postgres" in err
+    assert "unreachable" not in err
 
 
 def test_cluster_status_shows_nodes_and_the_sources_they_hold(

@@ -177,4 +177,4 @@ def test_listing_with_memory_storage_says_what_to_do(
     )
 
     assert status == 1
-    assert "set storage.type = postgres" in capsys.readouterr().err
+    assert "dead-letters list needs PostgreSQL" in capsys.readouterr().err

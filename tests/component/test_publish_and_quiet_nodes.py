@@ -106,7 +106,7 @@ async def test_events_from_standard_input_are_published_with_their_positions(
     )
 
     assert completed.returncode == 0, completed.stderr
-    assert completed.stdout[0] == "published 3 events"
+    assert completed.stdout[0] == "published 3 events in 2 writes, one per category"
     assert [entry.split(" (")[0] for entry in completed.stdout[1:]] == [
         "  orders/c-1 position 0",
         "  orders/c-1 position 1",

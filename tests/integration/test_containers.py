@@ -1,6 +1,7 @@
 """The composition root builds a ready runtime for every configuration."""
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from logicblocks.event.store import (
     InMemoryEventStorageAdapter,
     PostgresEventStorageAdapter,
 )
-from logicblocks.event.types import CategoryIdentifier, NewEvent
+from logicblocks.event.types import CategoryIdentifier, NewEvent, StoredEvent
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from pytest_mock import MockerFixture
@@ -24,7 +25,11 @@ from eventcomposition import (
     EventRuntime,
     InMemoryClusterState,
 )
-from eventcomposition.consumers import make_subscription_consumer
+from eventcomposition.consumers import (
+    BatchProcessor,
+    TransactionalConsumer,
+    make_subscription_consumer,
+)
 from eventcomposition.containers import EventRuntimeContainer, resolve, shutdown
 from eventcomposition.runtime import (
     ConsumerRegistration,
@@ -439,3 +444,77 @@ async def test_a_test_replaces_the_node_services() -> None:
         async with node:
             assert "JournalingService" not in node.service_statuses
     assert journal.entries == []
+
+
+class BatchRecorder(BatchProcessor):
+    """A batch processor that remembers the ids of the events it committed."""
+
+    def __init__(self) -> None:
+        self.ids: set[str] = set()
+
+    async def process_batch(
+        self, events: Sequence[StoredEvent], transaction: Any
+    ) -> None:
+        self.ids.update(event.id for event in events)
+
+
+def recorded_consumers(
+    base: providers.Factory[TransactionalConsumer],
+    recorder: providers.Provider[BatchRecorder],
+) -> providers.List:
+    return providers.List(
+        providers.Factory(
+            SubscriptionConsumerRegistration,
+            consumer=providers.Factory(
+                base,
+                subscriber_group="layered",
+                subscription_requests=[CategoryIdentifier(category="orders")],
+                processor=recorder,
+            ),
+        )
+    )
+
+
+class LayeredOrdersApp(EventRuntimeContainer):
+    recorder = providers.Singleton(BatchRecorder)
+    consumers = recorded_consumers(
+        EventRuntimeContainer.transactional_consumer, recorder
+    )
+
+
+class LayeredFixedApp(LayeredOrdersApp):
+    consumers = recorded_consumers(
+        EventRuntimeContainer.transactional_consumer, LayeredOrdersApp.recorder
+    )
+
+
+class LayeredVariantApp(LayeredFixedApp):
+    consumers = recorded_consumers(
+        LayeredOrdersApp.transactional_consumer, LayeredOrdersApp.recorder
+    )
+
+
+@pytest.mark.parametrize("app", [LayeredFixedApp, LayeredVariantApp])
+async def test_a_layered_application_runs_its_node_on_postgres(
+    app: type[LayeredOrdersApp], postgres_database: ConnectionInfo
+) -> None:
+    async with container_for_test(
+        app,
+        environment="test",
+        settings_dir=SETTINGS_DIR,
+        node={"id": "layered-node"},
+        **postgres_overrides(postgres_database),
+    ) as container:
+        node = await resolve(container.node)
+        recorder = await resolve(container.recorder)
+        async with node:
+            store = await resolve(container.event_store)
+            published = await publish(store, "orders", 5)
+            await wait_until(lambda: recorder.ids == published, timeout=20)
+
+    assert node.runtime.node_id == "layered-node"
+    async with await AsyncConnection.connect(postgres_database.conninfo) as connection:
+        cursor = await connection.execute(
+            "SELECT count(*) FROM consumer_checkpoints WHERE \"group\" = 'layered'"
+        )
+        assert await cursor.fetchone() == (1,)

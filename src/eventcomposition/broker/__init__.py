@@ -1,34 +1,39 @@
 """Role-aware distributed brokers over logicblocks 0.1.11."""
 
-from logicblocks.event.processing.broker.strategies.distributed import (
-    COORDINATOR_LOCK_NAME,
-)
+from typing import TYPE_CHECKING
 
-from .allocation import AllocationStrategy, allocation_strategy, balanced, fill
-from .balancing import (
-    BalancingCoordinatorFactory,
-    BalancingEventSubscriptionCoordinator,
-    ReleaseCheck,
-)
-from .broker import DistributedEventBroker
-from .builders import (
-    DistributedEventBrokerSettings,
-    InMemoryDistributedEventBrokerBuilder,
-    PostgresDistributedEventBrokerBuilder,
-    make_event_broker,
-)
-from .coordination import CoordinatorFactory, leader_checking_coordinator
-from .errors import BrokerRoleError
-from .leadership import (
-    CheckedPostgresLockManager,
-    CoordinatorLeader,
-    LeaderCheckingCoordinator,
-    LeadershipLostError,
-    leading_coordinator,
-    verify_leadership,
-)
-from .memory import InMemoryClusterState
-from .role import BrokerRole
+from .._lazy import lazy_attributes
+
+if TYPE_CHECKING:
+    from logicblocks.event.processing.broker.strategies.distributed import (
+        COORDINATOR_LOCK_NAME,
+    )
+
+    from .allocation import AllocationStrategy, allocation_strategy, balanced, fill
+    from .balancing import (
+        BalancingCoordinatorFactory,
+        BalancingEventSubscriptionCoordinator,
+        ReleaseCheck,
+    )
+    from .broker import DistributedEventBroker
+    from .builders import (
+        DistributedEventBrokerSettings,
+        InMemoryDistributedEventBrokerBuilder,
+        PostgresDistributedEventBrokerBuilder,
+        make_event_broker,
+    )
+    from .coordination import CoordinatorFactory, leader_checking_coordinator
+    from .errors import BrokerRoleError
+    from .leadership import (
+        CheckedPostgresLockManager,
+        CoordinatorLeader,
+        LeaderCheckingCoordinator,
+        LeadershipLostError,
+        leading_coordinator,
+        verify_leadership,
+    )
+    from .memory import InMemoryClusterState
+    from .role import BrokerRole
 
 __all__ = [
     "COORDINATOR_LOCK_NAME",
@@ -56,3 +61,5 @@ __all__ = [
     "make_event_broker",
     "verify_leadership",
 ]
+
+__getattr__ = lazy_attributes(__name__, __file__)

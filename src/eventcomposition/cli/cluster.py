@@ -44,7 +44,7 @@ from .cluster_report import (
     status_json,
 )
 from .db import reachable_postgres
-from .options import add_settings_arguments
+from .parsers import WATCH_INTERVAL
 
 SUBSCRIBERS = """
     SELECT "group", id, node_id, subscription_requests, last_seen
@@ -69,75 +69,13 @@ SAVED_STATES = """
 """
 # How often --wait looks for a first heartbeat.
 WAIT_POLL_SECONDS = 0.2
-# Seconds between the readings of --watch, by default and at least.
-WATCH_INTERVAL = 1.0
-MIN_INTERVAL = 0.1
 
 type Pool = AsyncConnectionPool[AsyncConnection[Any]]
 type Row = tuple[Any, ...]
 
 
-def add_parser(
-    subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]",
-) -> None:
-    parser = subparsers.add_parser("cluster", help="inspect a PostgreSQL cluster")
-    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    status = actions.add_parser(
-        "status",
-        help="live nodes, their last heartbeat, each group's holdings with their "
-        "lag, the sources moving between nodes and the dead letters",
-    )
-    status.add_argument(
-        "--wait",
-        type=float,
-        default=0,
-        metavar="SECONDS",
-        help="wait up to SECONDS for a first node heartbeat (nodes that are still "
-        "starting have none)",
-    )
-    status.add_argument(
-        "--json",
-        action="store_true",
-        help="print one JSON document instead of tables, for scripts",
-    )
-    status.add_argument(
-        "--watch",
-        action="store_true",
-        help="redraw the status in place every second (or --interval) with each "
-        "holding's events/s, until Ctrl-C; when stdout is not a terminal, print "
-        "each reading after the last",
-    )
-    status.add_argument(
-        "--interval",
-        type=_interval,
-        metavar="SECONDS",
-        help=f"seconds between readings of --watch (default {WATCH_INTERVAL:g})",
-    )
-    add_settings_arguments(status)
-    status.set_defaults(func=lambda args: _status_command(status, args))
-
-
-def _interval(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = 0
-    if not MIN_INTERVAL <= seconds < float("inf"):
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is not a number of seconds of at least {MIN_INTERVAL:g} "
-            "(e.g. 1 or 0.5)"
-        )
-    return seconds
-
-
-def _status_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    if args.watch and (args.json or args.wait):
-        parser.error(
-            "--watch shows the status until Ctrl-C: it takes neither --json nor "
-            "--wait (nodes appear as they start)"
-        )
-    if args.interval is not None and not args.watch:
-        parser.error("--interval applies to --watch only: add --watch")
+def status_command(args: argparse.Namespace) -> int:
+    """``cluster status``: once, or with ``--watch`` until Ctrl-C."""
     if not args.watch:
         return asyncio.run(show_status(args))
     try:

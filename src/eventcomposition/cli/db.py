@@ -2,37 +2,44 @@
 the application's own migrations."""
 
 import argparse
-import asyncio
 from collections.abc import Sequence
 
-from ..containers import application_migrations
 from ..database import wait_for_database
-from ..schema import MigrationDeclaration, migrate
-from ..settings import PostgresSettings, load_settings
-from .options import add_settings_arguments
+from ..schema import MigrationDeclaration, MigrationResult, migrate
+from ..settings import (
+    EventCompositionSettings,
+    PostgresSettings,
+    environment_variable,
+    load_settings,
+)
+from .errors import CommandError
 
 
-def add_parser(
-    subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]",
-) -> None:
-    parser = subparsers.add_parser("db", help="manage the PostgreSQL schema")
-    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    migrate_parser = actions.add_parser(
-        "migrate",
-        help="create the tables, indexes and extension the nodes need (idempotent)",
-    )
-    migrate_parser.add_argument(
-        "--app",
-        help="module:attribute of the application's container: its 'migrations' "
-        "are applied after the eventcomposition schema",
-    )
-    add_settings_arguments(migrate_parser)
-    migrate_parser.set_defaults(func=lambda args: asyncio.run(apply_schema(args)))
+def postgres_settings(
+    settings: EventCompositionSettings, command: str
+) -> PostgresSettings:
+    """``settings.storage.postgres``, if the settings store in PostgreSQL.
+
+    Raises ``CommandError`` at once when they store in memory (the default
+    development environment), rather than trying a server nobody configured.
+    """
+    if settings.storage.type != "postgres":
+        raise CommandError(
+            f"{command} needs PostgreSQL, but the {settings.environment!r} settings "
+            f"use storage.type = {settings.storage.type}; choose an environment that "
+            f"uses PostgreSQL (--env production) or set "
+            f"{environment_variable('storage.type')}=postgres"
+        )
+    return settings.storage.postgres
 
 
 async def reachable_postgres(args: argparse.Namespace) -> PostgresSettings:
-    """The configured PostgreSQL settings, once the server answers."""
-    postgres = load_settings(args.env, settings_dir=args.settings_dir).storage.postgres
+    """The configured PostgreSQL settings, once the server answers; a
+    ``CommandError`` at once when the settings keep storage in memory."""
+    postgres = postgres_settings(
+        load_settings(args.env, settings_dir=args.settings_dir),
+        f"{args.command} {args.action}",
+    )
     await wait_for_database(
         postgres.conninfo(),
         where=postgres.location(),
@@ -43,7 +50,7 @@ async def reachable_postgres(args: argparse.Namespace) -> PostgresSettings:
 
 async def prepare_database(
     postgres: PostgresSettings, migrations: Sequence[MigrationDeclaration] = ()
-) -> None:
+) -> MigrationResult:
     """Wait for the database (with retries), then apply the schema and
     ``migrations`` (idempotent)."""
     await wait_for_database(
@@ -51,10 +58,15 @@ async def prepare_database(
         where=postgres.location(),
         connect_timeout=postgres.connect_timeout,
     )
-    await migrate(postgres.conninfo(), migrations)
+    return await migrate(postgres.conninfo(), migrations)
 
 
 async def apply_schema(args: argparse.Namespace) -> int:
+    postgres_settings(
+        load_settings(args.env, settings_dir=args.settings_dir), "db migrate"
+    )
+    from ..containers import application_migrations
+
     migrations = (
         application_migrations(
             args.app, load_settings(args.env, settings_dir=args.settings_dir)

@@ -2,7 +2,6 @@
 consumers, shown or delivered again to their group's processor."""
 
 import argparse
-import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,49 +14,15 @@ from ..consumers import (
     TransactionalConsumer,
     retry_dead_letters,
 )
-from ..containers import DEFAULT_APP, application_consumers
+from ..containers import application_consumers
 from ..runtime import Registration, SubscriptionConsumerRegistration
 from ..settings import load_settings
 from .db import reachable_postgres
 from .errors import CommandError
-from .options import add_settings_arguments, configure_logging_from
-
-
-def add_parser(
-    subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]",
-) -> None:
-    parser = subparsers.add_parser(
-        "dead-letters", help="list or retry events parked by transactional consumers"
-    )
-    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    listing = actions.add_parser("list", help="show the parked events")
-    add_settings_arguments(listing)
-    listing.add_argument("--group", help="only this subscriber group's")
-    listing.set_defaults(func=lambda args: asyncio.run(list_dead_letters(args)))
-
-    retry = actions.add_parser(
-        "retry",
-        help="deliver the parked events again to their group's processor, "
-        "removing each one applied",
-    )
-    retry.add_argument(
-        "--app",
-        default=DEFAULT_APP,
-        help="module:attribute of the application's container, whose consumers "
-        "declare the groups' processors",
-    )
-    add_settings_arguments(retry)
-    retry.add_argument("--group", help="only this subscriber group's")
-    retry.set_defaults(func=lambda args: asyncio.run(retry_parked(args)))
+from .options import configure_logging_from
 
 
 async def list_dead_letters(args: argparse.Namespace) -> int:
-    storage = load_settings(args.env, settings_dir=args.settings_dir).storage.type
-    if storage != "postgres":
-        raise CommandError(
-            f"storage.type is {storage}: dead letters outlive a process only in "
-            "PostgreSQL; set storage.type = postgres (or EVENTCOMPOSITION_STORAGE__TYPE)"
-        )
     postgres = await reachable_postgres(args)
     where = postgres.location()
     async with AsyncConnectionPool[AsyncConnection[Any]](

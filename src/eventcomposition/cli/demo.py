@@ -40,74 +40,9 @@ from ..logs import configure_logging
 from ..settings import EventCompositionSettings, load_settings
 from .db import prepare_database
 from .demo_report import print_report
-from .options import (
-    add_settings_arguments,
-    non_negative_int,
-    positive_float,
-    positive_int,
-)
+from .parsers import DEFAULT_MALFORMED
 
-DEFAULT_EVENTS = 2000
-DEFAULT_OBSERVERS = 2
-DEFAULT_MALFORMED = 3
-DEFAULT_TIMEOUT = 60.0
 _REFRESH_SECONDS = 0.1
-
-
-def add_parser(
-    subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]",
-) -> None:
-    parser = subparsers.add_parser(
-        "demo",
-        help="run a coordinator and observers of the sample app in one process",
-        description="Start one coordinator-only and K observer-only nodes of the "
-        "sample application (orders projected into totals per customer) in one "
-        "process, publish N orders, show the progress, then what each node "
-        "processed and whether the projection is correct. Exits 1 if it is not.",
-    )
-    add_arguments(parser)
-    parser.set_defaults(func=run)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--events",
-        type=positive_int,
-        default=DEFAULT_EVENTS,
-        metavar="N",
-        help=f"orders to publish, malformed ones included (default: {DEFAULT_EVENTS})",
-    )
-    parser.add_argument(
-        "--observers",
-        type=positive_int,
-        default=DEFAULT_OBSERVERS,
-        metavar="K",
-        help=f"observer-only nodes (default: {DEFAULT_OBSERVERS})",
-    )
-    parser.add_argument(
-        "--storage",
-        choices=["memory", "postgres"],
-        default="memory",
-        help="where events, coordination and projections live (default: memory; "
-        "postgres uses the configured database)",
-    )
-    parser.add_argument(
-        "--malformed",
-        type=non_negative_int,
-        default=None,
-        metavar="M",
-        help="how many of the orders to publish malformed, to show that they are "
-        f"logged and skipped (default: {DEFAULT_MALFORMED}, at most N)",
-    )
-    parser.add_argument(
-        "--timeout",
-        type=positive_float,
-        default=DEFAULT_TIMEOUT,
-        metavar="SECONDS",
-        help="how long to wait for the nodes to process everything "
-        f"(default: {DEFAULT_TIMEOUT:g})",
-    )
-    add_settings_arguments(parser)
 
 
 @dataclass(frozen=True)

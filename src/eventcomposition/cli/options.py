@@ -1,13 +1,16 @@
 """Options shared by the commands: settings selection and checked numbers."""
 
 import argparse
+from typing import TYPE_CHECKING
 
-from ..logs import configure_logging
-from ..settings import EventCompositionSettings
+if TYPE_CHECKING:
+    from ..settings import EventCompositionSettings
 
 
-def configure_logging_from(settings: EventCompositionSettings, **bound: str) -> None:
+def configure_logging_from(settings: "EventCompositionSettings", **bound: str) -> None:
     """Configure the process's logging as ``settings.logging`` says."""
+    from ..logs import configure_logging
+
     configure_logging(
         settings.logging.level,
         settings.logging.format,

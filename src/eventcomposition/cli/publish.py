@@ -5,7 +5,6 @@ sample application's orders to feed a running demo cluster.
 """
 
 import argparse
-import asyncio
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,6 +16,7 @@ from ..database import connection_pool
 from ..demo import DemoNames, generate_orders, publish_orders
 from ..publishing import (
     EventToPublish,
+    categories_of,
     parse_event,
     parse_json_lines,
     publish_events,
@@ -27,48 +27,7 @@ from ..settings import (
     load_settings,
 )
 from .errors import CommandError
-from .options import add_settings_arguments, configure_logging_from
-
-
-def add_parser(
-    subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]",
-) -> None:
-    parser = subparsers.add_parser(
-        "publish",
-        help="append events to streams in PostgreSQL",
-        description="Append one event (--category, --stream, --name, --payload), "
-        "the events of a JSON Lines file or of standard input (--file; one object "
-        "a line with category, stream, name and payload), or the sample "
-        "application's orders (--demo-orders). Every event is checked before any "
-        "is written.",
-    )
-    what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--name", help="the name of one event")
-    what.add_argument(
-        "--file", help="a JSON Lines file of events, or - for standard input"
-    )
-    what.add_argument(
-        "--demo-orders",
-        type=int,
-        metavar="N",
-        help="N orders of the sample application, in its categories",
-    )
-    parser.add_argument("--category", help="the category of the one event")
-    parser.add_argument("--stream", help="the stream of the one event")
-    parser.add_argument(
-        "--payload", default="{}", help="the JSON object payload (default: {})"
-    )
-    parser.add_argument(
-        "--demo-run-id",
-        default="",
-        help="with --demo-orders: the run id scoping the sample's names "
-        "(default: none, the names eventcomposition.demo:DemoContainer uses)",
-    )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="with --demo-orders: the orders' seed"
-    )
-    add_settings_arguments(parser)
-    parser.set_defaults(func=lambda args: asyncio.run(publish(args)))
+from .options import configure_logging_from
 
 
 async def publish(args: argparse.Namespace) -> int:
@@ -81,7 +40,11 @@ async def publish(args: argparse.Namespace) -> int:
         load_settings(args.env, settings_dir=args.settings_dir)
     ) as store:
         stored = await publish_events(store, events)
-    print(f"published {len(stored)} event{'s' if len(stored) != 1 else ''}")
+    writes = len(categories_of(events))
+    print(
+        f"published {len(stored)} event{'s' if len(stored) != 1 else ''}"
+        + (f" in {writes} writes, one per category" if writes > 1 else "")
+    )
     for event in stored:
         print(
             f"  {event.category}/{event.stream} position {event.position} "

@@ -3,22 +3,7 @@
 import argparse
 
 from ..settings import settings_files, settings_with_sources
-from .options import add_settings_arguments
 from .tables import add_plain_row, new_table, render
-
-
-def add_parser(
-    subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]",
-) -> None:
-    parser = subparsers.add_parser("settings", help="inspect the effective settings")
-    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    show = actions.add_parser(
-        "show",
-        help="print the settings files used, every setting, its value (secrets "
-        "masked) and its source",
-    )
-    add_settings_arguments(show)
-    show.set_defaults(func=show_settings)
 
 
 def show_settings(args: argparse.Namespace) -> int:

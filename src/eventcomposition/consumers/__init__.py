@@ -8,32 +8,41 @@
   keep the claims and the dead letters.
 """
 
-from .batch import (
-    BatchProcessor,
-    ClaimLostError,
-    Transaction,
-    TransactionUnsupportedError,
-)
-from .claims import Claim, ClaimRecord, DeadLetter, Holder, SourceRef, source_of
-from .dead_letters import RetryResult, retry_dead_letters
-from .memory import InMemoryCheckpointStore, InMemoryTransaction
-from .postgres import PostgresCheckpointStore, PostgresEventReader, PostgresTransaction
-from .stores import CheckpointStore, EventReader, StoreEventReader
-from .subscription import (
-    MultiSourceSubscriptionConsumer,
-    RestartingSourceConsumer,
-    make_subscription_consumer,
-    source_key,
-    state_category_name,
-)
-from .transactional import (
-    TRANSIENT_ERRORS,
-    PoisonPolicy,
-    SourcesStoppedError,
-    TransactionalConsumer,
-    make_transactional_consumer,
-)
-from .views import ClaimReleaseCheck, checkpoint_reader
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_attributes
+
+if TYPE_CHECKING:
+    from .batch import (
+        BatchProcessor,
+        ClaimLostError,
+        Transaction,
+        TransactionUnsupportedError,
+    )
+    from .claims import Claim, ClaimRecord, DeadLetter, Holder, SourceRef, source_of
+    from .dead_letters import RetryResult, retry_dead_letters
+    from .memory import InMemoryCheckpointStore, InMemoryTransaction
+    from .policies import PoisonPolicy
+    from .postgres import (
+        PostgresCheckpointStore,
+        PostgresEventReader,
+        PostgresTransaction,
+    )
+    from .stores import CheckpointStore, EventReader, StoreEventReader
+    from .subscription import (
+        MultiSourceSubscriptionConsumer,
+        RestartingSourceConsumer,
+        make_subscription_consumer,
+        source_key,
+        state_category_name,
+    )
+    from .transactional import (
+        TRANSIENT_ERRORS,
+        SourcesStoppedError,
+        TransactionalConsumer,
+        make_transactional_consumer,
+    )
+    from .views import ClaimReleaseCheck, checkpoint_reader
 
 __all__ = [
     "TRANSIENT_ERRORS",
@@ -69,3 +78,5 @@ __all__ = [
     "source_of",
     "state_category_name",
 ]
+
+__getattr__ = lazy_attributes(__name__, __file__)

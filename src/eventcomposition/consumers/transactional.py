@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from typing import Any
 from uuid import uuid4
 
@@ -40,6 +39,7 @@ from ..metrics import NodeMetrics
 from ..retry import Backoff
 from .batch import BatchProcessor, ClaimLostError
 from .claims import Claim, DeadLetter, Holder
+from .policies import PoisonPolicy
 from .stores import CheckpointStore, EventReader, check_readable
 from .subscription import source_key
 
@@ -52,15 +52,6 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
 )
 """Failures of the database rather than of an event: retried, never parked."""
-
-
-class PoisonPolicy(StrEnum):
-    """What happens to an event its processor keeps failing."""
-
-    PARK = "park"
-    """Park it as a dead letter and go on with the rest of its source."""
-    STOP = "stop"
-    """Stop its source (the others go on); the consumer reports errored."""
 
 
 class SourcesStoppedError(EventCompositionError):

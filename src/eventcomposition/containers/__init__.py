@@ -29,6 +29,7 @@ from .apps import (
     application_container,
     application_migrations,
     node_for,
+    open_event_store,
 )
 from .declarations import EventRuntimeContainer
 from .mapping import broker_settings_from, consumer_settings_from
@@ -44,6 +45,7 @@ __all__ = [
     "build_container",
     "consumer_settings_from",
     "node_for",
+    "open_event_store",
     "resolve",
     "shutdown",
 ]

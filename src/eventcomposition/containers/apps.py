@@ -1,6 +1,7 @@
 """Finding an application's container from ``module:attribute``, for entry points."""
 
 import importlib
+import importlib.util
 import inspect
 import os
 import sys
@@ -9,6 +10,7 @@ from contextlib import asynccontextmanager, nullcontext
 from typing import Any
 
 from dependency_injector import containers, providers
+from logicblocks.event.store import EventStore
 
 from ..errors import EventCompositionError
 from ..node import EventNode
@@ -34,6 +36,7 @@ def load_app(path: str) -> object:
         )
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+    check_module_exists(module_name)
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
@@ -51,6 +54,35 @@ def load_app(path: str) -> object:
     return target
 
 
+def check_module_exists(module_name: str) -> None:
+    """Raise ``ApplicationError`` unless ``module_name`` can be found.
+
+    Looks the name up level by level, importing only packages on its path (a
+    plain module such as Python's ``this`` is never run just to be probed).
+    """
+    parts = module_name.split(".")
+    for depth in range(1, len(parts) + 1):
+        prefix = ".".join(parts[:depth])
+        if prefix in sys.modules:
+            continue  # imported already (``os.path`` is no package's submodule)
+        try:
+            spec = importlib.util.find_spec(prefix)
+        except (ImportError, ValueError) as error:
+            raise ApplicationError(
+                f"cannot import the app module {module_name!r}: {error}"
+            ) from None
+        if spec is None:
+            raise ApplicationError(
+                f"cannot import the app module {module_name!r}: no module named "
+                f"{prefix!r} (is the application installed, or run from its folder?)"
+            )
+        if depth < len(parts) and spec.submodule_search_locations is None:
+            raise ApplicationError(
+                f"cannot import the app module {module_name!r}: {prefix!r} is a "
+                "module, not a package"
+            )
+
+
 def application_container(path: str, settings: EventCompositionSettings) -> Any:
     """The container ``path`` names, built over ``settings``.
 
@@ -66,7 +98,13 @@ def application_container(path: str, settings: EventCompositionSettings) -> Any:
             "callable returning a container"
         )
     else:
-        container = target()
+        try:
+            container = target()
+        except Exception as error:
+            raise ApplicationError(
+                f"--app {path!r} failed when called: {type(error).__name__}: "
+                f"{error} (it should return the application's container)"
+            ) from None
         if not isinstance(container, containers.Container) or not all(
             isinstance(getattr(container, name, None), providers.Provider)
             for name in ("settings", "node")
@@ -94,6 +132,27 @@ async def application_consumers(
     async with database if database is not None else nullcontext():
         consumers: Sequence[Registration] = container.consumers()
         yield consumers
+
+
+@asynccontextmanager
+async def open_event_store(
+    settings: EventCompositionSettings,
+    container_class: type[EventRuntimeContainer] = EventRuntimeContainer,
+) -> AsyncIterator[EventStore]:
+    """The event store ``settings`` describe, open until the block ends.
+
+    For scripts and one-off jobs that read or publish events without running a
+    node: on PostgreSQL the connection pool is opened (waiting for the server as a
+    node does) and closed on exit; in memory the store is an empty one of this
+    process. ``container_class`` is the application's container when it
+    redefines the store.
+    """
+    container = container_class()
+    container.settings.override(providers.Object(settings))
+    database = container.database()
+    async with database if database is not None else nullcontext():
+        store: EventStore = container.event_store()
+        yield store
 
 
 def application_migrations(

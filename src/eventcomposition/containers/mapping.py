@@ -8,7 +8,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import fields
 from typing import Any
 
-from logicblocks.event.processing import SingletonEventBrokerSettings
+from logicblocks.event.processing import IsolationMode, SingletonEventBrokerSettings
 from logicblocks.event.processing.broker import (
     DistributedEventBrokerSettings as LogicblocksDistributedEventBrokerSettings,
 )
@@ -25,6 +25,7 @@ from ..database import PostgresDatabase
 from ..metrics import NodeMetrics
 from ..retry import Backoff
 from ..runtime import EventConsumerSettings, error_handler_for
+from ..schema import NODE_PRIVILEGES
 from ..settings import EventCompositionSettings, PostgresSettings
 
 # The broker timings keep logicblocks' names in the settings model, so they map
@@ -64,7 +65,7 @@ def consumer_settings_from(settings: EventCompositionSettings) -> EventConsumerS
         poll_interval=consumers.notify_poll_interval
         if wakes_by_notification(settings)
         else consumers.poll_interval,
-        isolation_mode=consumers.isolation_mode,
+        isolation_mode=IsolationMode[consumers.isolation_mode.name],
         stop_timeout=consumers.stop_timeout,
         retry_backoff=Backoff(
             initial=consumers.retry_initial_delay, maximum=consumers.retry_max_delay
@@ -113,4 +114,5 @@ def postgres_database(postgres: PostgresSettings) -> PostgresDatabase:
         min_size=postgres.pool_min_size,
         max_size=postgres.pool_max_size,
         connect_timeout=postgres.connect_timeout,
+        required_privileges=NODE_PRIVILEGES,
     )

@@ -1,6 +1,5 @@
 from dataclasses import dataclass, field
 from datetime import timedelta
-from enum import StrEnum
 from typing import Any
 
 from logicblocks.event.processing import (
@@ -13,6 +12,7 @@ from logicblocks.event.processing import (
 )
 
 from ..retry import Backoff
+from .policies import ErrorPolicy
 
 
 def _nothing(_: BaseException) -> None:
@@ -22,15 +22,6 @@ def _nothing(_: BaseException) -> None:
 def continue_after_error() -> ErrorHandler[Any]:
     """The default policy: log the failure and carry on with the next poll."""
     return ContinueErrorHandler(value_factory=_nothing)
-
-
-class ErrorPolicy(StrEnum):
-    """The error handlers a configuration can name."""
-
-    CONTINUE = "continue"
-    RETRY = "retry"
-    RAISE = "raise"
-    EXIT = "exit"
 
 
 def error_handler_for(policy: ErrorPolicy | str) -> ErrorHandler[Any]:

@@ -19,10 +19,11 @@ from .application import (
 from .errors import SchemaError, SchemaIncompatibleError, SchemaMigrationError
 from .migrate import ConnectionSource, MigrationResult, migrate, schema_sql
 from .notifications import NOTIFY_CHANNEL, NOTIFY_WILDCARD
-from .tables import OWNED_TABLES, ExpectedColumn, ExpectedTable
+from .tables import NODE_PRIVILEGES, OWNED_TABLES, ExpectedColumn, ExpectedTable
 
 __all__ = [
     "MIGRATIONS_TABLE",
+    "NODE_PRIVILEGES",
     "NOTIFY_CHANNEL",
     "NOTIFY_WILDCARD",
     "OWNED_TABLES",

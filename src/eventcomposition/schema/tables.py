@@ -139,3 +139,17 @@ OWNED_TABLES: tuple[ExpectedTable, ...] = (
 )
 
 REQUIRED_EXTENSIONS: tuple[str, ...] = ("pg_trgm",)
+
+
+# What a running node does with the tables it uses (projections are the
+# application's business): checked when a node opens its database, so that a role
+# without them fails at start with a message instead of failing every poll.
+_READ_WRITE = ("SELECT", "INSERT", "UPDATE", "DELETE")
+NODE_PRIVILEGES: dict[str, tuple[str, ...]] = {
+    "events": ("SELECT", "INSERT"),
+    "subscribers": _READ_WRITE,
+    "subscriptions": _READ_WRITE,
+    "consumer_claims": _READ_WRITE,
+    "consumer_checkpoints": _READ_WRITE,
+    "consumer_dead_letters": _READ_WRITE,
+}

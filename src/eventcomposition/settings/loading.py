@@ -65,6 +65,12 @@ type _Layer = Mapping[_Path, str]
 """The keys one source sets (dotted path as a tuple) and how to name that source."""
 
 
+DURATION_HELP = (
+    "not a duration: give seconds (30 or 0.5) or an ISO 8601 duration "
+    "(PT30S, PT5M, PT1H30M)"
+)
+
+
 class SettingsError(EventCompositionError, ValueError):
     """The settings cannot be loaded; the message lists every problem found.
 
@@ -363,6 +369,8 @@ def _describe(error: ValidationError, layers: tuple[_Layer, ...]) -> list[str]:
 def _describe_one(detail: ErrorDetails, layers: tuple[_Layer, ...]) -> str:
     path = tuple(str(part) for part in detail["loc"])
     message = detail["msg"].removeprefix("Value error, ")
+    if detail["type"] == "time_delta_parsing":
+        message = DURATION_HELP
     if detail["type"] == "extra_forbidden":
         known = _known_keys(path[:-1])
         message = "unknown key" + (

@@ -11,20 +11,17 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import timedelta
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Literal, Self
 from uuid import uuid4
 
-from logicblocks.event.persistence.postgres import ConnectionSettings
-from logicblocks.event.processing import IsolationMode
-from psycopg.conninfo import make_conninfo
 from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
-    PlainSerializer,
     SecretStr,
     field_validator,
     model_validator,
@@ -37,9 +34,13 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from eventcomposition.broker import BrokerRole
-from eventcomposition.consumers import PoisonPolicy
-from eventcomposition.runtime.settings import ErrorPolicy
+from eventcomposition.broker.role import BrokerRole
+from eventcomposition.consumers.policies import PoisonPolicy
+from eventcomposition.runtime.policies import ErrorPolicy
+
+if TYPE_CHECKING:
+    from logicblocks.event.persistence.postgres import ConnectionSettings
+
 from eventcomposition.settings.variables import (
     ENV_NESTED_DELIMITER,
     ENV_PREFIX,
@@ -73,26 +74,20 @@ def _lower(value: object) -> object:
     return value.lower() if isinstance(value, str) else value
 
 
-def _isolation_mode_by_name(value: object) -> object:
-    # Settings name logicblocks' IsolationMode members in lower case.
-    if isinstance(value, str):
-        try:
-            return IsolationMode[value.upper()]
-        except KeyError:
-            raise PydanticCustomError(
-                "isolation_mode",
-                "must be one of: {names}",
-                {"names": ", ".join(m.name.lower() for m in IsolationMode)},
-            ) from None
-    return value
+class IsolationModeName(StrEnum):
+    """logicblocks' ``IsolationMode`` members, named in lower case.
+
+    Not logicblocks' enum itself: importing it imports logicblocks' broker, and
+    the settings are loaded by commands that need nothing of it.
+    ``containers.mapping`` turns it into the library's enum.
+    """
+
+    MAIN_THREAD = "main_thread"
+    SHARED_THREAD = "shared_thread"
+    DEDICATED_THREAD = "dedicated_thread"
 
 
-# logicblocks' own enum, named in lower case in files and environment variables.
-IsolationModeSetting = Annotated[
-    IsolationMode,
-    BeforeValidator(_isolation_mode_by_name),
-    PlainSerializer(lambda mode: mode.name.lower(), return_type=str),
-]
+IsolationModeSetting = Annotated[IsolationModeName, BeforeValidator(_lower)]
 
 
 def _positive(value: timedelta) -> timedelta:
@@ -145,8 +140,10 @@ class PostgresSettings(_Section):
             raise ValueError("pool_min_size must not be greater than pool_max_size")
         return self
 
-    def connection_settings(self) -> ConnectionSettings:
+    def connection_settings(self) -> "ConnectionSettings":
         """logicblocks' connection settings (an empty password when none is set)."""
+        from logicblocks.event.persistence.postgres import ConnectionSettings
+
         return ConnectionSettings(
             host=self.host,
             port=self.port,
@@ -161,6 +158,8 @@ class PostgresSettings(_Section):
 
     def conninfo(self) -> str:
         """A psycopg/libpq connection string, including the password if set."""
+        from psycopg.conninfo import make_conninfo  # psycopg is slow to import
+
         return make_conninfo(
             host=self.host,
             port=self.port,
@@ -226,7 +225,7 @@ class ConsumerSettings(_Section):
     """Defaults for every consumer the runtime starts."""
 
     poll_interval: Interval = timedelta(seconds=1)
-    isolation_mode: IsolationModeSetting = IsolationMode.MAIN_THREAD
+    isolation_mode: IsolationModeSetting = IsolationModeName.MAIN_THREAD
     error_policy: Annotated[ErrorPolicy, BeforeValidator(_lower)] = ErrorPolicy.CONTINUE
     retry_initial_delay: Interval = timedelta(milliseconds=100)
     retry_max_delay: Interval = timedelta(seconds=10)
@@ -363,7 +362,7 @@ class EventCompositionSettings(BaseSettings):
         # trap 4): consumers in other threads would hang on it.
         if (
             self.storage.type == "postgres"
-            and self.consumers.isolation_mode is not IsolationMode.MAIN_THREAD
+            and self.consumers.isolation_mode is not IsolationModeName.MAIN_THREAD
         ):
             raise PydanticCustomError(
                 "postgres_needs_main_thread",

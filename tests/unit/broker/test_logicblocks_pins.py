@@ -134,3 +134,16 @@ async def test_in_memory_adapter_keeps_its_events_in_db_with_last_event() -> Non
     assert callable(adapter._db.last_event)
     assert in_place == await EventStoreHeadReader(adapter).heads(sources)
     assert list(in_place.values()) == [3, 2, None, 1, None]
+
+
+def test_the_settings_name_every_isolation_mode_of_logicblocks() -> None:
+    # eventcomposition.settings names IsolationMode's members without importing
+    # it (importing it imports logicblocks' broker); the mapping turns the name
+    # into the member.
+    from logicblocks.event.processing import IsolationMode
+
+    from eventcomposition.settings.models import IsolationModeName
+
+    assert [name.name for name in IsolationModeName] == [
+        mode.name for mode in IsolationMode
+    ]

@@ -102,9 +102,7 @@ def test_a_bad_environment_variable_is_named(
 
     message = str(load_error(tmp_path))
 
-    assert "broker.coordinator_distribution_interval: Input should be a valid" in (
-        message
-    )
+    assert "broker.coordinator_distribution_interval: not a duration" in message
     assert "(from env EVENTCOMPOSITION_BROKER__COORDINATOR_DISTRIBUTION_INTERVAL)" in (
         message
     )
@@ -329,3 +327,18 @@ def test_postgres_consumers_must_run_on_the_main_thread(tmp_path: Path) -> None:
         )
 
     assert "consumers.isolation_mode must be 'main_thread'" in str(caught.value)
+
+
+@pytest.mark.parametrize("value", ["5minutes", "5:00", "ten seconds"])
+def test_a_bad_duration_says_what_a_duration_may_look_like(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, value: str
+) -> None:
+    monkeypatch.setenv("EVENTCOMPOSITION_CONSUMERS__CLAIM_LEASE", value)
+
+    message = str(load_error(tmp_path))
+
+    assert "consumers.claim_lease: not a duration: give seconds (30 or 0.5) or an " in (
+        message
+    )
+    assert "ISO 8601 duration (PT30S, PT5M, PT1H30M)" in message
+    assert "invalid character" not in message

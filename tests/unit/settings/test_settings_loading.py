@@ -5,7 +5,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from logicblocks.event.processing import IsolationMode
 from logicblocks.event.processing.broker.strategies.distributed import (
     DistributedEventBrokerSettings,
 )
@@ -74,7 +73,7 @@ def test_each_source_overrides_the_one_below(
 
     assert settings.logging.level == "DEBUG"  # base only
     assert settings.consumers.error_policy == "raise"  # environment file over base
-    assert settings.consumers.isolation_mode is IsolationMode.MAIN_THREAD  # variable
+    assert settings.consumers.isolation_mode == "main_thread"  # variable
     assert settings.consumers.poll_interval == timedelta(seconds=1)  # argument
 
 
