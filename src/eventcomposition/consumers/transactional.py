@@ -53,6 +53,9 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 """Failures of the database rather than of an event: retried, never parked."""
 
+_HELD_BACK_FIRST = timedelta(milliseconds=2)
+_HELD_BACK_LONGEST = timedelta(milliseconds=500)
+
 
 class SourcesStoppedError(EventCompositionError):
     """Sources stopped at an event their processor kept failing (``on_poison="stop"``)."""
@@ -163,6 +166,7 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
         self._clock = clock
         self._metrics = metrics or NodeMetrics()
         self._sources: dict[EventSourceIdentifier, _Source] = {}
+        self._held_back_polls = 0
         self._log = logger.bind(subscriber=f"{group}/{id}", node_id=node_id)
 
     def use_metrics(self, metrics: NodeMetrics) -> None:
@@ -288,6 +292,10 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
     async def _consume(self, states: list[_Source]) -> None:
         await self._renew_due_claims()
         transient: list[Exception] = []
+        try:
+            await self._reader.refresh()
+        except TRANSIENT_ERRORS as error:
+            transient.append(error)  # type: ignore[arg-type]
         pending = await self._with_new_events(states)
         while pending:
             backlogged = []
@@ -296,6 +304,7 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
                     backlogged.append(state)
             pending = backlogged
             await self._renew_due_claims()
+        await self._check_held_back(states)
         if self.stopped_sources:
             raise SourcesStoppedError(self.group, self.stopped_sources)
         if len(transient) == 1:
@@ -306,6 +315,31 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
                 "reach the database",
                 transient,
             )
+
+    def next_poll_within(self) -> timedelta | None:
+        """How soon to poll again, when events wait behind the visibility horizon
+        (no notification will come for them); None when the usual pause will do.
+        Doubles from 2 ms to 500 ms while they keep waiting."""
+        if not self._held_back_polls:
+            return None
+        doublings = min(self._held_back_polls - 1, 8)
+        doubled: timedelta = _HELD_BACK_FIRST * 2**doublings
+        return min(doubled, _HELD_BACK_LONGEST)
+
+    async def _check_held_back(self, states: list[_Source]) -> None:
+        positions = {
+            state.identifier: state.position
+            for state in states
+            if state.claim is not None
+            and state.position_loaded
+            and state.stopped is None
+            and not state.withdrawn
+        }
+        try:
+            held_back = await self._reader.held_back(positions)
+        except TRANSIENT_ERRORS:
+            held_back = False  # the sources' own reads report and back off
+        self._held_back_polls = self._held_back_polls + 1 if held_back else 0
 
     async def _with_new_events(self, states: list[_Source]) -> list[_Source]:
         """``states`` less the sources known to have nothing after their checkpoint,
