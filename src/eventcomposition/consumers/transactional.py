@@ -167,6 +167,7 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
         self._metrics = metrics or NodeMetrics()
         self._sources: dict[EventSourceIdentifier, _Source] = {}
         self._held_back_polls = 0
+        self._committed_this_round = False
         self._log = logger.bind(subscriber=f"{group}/{id}", node_id=node_id)
 
     def use_metrics(self, metrics: NodeMetrics) -> None:
@@ -292,6 +293,7 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
     async def _consume(self, states: list[_Source]) -> None:
         await self._renew_due_claims()
         transient: list[Exception] = []
+        self._committed_this_round = False
         try:
             await self._reader.refresh()
         except TRANSIENT_ERRORS as error:
@@ -319,7 +321,9 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
     def next_poll_within(self) -> timedelta | None:
         """How soon to poll again, when events wait behind the visibility horizon
         (no notification will come for them); None when the usual pause will do.
-        Doubles from 2 ms to 500 ms while they keep waiting."""
+        Doubles from 2 ms to 500 ms while they keep waiting and nothing is applied
+        (a writer holds the horizon back for long); back to 2 ms once a round
+        applies events again."""
         if not self._held_back_polls:
             return None
         doublings = min(self._held_back_polls - 1, 8)
@@ -339,7 +343,12 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
             held_back = await self._reader.held_back(positions)
         except TRANSIENT_ERRORS:
             held_back = False  # the sources' own reads report and back off
-        self._held_back_polls = self._held_back_polls + 1 if held_back else 0
+        if not held_back:
+            self._held_back_polls = 0
+        elif self._committed_this_round:
+            self._held_back_polls = 1
+        else:
+            self._held_back_polls += 1
 
     async def _with_new_events(self, states: list[_Source]) -> list[_Source]:
         """``states`` less the sources known to have nothing after their checkpoint,
@@ -499,6 +508,7 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
             self.group, state.identifier, len(events), time.perf_counter() - started
         )
         state.position = last
+        self._committed_this_round = True
         state.renewed_at = self._clock()
         if state.failing is not None and state.failing[0] <= last:
             state.failing = None

@@ -8,6 +8,7 @@ from logicblocks.event.store import EventStore, InMemoryEventStorageAdapter
 from logicblocks.event.types import (
     CategoryIdentifier,
     EventSourceIdentifier,
+    NewEvent,
     StoredEvent,
 )
 
@@ -108,7 +109,7 @@ class Nothing(BatchProcessor):
         return None
 
 
-async def test_a_consumer_held_back_asks_to_poll_again_sooner_and_sooner_less() -> None:
+async def test_a_held_back_consumer_polls_again_soon_then_less_while_stuck() -> None:
     store = EventStore(adapter=InMemoryEventStorageAdapter())
     reader = HeldBackReader(store)
     consumer = TransactionalConsumer(
@@ -130,6 +131,13 @@ async def test_a_consumer_held_back_asks_to_poll_again_sooner_and_sooner_less() 
     assert reader.refreshes == 12  # one horizon per poll round
     assert delays[:3] == [timedelta(milliseconds=ms) for ms in (2, 4, 8)]
     assert delays[-1] == timedelta(milliseconds=500)
+
+    # A round that applies events starts over: the horizon is moving.
+    await store.stream(category="orders", stream="s").publish(
+        events=[NewEvent(name="placed", payload={})]
+    )
+    await consumer.consume_all()
+    assert consumer.next_poll_within() == timedelta(milliseconds=2)
 
     reader.held = False
     await consumer.consume_all()
