@@ -8,7 +8,7 @@ concurrent claim of the source by another subscriber, so a stale subscriber's ba
 rolls back.
 """
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence, Set
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
@@ -180,18 +180,19 @@ class PostgresEventReader(EventReader):
 
     async def held_back(
         self, positions: Mapping[EventSourceIdentifier, int | None]
-    ) -> bool:
+    ) -> Set[EventSourceIdentifier]:
         horizon = self._horizon
         if horizon is None or horizon.complete or not positions:
-            return False
+            return frozenset()
         heads = await self._heads.heads(list(positions))
+        waiting = set()
         for source, head in heads.items():
             position = positions.get(source)
             if head is None or head <= horizon.safe:
                 continue
             if position is None or head > position:
-                return True
-        return False
+                waiting.add(source)
+        return waiting
 
     async def read(
         self, source: EventSourceIdentifier, *, after: int | None, limit: int

@@ -8,7 +8,7 @@ checkpoint and the fence commit together or not at all.
 """
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence, Set
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
 
@@ -60,12 +60,12 @@ class EventReader(ABC):
 
     async def held_back(
         self, positions: Mapping[EventSourceIdentifier, int | None]
-    ) -> bool:
-        """Whether any of these sources (with their checkpoints) has committed events
-        that reads do not return yet, because an earlier sequence number is still
-        in flight: its consumer should poll again soon, as no notification will
-        come. False by default."""
-        return False
+    ) -> Set[EventSourceIdentifier]:
+        """Those of these sources (with their checkpoints) that have committed
+        events reads do not return yet, because an earlier sequence number is still
+        in flight: their consumer should poll them again soon, as no notification
+        will come. None by default."""
+        return frozenset()
 
     async def read_one(
         self, source: EventSourceIdentifier, sequence_number: int

@@ -167,6 +167,7 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
         self._metrics = metrics or NodeMetrics()
         self._sources: dict[EventSourceIdentifier, _Source] = {}
         self._held_back_polls = 0
+        self._held_back: set[EventSourceIdentifier] = set()
         self._committed_this_round = False
         self._log = logger.bind(subscriber=f"{group}/{id}", node_id=node_id)
 
@@ -281,12 +282,14 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
 
     async def consume_categories(self, categories: frozenset[str]) -> None:
         """``consume_all`` for the sources in ``categories`` only (what a
-        notification names); the others wait for the next full poll."""
+        notification names), and those with events waiting behind the visibility
+        horizon; the others wait for the next full poll."""
         await self._consume(
             [
                 state
                 for state in self._sources.values()
                 if _category_of(state.identifier) in categories
+                or state.identifier in self._held_back
             ]
         )
 
@@ -340,10 +343,13 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
             and not state.withdrawn
         }
         try:
-            held_back = await self._reader.held_back(positions)
+            waiting = set(await self._reader.held_back(positions))
         except TRANSIENT_ERRORS:
-            held_back = False  # the sources' own reads report and back off
-        if not held_back:
+            waiting = set()  # the sources' own reads report and back off
+        # A round of some categories only (a wake) leaves the others' state as is.
+        polled = {state.identifier for state in states}
+        self._held_back = (self._held_back - polled) | waiting
+        if not self._held_back:
             self._held_back_polls = 0
         elif self._committed_this_round:
             self._held_back_polls = 1

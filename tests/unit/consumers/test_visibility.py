@@ -1,7 +1,7 @@
 """The visibility horizon's bookkeeping, its coalescing, and how consumers use it."""
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from datetime import timedelta
 
 from logicblocks.event.store import EventStore, InMemoryEventStorageAdapter
@@ -98,8 +98,8 @@ class HeldBackReader(StoreEventReader):
 
     async def held_back(
         self, positions: Mapping[EventSourceIdentifier, int | None]
-    ) -> bool:
-        return self.held
+    ) -> Set[EventSourceIdentifier]:
+        return frozenset(positions) if self.held else frozenset()
 
 
 class Nothing(BatchProcessor):
@@ -171,3 +171,56 @@ async def test_the_service_polls_again_as_soon_as_its_consumer_asks() -> None:
         service.request_drain()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+class SelectiveReader(StoreEventReader):
+    """Says ``orders`` is held back until told otherwise; records what was read."""
+
+    def __init__(self, event_store: EventStore) -> None:
+        super().__init__(event_store)
+        self.waiting: set[EventSourceIdentifier] = {ORDERS}
+        self.read_sources: list[EventSourceIdentifier] = []
+
+    async def read(
+        self, source: EventSourceIdentifier, *, after: int | None, limit: int
+    ) -> Sequence[StoredEvent]:
+        self.read_sources.append(source)
+        return await super().read(source, after=after, limit=limit)
+
+    async def held_back(
+        self, positions: Mapping[EventSourceIdentifier, int | None]
+    ) -> Set[EventSourceIdentifier]:
+        return self.waiting & set(positions)
+
+
+ORDERS = CategoryIdentifier(category="orders")
+REFUNDS = CategoryIdentifier(category="refunds")
+
+
+async def test_a_wake_for_other_categories_polls_the_held_back_sources_too() -> None:
+    store = EventStore(adapter=InMemoryEventStorageAdapter())
+    reader = SelectiveReader(store)
+    consumer = TransactionalConsumer(
+        group="g",
+        id="a",
+        node_id="node",
+        subscription_requests=[ORDERS, REFUNDS],
+        processor=Nothing(),
+        checkpoint_store=InMemoryCheckpointStore(),
+        event_reader=reader,
+    )
+    for source in (ORDERS, REFUNDS):
+        await consumer.accept(store.category(category=source.category))
+    await consumer.consume_all()  # claims both; orders is held back
+
+    reader.read_sources.clear()
+    await consumer.consume_categories(frozenset({"refunds"}))
+    assert set(reader.read_sources) == {ORDERS, REFUNDS}
+    assert consumer.next_poll_within() is not None
+
+    reader.waiting = set()
+    await consumer.consume_categories(frozenset({"refunds"}))
+    reader.read_sources.clear()
+    await consumer.consume_categories(frozenset({"refunds"}))
+    assert reader.read_sources == [REFUNDS]
+    assert consumer.next_poll_within() is None
