@@ -22,13 +22,14 @@ from logicblocks.event.types import (
 )
 from psycopg import AsyncConnection
 from psycopg.rows import class_row
+from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 from ..connections import autocommitting as _autocommitting
 from ..lag import PostgresHeadReader
 from .batch import Transaction
 from .claims import Claim, ClaimRecord, DeadLetter, Holder, claim_lost
-from .connections import autocommitting
+from .connections import autocommitting, fast_json_loads
 from .stores import CheckpointStore, EventReader, check_readable
 from .visibility import Horizon, PostgresVisibilityHorizon
 
@@ -150,7 +151,8 @@ def _connection_of(transaction: Transaction) -> AsyncConnection[Any]:
 
 class PostgresEventReader(EventReader):
     """One indexed query per read on the ``events`` table of the pool's database:
-    about twice as fast as iterating through logicblocks' adapter.
+    about twice as fast as iterating through logicblocks' adapter. Payloads are
+    decoded with orjson (``fast_json_loads``), set on the reader's own cursors.
 
     Gap-safe: reads stop at the visibility horizon (see ``visibility``), taken by
     ``refresh`` (once per poll round; the first read takes one itself). Readers
@@ -211,6 +213,7 @@ class PostgresEventReader(EventReader):
             autocommitting(self._pool) as connection,
             connection.cursor(row_factory=class_row(StoredEvent)) as cursor,
         ):
+            set_json_loads(fast_json_loads, cursor)
             await cursor.execute(query, parameters | {"limit": limit})
             return await cursor.fetchall()
 
@@ -225,6 +228,7 @@ class PostgresEventReader(EventReader):
             autocommitting(self._pool) as connection,
             connection.cursor(row_factory=class_row(StoredEvent)) as cursor,
         ):
+            set_json_loads(fast_json_loads, cursor)
             await cursor.execute(
                 f"SELECT {_EVENT_COLUMNS} FROM events WHERE {condition}", parameters
             )
