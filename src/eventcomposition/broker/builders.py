@@ -5,6 +5,11 @@ factory, subscriber and subscription state stores) in ``dependencies`` and, in
 ``build``, makes the broker's own parts from logicblocks' public constructors: the
 subscriber manager, the coordinator (from the injected ``CoordinatorFactory``) and
 the observer, put together in this package's role-aware broker.
+
+The event source factory reads through a gap-safe adapter
+(``consumers.visibility.gap_safe``): the sources logicblocks' subscription
+consumers read stop at the visibility horizon, so none skips an event committed
+after a higher sequence number.
 """
 
 from dataclasses import dataclass, field
