@@ -180,9 +180,7 @@ class PostgresDistributedEventBrokerBuilder(
             lock_manager=CheckedPostgresLockManager(
                 connection_settings, node_id=self.node_id
             ),
-            event_source_factory=EventStoreEventSourceFactory(
-                adapter=gap_safe(events)
-            ),
+            event_source_factory=EventStoreEventSourceFactory(adapter=gap_safe(events)),
             event_subscriber_state_store=AutocommitSubscriberStateStore(
                 node_id=self.node_id, connection_pool=connection_pool
             ),

@@ -25,11 +25,11 @@ from psycopg.rows import class_row
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
-from ..connections import autocommitting as _autocommitting
+from ..connections import autocommitting
 from ..lag import PostgresHeadReader
 from .batch import Transaction
 from .claims import Claim, ClaimRecord, DeadLetter, Holder, claim_lost
-from .connections import autocommitting, fast_json_loads
+from .decoding import fast_json_loads
 from .stores import CheckpointStore, EventReader, check_readable
 from .visibility import Horizon, PostgresVisibilityHorizon
 

@@ -51,7 +51,7 @@ from logicblocks.event.types import (
     StringPersistable,
 )
 
-from .connections import Pool, autocommitting
+from ..connections import Pool, autocommitting
 
 SAMPLE_FUNCTION = "eventcomposition_visibility_sample"
 """The schema's function returning (allocated, the transactions writing events)."""

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from eventcomposition.consumers.connections import fast_json_loads
+from eventcomposition.consumers.decoding import fast_json_loads
 
 
 @pytest.mark.parametrize(
