@@ -297,11 +297,14 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
         await self._renew_due_claims()
         transient: list[Exception] = []
         self._committed_this_round = False
-        try:
-            await self._reader.refresh()
-        except TRANSIENT_ERRORS as error:
-            transient.append(error)  # type: ignore[arg-type]
         pending = await self._with_new_events(states)
+        if pending:
+            # One horizon for the round, only when something may be read: an idle
+            # poll (every head at its checkpoint) costs no sample.
+            try:
+                await self._reader.refresh()
+            except TRANSIENT_ERRORS as error:
+                transient.append(error)  # type: ignore[arg-type]
         while pending:
             backlogged = []
             for state in pending:
