@@ -298,9 +298,10 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
         transient: list[Exception] = []
         self._committed_this_round = False
         pending = await self._with_new_events(states)
-        if pending:
+        if any(self._may_read(state) for state in pending):
             # One horizon for the round, only when something may be read: an idle
-            # poll (every head at its checkpoint) costs no sample.
+            # poll (every head at its checkpoint) costs no sample, nor does one
+            # whose sources all back off after a database failure.
             try:
                 await self._reader.refresh()
             except TRANSIENT_ERRORS as error:
@@ -312,7 +313,8 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
                     backlogged.append(state)
             pending = backlogged
             await self._renew_due_claims()
-        await self._check_held_back(states)
+        if not transient:
+            await self._check_held_back(states)
         if self.stopped_sources:
             raise SourcesStoppedError(self.group, self.stopped_sources)
         if len(transient) == 1:
@@ -323,6 +325,13 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
                 "reach the database",
                 transient,
             )
+
+    def _may_read(self, state: _Source) -> bool:
+        return (
+            not state.withdrawn
+            and state.stopped is None
+            and state.retry_at <= self._clock()
+        )
 
     def next_poll_within(self) -> timedelta | None:
         """How soon to poll again, when events wait behind the visibility horizon
