@@ -5,6 +5,11 @@ factory, subscriber and subscription state stores) in ``dependencies`` and, in
 ``build``, makes the broker's own parts from logicblocks' public constructors: the
 subscriber manager, the coordinator (from the injected ``CoordinatorFactory``) and
 the observer, put together in this package's role-aware broker.
+
+The event source factory reads through a gap-safe adapter
+(``consumers.visibility.gap_safe``): the sources logicblocks' subscription
+consumers read stop at the visibility horizon, so none skips an event committed
+after a higher sequence number.
 """
 
 from dataclasses import dataclass, field
@@ -48,6 +53,7 @@ from logicblocks.event.types import StoredEvent
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from ..consumers.visibility import gap_safe
 from ..retry import Backoff
 from .broker import DistributedEventBroker
 from .coordination import CoordinatorFactory, leader_checking_coordinator
@@ -137,7 +143,9 @@ class InMemoryDistributedEventBrokerBuilder(_RoleAwareBuilder[(InMemoryClusterSt
     ) -> DistributedEventBrokerDependencies:
         return DistributedEventBrokerDependencies(
             lock_manager=state.lock_manager,
-            event_source_factory=EventStoreEventSourceFactory(adapter=state.adapter),
+            event_source_factory=EventStoreEventSourceFactory(
+                adapter=gap_safe(state.adapter)
+            ),
             event_subscriber_state_store=state.subscriber_state_store(self.node_id),
             event_subscription_state_store=state.subscription_state_store(self.node_id),
         )
@@ -172,7 +180,7 @@ class PostgresDistributedEventBrokerBuilder(
             lock_manager=CheckedPostgresLockManager(
                 connection_settings, node_id=self.node_id
             ),
-            event_source_factory=EventStoreEventSourceFactory(adapter=events),
+            event_source_factory=EventStoreEventSourceFactory(adapter=gap_safe(events)),
             event_subscriber_state_store=AutocommitSubscriberStateStore(
                 node_id=self.node_id, connection_pool=connection_pool
             ),

@@ -8,7 +8,7 @@ concurrent claim of the source by another subscriber, so a stale subscriber's ba
 rolls back.
 """
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence, Set
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,13 +22,16 @@ from logicblocks.event.types import (
 )
 from psycopg import AsyncConnection
 from psycopg.rows import class_row
+from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
-from ..connections import autocommitting as _autocommitting
+from ..connections import autocommitting
 from ..lag import PostgresHeadReader
 from .batch import Transaction
 from .claims import Claim, ClaimRecord, DeadLetter, Holder, claim_lost
+from .decoding import fast_json_loads
 from .stores import CheckpointStore, EventReader, check_readable
+from .visibility import Horizon, PostgresVisibilityHorizon
 
 _CLAIM = """
 INSERT INTO consumer_claims AS c
@@ -98,14 +101,32 @@ _EVENT_COLUMNS = (
     "id, name, stream, category, position, sequence_number, payload, "
     "observed_at, occurred_at"
 )
-_READ_CATEGORY = (
-    f"SELECT {_EVENT_COLUMNS} FROM events WHERE category = %s "
-    "AND sequence_number > %s ORDER BY sequence_number LIMIT %s"
-)
-_READ_STREAM = (
-    f"SELECT {_EVENT_COLUMNS} FROM events WHERE category = %s AND stream = %s "
-    "AND sequence_number > %s ORDER BY sequence_number LIMIT %s"
-)
+
+
+def event_filter(
+    source: EventSourceIdentifier, *, after: int, upto: int | None
+) -> tuple[str, dict[str, Any]]:
+    """The WHERE condition (and its named parameters) selecting ``source``'s events
+    with a sequence number above ``after`` and, unless ``upto`` is None, at most
+    ``upto`` (the visibility horizon). Conditions of other kinds of source join here.
+    """
+    conditions = ["sequence_number > %(after)s"]
+    parameters: dict[str, Any] = {"after": after}
+    match source:
+        case StreamIdentifier(category=category, stream=stream):
+            conditions[:0] = ["category = %(category)s", "stream = %(stream)s"]
+            parameters |= {"category": category, "stream": stream}
+        case CategoryIdentifier(category=category):
+            conditions[:0] = ["category = %(category)s"]
+            parameters["category"] = category
+        case _:
+            check_readable(source)
+            raise AssertionError("unreachable")
+    if upto is not None:
+        conditions.append("sequence_number <= %(upto)s")
+        parameters["upto"] = upto
+    return " AND ".join(conditions), parameters
+
 
 type Pool = AsyncConnectionPool[AsyncConnection[Any]]
 
@@ -130,36 +151,88 @@ def _connection_of(transaction: Transaction) -> AsyncConnection[Any]:
 
 class PostgresEventReader(EventReader):
     """One indexed query per read on the ``events`` table of the pool's database:
-    about twice as fast as iterating through logicblocks' adapter."""
+    about twice as fast as iterating through logicblocks' adapter. Payloads are
+    decoded with orjson (``fast_json_loads``), set on the reader's own cursors.
 
-    def __init__(self, pool: Pool) -> None:
+    Gap-safe: reads stop at the visibility horizon (see ``visibility``), taken by
+    ``refresh`` (once per poll round; the first read takes one itself). Readers
+    of one node share ``horizon``, so concurrent refreshes cost one query.
+    """
+
+    def __init__(
+        self, pool: Pool, horizon: PostgresVisibilityHorizon | None = None
+    ) -> None:
         self._pool = pool
         self._heads = PostgresHeadReader(pool)
+        self._visibility = horizon or PostgresVisibilityHorizon(pool)
+        self._horizon: Horizon | None = None
+
+    @property
+    def horizon(self) -> Horizon | None:
+        """The horizon reads stop at now (None before the first)."""
+        return self._horizon
+
+    async def refresh(self) -> None:
+        self._horizon = await self._visibility.current()
 
     async def heads(
         self, sources: Sequence[EventSourceIdentifier]
     ) -> Mapping[EventSourceIdentifier, int | None]:
         return await self._heads.heads(sources)
 
+    async def held_back(
+        self, positions: Mapping[EventSourceIdentifier, int | None]
+    ) -> Set[EventSourceIdentifier]:
+        horizon = self._horizon
+        if horizon is None or horizon.complete or not positions:
+            return frozenset()
+        heads = await self._heads.heads(list(positions))
+        waiting = set()
+        for source, head in heads.items():
+            position = positions.get(source)
+            if head is None or head <= horizon.safe:
+                continue
+            if position is None or head > position:
+                waiting.add(source)
+        return waiting
+
     async def read(
         self, source: EventSourceIdentifier, *, after: int | None, limit: int
     ) -> Sequence[StoredEvent]:
-        start = -1 if after is None else after
-        parameters: tuple[object, ...]
-        match source:
-            case StreamIdentifier(category=category, stream=stream):
-                query, parameters = _READ_STREAM, (category, stream, start, limit)
-            case CategoryIdentifier(category=category):
-                query, parameters = _READ_CATEGORY, (category, start, limit)
-            case _:
-                check_readable(source)
-                raise AssertionError("unreachable")
+        if self._horizon is None:
+            await self.refresh()
+        assert self._horizon is not None
+        condition, parameters = event_filter(
+            source, after=-1 if after is None else after, upto=self._horizon.safe
+        )
+        query = (
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE {condition} "
+            "ORDER BY sequence_number LIMIT %(limit)s"
+        )
         async with (
-            _autocommitting(self._pool) as connection,
+            autocommitting(self._pool) as connection,
             connection.cursor(row_factory=class_row(StoredEvent)) as cursor,
         ):
-            await cursor.execute(query, parameters)
+            set_json_loads(fast_json_loads, cursor)
+            await cursor.execute(query, parameters | {"limit": limit})
             return await cursor.fetchall()
+
+    async def read_one(
+        self, source: EventSourceIdentifier, sequence_number: int
+    ) -> StoredEvent | None:
+        # A parked event lies below its checkpoint, so below any horizon.
+        condition, parameters = event_filter(
+            source, after=sequence_number - 1, upto=sequence_number
+        )
+        async with (
+            autocommitting(self._pool) as connection,
+            connection.cursor(row_factory=class_row(StoredEvent)) as cursor,
+        ):
+            set_json_loads(fast_json_loads, cursor)
+            await cursor.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE {condition}", parameters
+            )
+            return await cursor.fetchone()
 
 
 class PostgresCheckpointStore(CheckpointStore):
@@ -171,13 +244,14 @@ class PostgresCheckpointStore(CheckpointStore):
 
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
+        self._horizon = PostgresVisibilityHorizon(pool)
 
     @property
     def pool(self) -> Pool:
         return self._pool
 
     async def _fetch(self, query: str, parameters: Mapping[str, Any]) -> list[Any]:
-        async with _autocommitting(self._pool) as connection:
+        async with autocommitting(self._pool) as connection:
             cursor = await connection.execute(query, parameters)
             return await cursor.fetchall() if cursor.description else []
 
@@ -346,7 +420,7 @@ class PostgresCheckpointStore(CheckpointStore):
         return cursor.rowcount == 1
 
     def event_reader(self, event_store: EventStore) -> EventReader:
-        return PostgresEventReader(self._pool)
+        return PostgresEventReader(self._pool, self._horizon)
 
 
 def _fence_parameters(claim: Claim) -> dict[str, Any]:

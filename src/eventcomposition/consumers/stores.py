@@ -8,12 +8,12 @@ checkpoint and the fence commit together or not at all.
 """
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence, Set
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
 
 from logicblocks.event.sources import constraints
-from logicblocks.event.store import EventStore
+from logicblocks.event.store import EventStore, InMemoryEventStorageAdapter
 from logicblocks.event.types import (
     CategoryIdentifier,
     EventSourceIdentifier,
@@ -23,6 +23,13 @@ from logicblocks.event.types import (
 
 from .batch import Transaction
 from .claims import Claim, ClaimRecord, DeadLetter, Holder, SourceRef, key_of
+from .visibility import (
+    Horizon,
+    VisibilityHorizon,
+    adapter_of,
+    bounded,
+    horizon_for_adapter,
+)
 
 
 class EventReader(ABC):
@@ -44,6 +51,22 @@ class EventReader(ABC):
         reader cannot tell (then every source is read)."""
         return None
 
+    async def refresh(self) -> None:
+        """Learn which sequence numbers are final now, so that the reads that follow
+        return every event committed before this call (once the numbers below it
+        are final too). A consumer calls it once per poll round. Nothing by
+        default."""
+        return None
+
+    async def held_back(
+        self, positions: Mapping[EventSourceIdentifier, int | None]
+    ) -> Set[EventSourceIdentifier]:
+        """Those of these sources (with their checkpoints) that have committed
+        events reads do not return yet, because an earlier sequence number is still
+        in flight: their consumer should poll them again soon, as no notification
+        will come. None by default."""
+        return frozenset()
+
     async def read_one(
         self, source: EventSourceIdentifier, sequence_number: int
     ) -> StoredEvent | None:
@@ -62,14 +85,33 @@ def check_readable(source: EventSourceIdentifier) -> None:
 
 
 class StoreEventReader(EventReader):
-    """Reads through logicblocks' ``EventStore`` (any adapter)."""
+    """Reads through logicblocks' ``EventStore`` (any adapter).
 
-    def __init__(self, event_store: EventStore) -> None:
+    Gap-safe on the adapters this package knows (in memory, PostgreSQL): reads stop
+    at the visibility horizon, taken by ``refresh`` or by the first read. Events
+    come in sequence-number order (the in-memory adapter lists them in commit
+    order, so its reads gather every event after ``after`` and sort them).
+    """
+
+    def __init__(
+        self, event_store: EventStore, horizon: VisibilityHorizon | None = None
+    ) -> None:
         self._event_store = event_store
+        adapter = adapter_of(event_store)
+        self._visibility = horizon or horizon_for_adapter(adapter)
+        self._unordered = isinstance(adapter, InMemoryEventStorageAdapter)
+        self._horizon: Horizon | None = None
+
+    async def refresh(self) -> None:
+        if self._visibility is not None:
+            self._horizon = await self._visibility.current()
 
     async def read(
         self, source: EventSourceIdentifier, *, after: int | None, limit: int
     ) -> Sequence[StoredEvent]:
+        if self._horizon is None:
+            await self.refresh()
+        horizon = self._horizon
         wanted = (
             frozenset()
             if after is None
@@ -81,6 +123,11 @@ class StoreEventReader(EventReader):
         events: list[StoredEvent] = []
         try:
             async for event in iterator:
+                if self._unordered:
+                    events.append(event)
+                    continue
+                if horizon is not None and event.sequence_number > horizon.safe:
+                    break
                 events.append(event)
                 if len(events) >= limit:
                     break
@@ -88,6 +135,8 @@ class StoreEventReader(EventReader):
             close = getattr(iterator, "aclose", None)
             if close is not None:
                 await close()
+        if self._unordered:
+            return bounded(events, horizon)[:limit]
         return events
 
     def _iterate(

@@ -53,6 +53,9 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 """Failures of the database rather than of an event: retried, never parked."""
 
+_HELD_BACK_FIRST = timedelta(milliseconds=2)
+_HELD_BACK_LONGEST = timedelta(milliseconds=500)
+
 
 class SourcesStoppedError(EventCompositionError):
     """Sources stopped at an event their processor kept failing (``on_poison="stop"``)."""
@@ -163,6 +166,9 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
         self._clock = clock
         self._metrics = metrics or NodeMetrics()
         self._sources: dict[EventSourceIdentifier, _Source] = {}
+        self._held_back_polls = 0
+        self._held_back: set[EventSourceIdentifier] = set()
+        self._committed_this_round = False
         self._log = logger.bind(subscriber=f"{group}/{id}", node_id=node_id)
 
     def use_metrics(self, metrics: NodeMetrics) -> None:
@@ -276,19 +282,30 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
 
     async def consume_categories(self, categories: frozenset[str]) -> None:
         """``consume_all`` for the sources in ``categories`` only (what a
-        notification names); the others wait for the next full poll."""
+        notification names), and those with events waiting behind the visibility
+        horizon; the others wait for the next full poll."""
         await self._consume(
             [
                 state
                 for state in self._sources.values()
                 if _category_of(state.identifier) in categories
+                or state.identifier in self._held_back
             ]
         )
 
     async def _consume(self, states: list[_Source]) -> None:
         await self._renew_due_claims()
         transient: list[Exception] = []
+        self._committed_this_round = False
         pending = await self._with_new_events(states)
+        if any(self._may_read(state) for state in pending):
+            # One horizon for the round, only when something may be read: an idle
+            # poll (every head at its checkpoint) costs no sample, nor does one
+            # whose sources all back off after a database failure.
+            try:
+                await self._reader.refresh()
+            except TRANSIENT_ERRORS as error:
+                transient.append(error)  # type: ignore[arg-type]
         while pending:
             backlogged = []
             for state in pending:
@@ -296,6 +313,8 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
                     backlogged.append(state)
             pending = backlogged
             await self._renew_due_claims()
+        if not transient:
+            await self._check_held_back(states)
         if self.stopped_sources:
             raise SourcesStoppedError(self.group, self.stopped_sources)
         if len(transient) == 1:
@@ -306,6 +325,48 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
                 "reach the database",
                 transient,
             )
+
+    def _may_read(self, state: _Source) -> bool:
+        return (
+            not state.withdrawn
+            and state.stopped is None
+            and state.retry_at <= self._clock()
+        )
+
+    def next_poll_within(self) -> timedelta | None:
+        """How soon to poll again, when events wait behind the visibility horizon
+        (no notification will come for them); None when the usual pause will do.
+        Doubles from 2 ms to 500 ms while they keep waiting and nothing is applied
+        (a writer holds the horizon back for long); back to 2 ms once a round
+        applies events again."""
+        if not self._held_back_polls:
+            return None
+        doublings = min(self._held_back_polls - 1, 8)
+        doubled: timedelta = _HELD_BACK_FIRST * 2**doublings
+        return min(doubled, _HELD_BACK_LONGEST)
+
+    async def _check_held_back(self, states: list[_Source]) -> None:
+        positions = {
+            state.identifier: state.position
+            for state in states
+            if state.claim is not None
+            and state.position_loaded
+            and state.stopped is None
+            and not state.withdrawn
+        }
+        try:
+            waiting = set(await self._reader.held_back(positions))
+        except TRANSIENT_ERRORS:
+            waiting = set()  # the sources' own reads report and back off
+        # A round of some categories only (a wake) leaves the others' state as is.
+        polled = {state.identifier for state in states}
+        self._held_back = (self._held_back - polled) | waiting
+        if not self._held_back:
+            self._held_back_polls = 0
+        elif self._committed_this_round:
+            self._held_back_polls = 1
+        else:
+            self._held_back_polls += 1
 
     async def _with_new_events(self, states: list[_Source]) -> list[_Source]:
         """``states`` less the sources known to have nothing after their checkpoint,
@@ -465,6 +526,7 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
             self.group, state.identifier, len(events), time.perf_counter() - started
         )
         state.position = last
+        self._committed_this_round = True
         state.renewed_at = self._clock()
         if state.failing is not None and state.failing[0] <= last:
             state.failing = None

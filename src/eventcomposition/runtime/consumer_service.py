@@ -11,6 +11,7 @@ not, and can be woken (``wake``) to poll at once instead of at the end of its pa
 import asyncio
 from asyncio import FIRST_COMPLETED
 from collections.abc import Collection
+from datetime import timedelta
 from typing import Any, Protocol, runtime_checkable
 
 import structlog
@@ -50,6 +51,18 @@ class ConsumesCategories(Protocol):
     """
 
     async def consume_categories(self, categories: frozenset[str]) -> None: ...
+
+
+@runtime_checkable
+class PollsSoon(Protocol):
+    """A consumer that may need its next poll sooner than the usual pause.
+
+    Optional. A transactional consumer whose sources have committed events waiting
+    behind the visibility horizon (an earlier sequence number still in flight)
+    gets no notification when they become readable, so it asks to poll again soon.
+    """
+
+    def next_poll_within(self) -> timedelta | None: ...
 
 
 class _ObservedErrorHandler(ErrorHandler[Any]):
@@ -116,9 +129,7 @@ class ConsumerService(Service[None]):
                 self._poll_now.clear()
                 self._targeted = targeted
                 await self.error_handling.execute()
-                await self._pause(
-                    self.settings.poll_interval.total_seconds(), self._poll_now
-                )
+                await self._pause(self._pause_seconds(), self._poll_now)
                 targeted = self._take_wake_scope(woken=self._poll_now.is_set())
             if isinstance(self.consumer, ReleasesClaims):
                 await self.consumer.release_claims()
@@ -129,6 +140,14 @@ class ConsumerService(Service[None]):
             self._status = ProcessStatus.ERRORED
             raise
         self._status = ProcessStatus.STOPPED
+
+    def _pause_seconds(self) -> float:
+        pause = self.settings.poll_interval
+        if isinstance(self.consumer, PollsSoon) and not self._retrying:
+            sooner = self.consumer.next_poll_within()
+            if sooner is not None:
+                pause = min(pause, sooner)
+        return pause.total_seconds()
 
     def request_drain(self) -> None:
         """Stop after the ``consume_all`` in progress; callable from any thread."""

@@ -160,3 +160,35 @@ BEGIN
     END IF;
 END
 $do$;
+
+-- ---------------------------------------------------------------------------------
+-- Gap-safe reading (eventcomposition.consumers.visibility).
+--
+-- A sequence number is taken at insert, not at commit, so under logicblocks' STREAM
+-- or CATEGORY serialisation guarantee a writer can commit 100 after another
+-- committed 101. Readers read only up to a horizon below which every number is
+-- final. One sample of it: first the greatest sequence number handed out (by any
+-- transaction, committed or not), then the transactions writing to the events
+-- table (holding its ROW EXCLUSIVE lock, which an INSERT takes before it evaluates
+-- any row's sequence number and keeps until the transaction ends; prepared ones
+-- included). Every number up to `allocated` is final once none of `writing` is
+-- running any more. Other transactions, a consumer's batch say, hold nothing back.
+CREATE OR REPLACE FUNCTION eventcomposition_visibility_sample(
+    OUT allocated bigint, OUT writing text[]
+) LANGUAGE plpgsql VOLATILE AS $function$
+BEGIN
+    EXECUTE format(
+        'SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM %s',
+        pg_get_serial_sequence('events', 'sequence_number')
+    ) INTO allocated;
+    SELECT coalesce(array_agg(coalesce(l.pid::text, '') || ':' || l.virtualtransaction),
+                    '{}')
+    INTO writing
+    FROM pg_locks AS l
+    WHERE l.locktype = 'relation'
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND l.relation = 'events'::regclass
+      AND l.mode = 'RowExclusiveLock'
+      AND l.granted;
+END
+$function$;

@@ -19,7 +19,7 @@ from logicblocks.event.processing.broker.strategies.distributed import (
 )
 from logicblocks.event.processing.locks.postgres import get_digest
 from logicblocks.event.store import EventStore, InMemoryEventStorageAdapter
-from logicblocks.event.types import CategoryIdentifier, StoredEvent
+from logicblocks.event.types import CategoryIdentifier, NewEvent, StoredEvent
 
 from eventcomposition import InMemoryClusterState
 from eventcomposition.broker.leadership import COORDINATOR_LOCK_KEY
@@ -147,3 +147,30 @@ def test_the_settings_name_every_isolation_mode_of_logicblocks() -> None:
     assert [name.name for name in IsolationModeName] == [
         mode.name for mode in IsolationMode
     ]
+
+
+async def test_the_in_memory_adapter_numbers_under_its_write_locks() -> None:
+    # eventcomposition.consumers.visibility.InMemoryVisibilityHorizon reads the
+    # adapter's private _sequence (the next number) and _locks (aiologic locks held
+    # from taking a write's numbers until it commits), and StoreEventReader finds
+    # the adapter through EventStore's private _adapter.
+    adapter = InMemoryEventStorageAdapter()
+    store = EventStore(adapter=adapter)
+    assert store._adapter is adapter
+    assert adapter._sequence._value == 0
+    seen_locked: list[bool] = []
+
+    async def watch() -> None:
+        while not seen_locked or not seen_locked[-1]:
+            seen_locked.append(any(lock.locked() for lock in adapter._locks.values()))
+            await asyncio.sleep(0)
+
+    watcher = asyncio.create_task(watch())
+    await store.stream(category="c", stream="s").publish(
+        events=[NewEvent(name="n", payload={}) for _ in range(3)]
+    )
+    await asyncio.wait_for(watcher, timeout=5)
+
+    assert adapter._sequence._value == 3
+    assert any(seen_locked)
+    assert not any(lock.locked() for lock in adapter._locks.values())
