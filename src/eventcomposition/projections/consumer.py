@@ -1,0 +1,447 @@
+"""The consumer of a versioned projection: the live version, and a rebuild beside it.
+
+A ``VersionedConsumer`` is one subscriber of the projection's group: the broker
+allocates it the group's sources as to any subscriber. For each source it holds, it
+runs a transactional consumer of the live version (polled by the runtime like any
+consumer) and, while a rebuild runs, one of the building version (in a background
+task of its own, with larger batches): the rebuild is spread over the observers
+exactly as the live work is, with its own claims, checkpoints and dead letters.
+
+Every second or so (``refresh_interval``) it reads the group's versions: it prepares
+a version a command asked for (its schema and the application's migrations), starts
+or stops its rebuild, and, once the building version has caught up, attempts the
+swap (``ProjectionCatalog.swap``). After a swap the building consumer carries on as
+the live one, and the retired version's consumer, fenced by the swap, is dropped.
+"""
+
+import asyncio
+import contextlib
+import math
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import uuid4
+
+import structlog
+from logicblocks.event.processing.consumers import EventSubscriptionConsumer
+from logicblocks.event.sources import EventSource
+from logicblocks.event.store import EventStore
+from logicblocks.event.types import EventSourceIdentifier, StoredEvent
+
+from ..consumers.batch import BatchProcessor, Transaction
+from ..consumers.postgres import PostgresCheckpointStore
+from ..consumers.transactional import (
+    PoisonPolicy,
+    TransactionalConsumer,
+    make_transactional_consumer,
+)
+from ..metrics import NodeMetrics
+from ..retry import Backoff
+from ..schema.application import Migration, MigrationDeclaration, checked_migrations
+from .catalog import ProjectionCatalog
+from .versions import (
+    ProjectionError,
+    ProjectionVersion,
+    behind,
+    building_of,
+    check_schema_name,
+    expired,
+    live_of,
+    stable_schema_name,
+)
+
+logger = structlog.get_logger("eventcomposition.projections")
+
+
+@dataclass(frozen=True)
+class VersionedProjection:
+    """What an application declares of a projection that can be rebuilt.
+
+    - ``group``: the subscriber group (version 1 keeps its checkpoints under this
+      name; version N uses ``group@vN``).
+    - ``processor_for``: the processor of a version, given its number; return the
+      same processor for every version, or a changed one from some version on.
+    - ``migrations``: the application's migrations of the projection's tables, run
+      in each new version's own schema (first on the search_path), so they use
+      unqualified table names.
+    - ``stable_schema``: where readers find the live version's tables (as views);
+      by default the group's name as an identifier (see ``stable_schema_name``).
+    - ``retired_grace``: how long a retired version is kept after a swap before a
+      node drops it; None keeps it until ``projections drop``.
+    - ``rebuild_batch_size``: events per batch while rebuilding (catch-up reads
+      fewer, larger batches than live processing).
+    """
+
+    group: str
+    processor_for: Callable[[int], BatchProcessor]
+    migrations: Sequence[MigrationDeclaration] = ()
+    stable_schema: str | None = None
+    retired_grace: timedelta | None = None
+    rebuild_batch_size: int = 5000
+
+    @property
+    def schema(self) -> str:
+        if self.stable_schema is None:
+            return stable_schema_name(self.group)
+        return check_schema_name(self.stable_schema)
+
+
+class VersionProcessor(BatchProcessor):
+    """Runs a version's processor with the version's schema first on the batch
+    transaction's search_path (``SET LOCAL``), and ``transaction.rebuilding`` set."""
+
+    def __init__(self, inner: BatchProcessor, schema: str, *, rebuilding: bool) -> None:
+        self.inner = inner
+        self.schema = schema
+        self.rebuilding = rebuilding
+
+    async def process_batch(
+        self, events: Sequence[StoredEvent], transaction: Transaction
+    ) -> None:
+        transaction.rebuilding = self.rebuilding
+        await transaction.connection.execute(
+            "SELECT set_config('search_path', %s || ', ' || "
+            "current_setting('search_path'), true)",
+            [f'"{self.schema}"'],
+        )
+        await self.inner.process_batch(events, transaction)
+
+
+type ConsumerFactory = Callable[[str, BatchProcessor, int], TransactionalConsumer]
+"""Makes the transactional consumer of a checkpoint group, given its processor and
+batch size."""
+
+
+@dataclass
+class _Running:
+    version: ProjectionVersion
+    consumer: TransactionalConsumer
+    processor: VersionProcessor
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class VersionedConsumer(EventSubscriptionConsumer[StoredEvent]):
+    """A subscriber of a versioned projection's group (see the module's text).
+
+    Register it like any subscription consumer; it offers ``release_claims`` and
+    ``consume_categories`` as transactional consumers do.
+    """
+
+    def __init__(
+        self,
+        *,
+        projection: VersionedProjection,
+        catalog: ProjectionCatalog,
+        id: str,
+        subscription_requests: Sequence[EventSourceIdentifier],
+        make_consumer: ConsumerFactory,
+        live_batch_size: int = 500,
+        refresh_interval: timedelta = timedelta(seconds=1),
+        rebuild_pause: timedelta = timedelta(milliseconds=100),
+        swap_timeout: timedelta = timedelta(seconds=5),
+        metrics: NodeMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(
+            group=projection.group,
+            id=id,
+            subscription_requests=list(subscription_requests),
+            delegate_factory=_no_delegates,
+        )
+        self._projection = projection
+        self._schema = projection.schema
+        self._migrations: list[Migration] = checked_migrations(projection.migrations)
+        self._catalog = catalog
+        self._make_consumer = make_consumer
+        self._live_batch_size = live_batch_size
+        self._refresh_every = refresh_interval.total_seconds()
+        self._rebuild_pause = rebuild_pause.total_seconds()
+        self._swap_timeout = swap_timeout
+        self._metrics = metrics or NodeMetrics()
+        self._clock = clock
+        self._allocated: dict[EventSourceIdentifier, EventSource[Any, Any]] = {}
+        self._live: _Running | None = None
+        self._building: _Running | None = None
+        self._refreshed_at = -math.inf
+        self._backoff = Backoff(
+            initial=timedelta(milliseconds=200), maximum=timedelta(seconds=10)
+        )
+        self._log = logger.bind(subscriber=f"{projection.group}/{id}")
+
+    # -- what others may read ----------------------------------------------------
+
+    @property
+    def projection(self) -> VersionedProjection:
+        return self._projection
+
+    @property
+    def catalog(self) -> ProjectionCatalog:
+        return self._catalog
+
+    @property
+    def sources(self) -> tuple[EventSourceIdentifier, ...]:
+        return tuple(self._allocated)
+
+    @property
+    def live_version(self) -> int | None:
+        return self._live.version.version if self._live else None
+
+    @property
+    def building_version(self) -> int | None:
+        return self._building.version.version if self._building else None
+
+    @property
+    def live_consumer(self) -> TransactionalConsumer | None:
+        return self._live.consumer if self._live else None
+
+    # -- allocation ----------------------------------------------------------------
+
+    async def accept(self, source: EventSource[EventSourceIdentifier, Any]) -> None:
+        self._allocated[source.identifier] = source
+        for running in self._running():
+            await running.consumer.accept(source)
+
+    async def withdraw(self, source: EventSource[EventSourceIdentifier, Any]) -> None:
+        self._allocated.pop(source.identifier, None)
+        for running in self._running():
+            await running.consumer.withdraw(source)
+
+    async def release_claims(self) -> None:
+        """Stop the rebuild's task and release every claim (a node stopping)."""
+        if self._building is not None:
+            await _stop(self._building)
+        for running in self._running():
+            await running.consumer.release_claims()
+
+    # -- consumption ----------------------------------------------------------------
+
+    async def consume_all(self) -> None:
+        await self._refresh_if_due()
+        if self._live is not None:
+            await self._live.consumer.consume_all()
+
+    async def consume_categories(self, categories: frozenset[str]) -> None:
+        await self._refresh_if_due()
+        if self._live is not None:
+            await self._live.consumer.consume_categories(categories)
+
+    async def _refresh_if_due(self) -> None:
+        if self._clock() - self._refreshed_at < self._refresh_every:
+            return
+        await self.refresh()
+
+    async def refresh(self) -> None:
+        """Read the group's versions and follow them (see the module's text)."""
+        if self._live is None:
+            await self._catalog.ensure_initial(
+                self._projection.group, self._schema, self._migrations
+            )
+        versions = await self._catalog.versions(self._projection.group)
+        self._refreshed_at = self._clock()
+        live, building = live_of(versions), building_of(versions)
+        if live is not None:
+            await self._follow_live(live)
+        await self._follow_building(building)
+        for version in expired(
+            versions, self._projection.retired_grace, datetime.now(UTC)
+        ):
+            with contextlib.suppress(ProjectionError):
+                await self._catalog.drop(version.group, version.version)
+                await self._log.ainfo(
+                    "projection.retired-version-dropped", version=version.version
+                )
+
+    async def _follow_live(self, live: ProjectionVersion) -> None:
+        if self._live is not None and self._live.version.version == live.version:
+            return
+        old = self._live
+        if (
+            self._building is not None
+            and self._building.version.version == live.version
+        ):
+            promoted, self._building = self._building, None
+            await _stop(promoted)
+            promoted.processor.rebuilding = False
+            promoted.version = live
+            self._live = promoted
+        else:
+            self._live = await self._start(live, rebuilding=False)
+        if old is not None:
+            await old.consumer.release_claims()
+        await self._log.ainfo("projection.live-version", version=live.version)
+
+    async def _follow_building(self, building: ProjectionVersion | None) -> None:
+        running = self._building
+        if running is not None and (
+            building is None or building.version != running.version.version
+        ):
+            self._building = None
+            await _stop(running)
+            await running.consumer.release_claims()
+            await self._log.ainfo(
+                "projection.rebuild-stopped", version=running.version.version
+            )
+        if building is None or self._building is not None:
+            return
+        if not building.prepared:
+            try:
+                building = await self._catalog.prepare(building, self._migrations)
+            except Exception as error:
+                await self._log.aerror(
+                    "projection.prepare-failed",
+                    version=building.version,
+                    error=str(error),
+                )
+                return
+        if not building.prepared:
+            return
+        running = await self._start(building, rebuilding=True)
+        running.task = asyncio.create_task(
+            self._rebuild(running), name=f"rebuild {building.checkpoint_group}"
+        )
+        self._building = running
+        await self._log.ainfo("projection.rebuild-started", version=building.version)
+
+    async def _start(self, version: ProjectionVersion, *, rebuilding: bool) -> _Running:
+        processor = VersionProcessor(
+            self._projection.processor_for(version.version),
+            version.schema_name,
+            rebuilding=rebuilding,
+        )
+        consumer = self._make_consumer(
+            version.checkpoint_group,
+            processor,
+            self._projection.rebuild_batch_size
+            if rebuilding
+            else self._live_batch_size,
+        )
+        for source in list(self._allocated.values()):
+            await consumer.accept(source)
+        return _Running(version=version, consumer=consumer, processor=processor)
+
+    def _running(self) -> list[_Running]:
+        return [running for running in (self._live, self._building) if running]
+
+    # -- the rebuild ------------------------------------------------------------------
+
+    async def _rebuild(self, running: _Running) -> None:
+        """Consume the building version's sources until stopped; attempt the swap
+        whenever it is close to the live version."""
+        failures = 0
+        while True:
+            try:
+                await running.consumer.consume_all()
+                if await self._close_to_live(running):
+                    swapped = await self._catalog.swap(
+                        running.version.group,
+                        running.version.version,
+                        catch_up=running.consumer.consume_all,
+                        within=self._swap_timeout,
+                    )
+                    if swapped:
+                        self._refreshed_at = -math.inf  # follow at the next poll
+                failures = 0
+                pause = self._rebuild_pause
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                failures += 1
+                pause = self._backoff.delay(failures).total_seconds()
+                await self._log.awarning(
+                    "projection.rebuild-failed",
+                    version=running.version.version,
+                    error=f"{type(error).__name__}: {error}",
+                    retry_in_seconds=pause,
+                )
+            await asyncio.sleep(pause)
+
+    async def _close_to_live(self, running: _Running) -> bool:
+        live = self._live
+        if live is None:
+            return False
+        live_positions = await self._catalog.positions(live.version.checkpoint_group)
+        building_positions = await self._catalog.positions(
+            running.version.checkpoint_group
+        )
+        limit = self._projection.rebuild_batch_size * max(1, len(live_positions))
+        return behind(live_positions, building_positions) <= limit
+
+
+async def _stop(running: _Running) -> None:
+    task, running.task = running.task, None
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def _no_delegates(source: EventSource[EventSourceIdentifier, Any]) -> Any:
+    raise AssertionError("a VersionedConsumer keeps no delegate consumers")
+
+
+def make_versioned_consumer(
+    *,
+    event_store: EventStore,
+    checkpoint_store: PostgresCheckpointStore,
+    projection: VersionedProjection,
+    subscription_requests: Sequence[EventSourceIdentifier],
+    batch_size: int = 500,
+    subscriber_id: str | None = None,
+    node_id: str | None = None,
+    claim_lease: timedelta = timedelta(seconds=10),
+    on_poison: PoisonPolicy | str = PoisonPolicy.PARK,
+    poison_attempts: int = 3,
+    refresh_interval: timedelta = timedelta(seconds=1),
+    swap_timeout: timedelta = timedelta(seconds=5),
+    metrics: NodeMetrics | None = None,
+) -> VersionedConsumer:
+    """A subscriber of ``projection``'s group over ``subscription_requests``, whose
+    versions' transactional consumers share this node's settings (lease, poison
+    policy, metrics); PostgreSQL only (versions live in schemas)."""
+    if not isinstance(checkpoint_store, PostgresCheckpointStore):
+        raise ProjectionError(
+            "versioned projections keep their versions in PostgreSQL schemas: "
+            "set storage.type = postgres"
+        )
+    if projection.rebuild_batch_size < 1:
+        raise ValueError(
+            f"rebuild_batch_size must be at least 1, got {projection.rebuild_batch_size}"
+        )
+    subscriber = subscriber_id or uuid4().hex
+    node = node_id or f"{socket.gethostname()}-{os.getpid()}"
+    requests = list(subscription_requests)
+
+    def make_consumer(
+        group: str, processor: BatchProcessor, size: int
+    ) -> TransactionalConsumer:
+        return make_transactional_consumer(
+            event_store=event_store,
+            checkpoint_store=checkpoint_store,
+            subscriber_group=group,
+            subscription_requests=requests,
+            processor=processor,
+            batch_size=size,
+            subscriber_id=subscriber,
+            node_id=node,
+            claim_lease=claim_lease,
+            on_poison=on_poison,
+            poison_attempts=poison_attempts,
+            metrics=metrics,
+        )
+
+    return VersionedConsumer(
+        projection=projection,
+        catalog=ProjectionCatalog(checkpoint_store.pool),
+        id=subscriber,
+        subscription_requests=requests,
+        make_consumer=make_consumer,
+        live_batch_size=batch_size,
+        refresh_interval=refresh_interval,
+        swap_timeout=swap_timeout,
+        metrics=metrics,
+    )
