@@ -34,6 +34,7 @@ from logicblocks.event.types import EventSourceIdentifier, StoredEvent
 
 from ..consumers.batch import BatchProcessor, Transaction
 from ..consumers.postgres import PostgresCheckpointStore
+from ..consumers.stores import CheckpointStore
 from ..consumers.transactional import (
     PoisonPolicy,
     TransactionalConsumer,
@@ -387,7 +388,7 @@ def _no_delegates(source: EventSource[EventSourceIdentifier, Any]) -> Any:
 def make_versioned_consumer(
     *,
     event_store: EventStore,
-    checkpoint_store: PostgresCheckpointStore,
+    checkpoint_store: CheckpointStore,
     projection: VersionedProjection,
     subscription_requests: Sequence[EventSourceIdentifier],
     batch_size: int = 500,
