@@ -10,10 +10,14 @@ events: each event once, at version 2's factor.
 
 import asyncio
 import logging
+import socket
 from collections.abc import Iterator
+from contextlib import closing
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import structlog
 from logicblocks.event.store import EventStore, PostgresEventStorageAdapter
@@ -21,9 +25,14 @@ from logicblocks.event.types import NewEvent
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from eventcomposition.cli.cluster import read_status
 from eventcomposition.projections import ProjectionCatalog, VersionState
 from eventcomposition.testing import ConnectionInfo
-from eventcomposition.testing.processes import NodeProcesses, node_environment
+from eventcomposition.testing.processes import (
+    NodeProcesses,
+    node_environment,
+    setting_variable,
+)
 from eventcomposition.testing.waiting import wait_until
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -40,6 +49,20 @@ READ = (
 )
 
 type Pool = AsyncConnectionPool[AsyncConnection[Any]]
+
+
+def free_port() -> int:
+    with closing(socket.socket()) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def http_on(port: int) -> dict[str, str]:
+    return {
+        setting_variable("http.enabled"): "true",
+        setting_variable("http.port"): str(port),
+    }
 
 
 @pytest.fixture(autouse=True)
@@ -119,11 +142,15 @@ async def test_a_rebuild_survives_a_killed_observer_and_swaps_whole(
         settings_dir=SETTINGS_DIR,
         settings={"consumers.batch_size": 50},
     )
+    port = free_port()
     observers = [
         nodes.run_node(
-            env=environment, app=APP, role="observer", node_id=name, cwd=PROJECT_ROOT
+            env=env, app=APP, role="observer", node_id=name, cwd=PROJECT_ROOT
         )
-        for name in ("observer-1", "observer-2")
+        for name, env in (
+            ("observer-1", environment),
+            ("observer-2", {**environment, **http_on(port)}),
+        )
     ]
     nodes.run_node(
         env=environment,
@@ -183,6 +210,28 @@ async def test_a_rebuild_survives_a_killed_observer_and_swaps_whole(
         progress = await catalog.progress(GROUP)
         assert progress is not None, "swapped before the kill: it proves nothing"
         assert progress.version == 2
+        # The survivor waits for the victim's claims to expire (3 s): meanwhile
+        # the rebuild shows in cluster status, /status and the metrics.
+        status = await read_status(pool, "test", timedelta(seconds=30))
+        assert [(r.group, r.version) for r in status.rebuilds] == [(GROUP, 2)]
+        async with aiohttp.ClientSession() as session:
+            base = f"http://127.0.0.1:{port}"
+
+            async def reported() -> bool:
+                async with session.get(f"{base}/status") as response:
+                    rebuilds = (await response.json())["rebuilds"]
+                return bool(rebuilds) and rebuilds[0]["progress"] is not None
+
+            await wait_until(reported, timeout=10, description="/status's rebuild")
+            async with session.get(f"{base}/status") as response:
+                (rebuild,) = (await response.json())["rebuilds"]
+            assert (rebuild["group"], rebuild["version"]) == (GROUP, 2)
+            async with session.get(f"{base}/metrics") as response:
+                metrics = await response.text()
+            assert (
+                'eventcomposition_rebuild_progress_ratio{group="items",version="2"}'
+                in metrics
+            )
 
         async def swapped() -> bool:
             versions = await catalog.versions(GROUP)

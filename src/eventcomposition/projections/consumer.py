@@ -47,11 +47,12 @@ from .catalog import ProjectionCatalog
 from .versions import (
     ProjectionError,
     ProjectionVersion,
-    behind,
+    RebuildProgress,
     building_of,
     check_schema_name,
     expired,
     live_of,
+    rebuild_progress,
     stable_schema_name,
 )
 
@@ -168,6 +169,7 @@ class VersionedConsumer(EventSubscriptionConsumer[StoredEvent]):
         self._live: _Running | None = None
         self._building: _Running | None = None
         self._refreshed_at = -math.inf
+        self._progress: RebuildProgress | None = None
         self._backoff = Backoff(
             initial=timedelta(milliseconds=200), maximum=timedelta(seconds=10)
         )
@@ -198,6 +200,28 @@ class VersionedConsumer(EventSubscriptionConsumer[StoredEvent]):
     @property
     def live_consumer(self) -> TransactionalConsumer | None:
         return self._live.consumer if self._live else None
+
+    @property
+    def checkpoint_groups(self) -> tuple[str, ...]:
+        """Where the live version's checkpoints are (``group`` for version 1,
+        ``group@vN`` after a swap), for lag and readiness. A running rebuild is
+        reported by ``rebuild_status`` instead, so that its lag, large by nature,
+        never makes the node look unready."""
+        if self._live is None:
+            return (self._projection.group,)
+        return (self._live.version.checkpoint_group,)
+
+    def rebuild_status(self) -> dict[str, object] | None:
+        """The running rebuild as this node last measured it; None when none runs."""
+        if self._building is None:
+            return None
+        if self._progress is None:
+            return {
+                "group": self._projection.group,
+                "version": self._building.version.version,
+                "progress": None,
+            }
+        return self._progress.as_json()
 
     # -- allocation ----------------------------------------------------------------
 
@@ -265,6 +289,7 @@ class VersionedConsumer(EventSubscriptionConsumer[StoredEvent]):
             and self._building.version.version == live.version
         ):
             promoted, self._building = self._building, None
+            self._progress = None
             await _stop(promoted)
             promoted.processor.rebuilding = False
             promoted.version = live
@@ -281,6 +306,7 @@ class VersionedConsumer(EventSubscriptionConsumer[StoredEvent]):
             building is None or building.version != running.version.version
         ):
             self._building = None
+            self._progress = None
             await _stop(running)
             await running.consumer.release_claims()
             await self._log.ainfo(
@@ -345,6 +371,9 @@ class VersionedConsumer(EventSubscriptionConsumer[StoredEvent]):
                     )
                     if swapped:
                         self._refreshed_at = -math.inf  # follow at the next poll
+                        self._metrics.rebuild_progressed(
+                            running.version.group, running.version.version, 1.0
+                        )
                 failures = 0
                 pause = self._rebuild_pause
             except asyncio.CancelledError:
@@ -368,8 +397,14 @@ class VersionedConsumer(EventSubscriptionConsumer[StoredEvent]):
         building_positions = await self._catalog.positions(
             running.version.checkpoint_group
         )
+        self._progress = rebuild_progress(
+            live.version, running.version, live_positions, building_positions
+        )
+        self._metrics.rebuild_progressed(
+            running.version.group, running.version.version, self._progress.progress
+        )
         limit = self._projection.rebuild_batch_size * max(1, len(live_positions))
-        return behind(live_positions, building_positions) <= limit
+        return self._progress.behind <= limit
 
 
 async def _stop(running: _Running) -> None:
