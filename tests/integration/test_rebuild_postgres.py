@@ -25,6 +25,8 @@ from eventcomposition.consumers import (
     BatchProcessor,
     PostgresCheckpointStore,
     Transaction,
+    TransactionalConsumer,
+    make_transactional_consumer,
 )
 from eventcomposition.projections import (
     ProjectionCatalog,
@@ -32,6 +34,7 @@ from eventcomposition.projections import (
     RebuildInProgressError,
     VersionedConsumer,
     VersionedProjection,
+    VersionProcessor,
     VersionState,
     make_versioned_consumer,
 )
@@ -428,3 +431,61 @@ async def test_reset_empties_the_live_version_and_fills_it_again(
     )
     with pytest.raises(ProjectionError, match="no live projection version"):
         await catalog.reset("nobody")
+
+
+async def test_the_swap_waits_for_the_building_version_and_fences_the_live_one(
+    postgres_pool: Pool,
+) -> None:
+    pool = postgres_pool
+    catalog = ProjectionCatalog(pool)
+    store = EventStore(adapter=PostgresEventStorageAdapter(connection_source=pool))
+    checkpoints = PostgresCheckpointStore(pool)
+    await catalog.ensure_initial(GROUP, "items", [ITEMS])
+
+    def consumer(group: str, processor: BatchProcessor) -> TransactionalConsumer:
+        return make_transactional_consumer(
+            event_store=store,
+            checkpoint_store=checkpoints,
+            subscriber_group=group,
+            subscription_requests=[CategoryIdentifier(category=c) for c in CATEGORIES],
+            processor=processor,
+            batch_size=30,
+            subscriber_id=group,
+            node_id="node",
+        )
+
+    live = consumer(GROUP, VersionProcessor(Items(1), "items_v1", rebuilding=False))
+    for category in CATEGORIES:
+        await live.accept(store.category(category=category))
+    await publish(pool, 100)
+    await live.consume_all()
+    building_version = await catalog.prepare(
+        await catalog.request_rebuild(GROUP), [ITEMS]
+    )
+    building = consumer(
+        "items@v2", VersionProcessor(Items(10), "items_v2", rebuilding=True)
+    )
+    for category in CATEGORIES:
+        await building.accept(store.category(category=category))
+
+    # Not caught up: the swap gives up and changes nothing.
+    assert not await catalog.swap(GROUP, 2, within=timedelta(milliseconds=200))
+    assert await table_rows(pool, "items.items") == await from_scratch(pool, 1)
+    assert building_version.prepared
+
+    # Caught up while the swap waits (the live version frozen meanwhile).
+    await publish(pool, 50, start=100)
+    await live.consume_all()
+    assert await catalog.swap(GROUP, 2, catch_up=building.consume_all)
+    assert await table_rows(pool, "items.items") == await from_scratch(pool, 10)
+
+    # The retired version is fenced: its consumer commits nothing more.
+    retired_rows = await table_rows(pool, "items_v1.items")
+    await publish(pool, 10, start=150)
+    await live.consume_all()
+    assert await table_rows(pool, "items_v1.items") == retired_rows
+    assert live.claimed_sources == ()
+    await building.consume_all()
+    assert await table_rows(pool, "items.items") == await from_scratch(pool, 10)
+    # Only the building version can be swapped in, and only once.
+    assert not await catalog.swap(GROUP, 2)
