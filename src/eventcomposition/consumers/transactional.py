@@ -13,6 +13,7 @@ or its source stops, as ``on_poison`` says. Database outages are transient: the
 source backs off and tries again, and nothing is parked for them.
 """
 
+import asyncio
 import os
 import socket
 import time
@@ -142,6 +143,7 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
         transient_backoff: Backoff | None = None,
         clock: Callable[[], float] = time.monotonic,
         metrics: NodeMetrics | None = None,
+        concurrent_sources: bool = False,
     ) -> None:
         super().__init__(
             group=group,
@@ -162,6 +164,7 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
         )
         self._clock = clock
         self._metrics = metrics or NodeMetrics()
+        self._concurrent = concurrent_sources
         self._sources: dict[EventSourceIdentifier, _Source] = {}
         self._log = logger.bind(subscriber=f"{group}/{id}", node_id=node_id)
 
@@ -290,11 +293,18 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
         transient: list[Exception] = []
         pending = await self._with_new_events(states)
         while pending:
-            backlogged = []
-            for state in pending:
-                if await self._take_turn(state, transient):
-                    backlogged.append(state)
-            pending = backlogged
+            if self._concurrent:
+                # Sources are independent (own claim, checkpoint, connection): one
+                # batch of each at once, so that reading, processing and writing
+                # of different sources overlap (catch-up, e.g. a rebuild).
+                more = await asyncio.gather(
+                    *(self._take_turn(state, transient) for state in pending)
+                )
+            else:
+                more = [await self._take_turn(state, transient) for state in pending]
+            pending = [
+                state for state, again in zip(pending, more, strict=True) if again
+            ]
             await self._renew_due_claims()
         if self.stopped_sources:
             raise SourcesStoppedError(self.group, self.stopped_sources)
@@ -536,6 +546,7 @@ def make_transactional_consumer(
     poison_attempts: int = 3,
     event_reader: EventReader | None = None,
     metrics: NodeMetrics | None = None,
+    concurrent_sources: bool = False,
 ) -> TransactionalConsumer:
     """A subscriber for ``subscription_requests`` whose batches go to ``processor``.
 
@@ -544,7 +555,9 @@ def make_transactional_consumer(
     of the store's database, in memory through ``event_store``. ``node_id`` names the
     claim holder with the subscriber's id (host and process id by default).
     ``metrics`` records each committed batch, each failed attempt (an event's or
-    the database's) and each parked event.
+    the database's) and each parked event. With ``concurrent_sources`` a round
+    takes one batch of every source at once (one connection each) rather than one
+    after another: for catching up, such as a rebuild.
     """
     if not subscription_requests:
         raise ValueError(
@@ -578,4 +591,5 @@ def make_transactional_consumer(
         on_poison=policy,
         poison_attempts=poison_attempts,
         metrics=metrics,
+        concurrent_sources=concurrent_sources,
     )

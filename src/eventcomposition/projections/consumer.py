@@ -113,9 +113,9 @@ class VersionProcessor(BatchProcessor):
         await self.inner.process_batch(events, transaction)
 
 
-type ConsumerFactory = Callable[[str, BatchProcessor, int], TransactionalConsumer]
+type ConsumerFactory = Callable[[str, BatchProcessor, bool], TransactionalConsumer]
 """Makes the transactional consumer of a checkpoint group, given its processor and
-batch size."""
+whether it rebuilds (larger batches, its sources consumed at once)."""
 
 
 @dataclass
@@ -141,7 +141,6 @@ class VersionedConsumer(EventSubscriptionConsumer[StoredEvent]):
         id: str,
         subscription_requests: Sequence[EventSourceIdentifier],
         make_consumer: ConsumerFactory,
-        live_batch_size: int = 500,
         refresh_interval: timedelta = timedelta(seconds=1),
         rebuild_pause: timedelta = timedelta(milliseconds=100),
         swap_timeout: timedelta = timedelta(seconds=5),
@@ -159,7 +158,6 @@ class VersionedConsumer(EventSubscriptionConsumer[StoredEvent]):
         self._migrations: list[Migration] = checked_migrations(projection.migrations)
         self._catalog = catalog
         self._make_consumer = make_consumer
-        self._live_batch_size = live_batch_size
         self._refresh_every = refresh_interval.total_seconds()
         self._rebuild_pause = rebuild_pause.total_seconds()
         self._swap_timeout = swap_timeout
@@ -339,13 +337,7 @@ class VersionedConsumer(EventSubscriptionConsumer[StoredEvent]):
             version.schema_name,
             rebuilding=rebuilding,
         )
-        consumer = self._make_consumer(
-            version.checkpoint_group,
-            processor,
-            self._projection.rebuild_batch_size
-            if rebuilding
-            else self._live_batch_size,
-        )
+        consumer = self._make_consumer(version.checkpoint_group, processor, rebuilding)
         for source in list(self._allocated.values()):
             await consumer.accept(source)
         return _Running(version=version, consumer=consumer, processor=processor)
@@ -453,7 +445,7 @@ def make_versioned_consumer(
     requests = list(subscription_requests)
 
     def make_consumer(
-        group: str, processor: BatchProcessor, size: int
+        group: str, processor: BatchProcessor, rebuilding: bool
     ) -> TransactionalConsumer:
         return make_transactional_consumer(
             event_store=event_store,
@@ -461,7 +453,8 @@ def make_versioned_consumer(
             subscriber_group=group,
             subscription_requests=requests,
             processor=processor,
-            batch_size=size,
+            batch_size=projection.rebuild_batch_size if rebuilding else batch_size,
+            concurrent_sources=rebuilding,
             subscriber_id=subscriber,
             node_id=node,
             claim_lease=claim_lease,
@@ -476,7 +469,6 @@ def make_versioned_consumer(
         id=subscriber,
         subscription_requests=requests,
         make_consumer=make_consumer,
-        live_batch_size=batch_size,
         refresh_interval=refresh_interval,
         swap_timeout=swap_timeout,
         metrics=metrics,
