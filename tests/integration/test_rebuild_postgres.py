@@ -116,7 +116,12 @@ class Node:
     """A versioned consumer holding every source, polled until stopped."""
 
     def __init__(
-        self, pool: Pool, processors: Processors, *, rebuild_batch_size: int = 500
+        self,
+        pool: Pool,
+        processors: Processors,
+        *,
+        rebuild_batch_size: int = 500,
+        retired_grace: timedelta | None = None,
     ) -> None:
         self.pool = pool
         self.store = EventStore(
@@ -130,6 +135,7 @@ class Node:
                 processor_for=processors,
                 migrations=[ITEMS],
                 rebuild_batch_size=rebuild_batch_size,
+                retired_grace=retired_grace,
             ),
             subscription_requests=[CategoryIdentifier(category=c) for c in CATEGORIES],
             batch_size=100,
@@ -389,7 +395,7 @@ async def test_a_rebuild_parks_its_own_dead_letters_and_still_swaps(
     catalog = ProjectionCatalog(pool)
     processors = Processors(poison={2: [7]})
     await publish(pool, 300)
-    await start_node(pool, processors, nodes)
+    await start_node(pool, processors, nodes, retired_grace=timedelta(0))
     await wait_until(
         lambda: all_applied(pool, "items_v1.items", 1),
         timeout=20,
@@ -408,6 +414,16 @@ async def test_a_rebuild_parks_its_own_dead_letters_and_still_swaps(
     ]
     expected = [row for row in await from_scratch(pool, 2) if row[2] != 7]
     assert await table_rows(pool, "items.items") == expected
+
+    # No grace period: the node drops the retired version itself.
+    async def dropped() -> bool:
+        states = {v.version: v.state for v in await catalog.versions(GROUP)}
+        return states == {1: VersionState.DROPPED, 2: VersionState.LIVE}
+
+    await wait_until(dropped, timeout=10, description="version 1 dropped")
+    assert (
+        await fetch(pool, "SELECT 1 FROM pg_namespace WHERE nspname = 'items_v1'") == []
+    )
 
 
 async def test_reset_empties_the_live_version_and_fills_it_again(
