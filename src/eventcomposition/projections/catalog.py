@@ -104,6 +104,10 @@ class ProjectionCatalog:
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
 
+    @property
+    def pool(self) -> Pool:
+        return self._pool
+
     # -- reading -----------------------------------------------------------------
 
     async def versions(self, group: str) -> list[ProjectionVersion]:

@@ -3,15 +3,16 @@
 A ``VersionedConsumer`` is one subscriber of the projection's group: the broker
 allocates it the group's sources as to any subscriber. For each source it holds, it
 runs a transactional consumer of the live version (polled by the runtime like any
-consumer) and, while a rebuild runs, one of the building version (in a background
-task of its own, with larger batches): the rebuild is spread over the observers
+consumer) and, while a rebuild runs, one of the building version (on a thread of
+its own, with larger batches, its sources at once: ``threads``): the rebuild is spread over the observers
 exactly as the live work is, with its own claims, checkpoints and dead letters.
 
 Every second or so (``refresh_interval``) it reads the group's versions: it prepares
 a version a command asked for (its schema and the application's migrations), starts
 or stops its rebuild, and, once the building version has caught up, attempts the
-swap (``ProjectionCatalog.swap``). After a swap the building consumer carries on as
-the live one, and the retired version's consumer, fenced by the swap, is dropped.
+swap (``ProjectionCatalog.swap``). After a swap the rebuild's thread lets its sources go
+and a live consumer of the new version takes them on; the retired version's
+consumer, fenced by the swap, is dropped.
 """
 
 import asyncio
@@ -21,7 +22,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
@@ -43,7 +44,8 @@ from ..consumers.transactional import (
 from ..metrics import NodeMetrics
 from ..retry import Backoff
 from ..schema.application import Migration, MigrationDeclaration, checked_migrations
-from .catalog import ProjectionCatalog
+from .catalog import Pool, ProjectionCatalog
+from .threads import RebuildThread
 from .versions import (
     ProjectionError,
     ProjectionVersion,
@@ -67,6 +69,8 @@ class VersionedProjection:
       name; version N uses ``group@vN``).
     - ``processor_for``: the processor of a version, given its number; return the
       same processor for every version, or a changed one from some version on.
+      A rebuild calls its processor on a thread of its own (``threads``): it must
+      keep no asyncio objects tied to the node's event loop.
     - ``migrations``: the application's migrations of the projection's tables, run
       in each new version's own schema (first on the search_path), so they use
       unqualified table names.
@@ -113,9 +117,12 @@ class VersionProcessor(BatchProcessor):
         await self.inner.process_batch(events, transaction)
 
 
-type ConsumerFactory = Callable[[str, BatchProcessor, bool], TransactionalConsumer]
-"""Makes the transactional consumer of a checkpoint group, given its processor and
-whether it rebuilds (larger batches, its sources consumed at once)."""
+type ConsumerFactory = Callable[
+    [str, BatchProcessor, bool, Pool | None], TransactionalConsumer
+]
+"""Makes the transactional consumer of a checkpoint group, given its processor,
+whether it rebuilds (larger batches, its sources consumed at once), and the pool
+it works with (the node's when None)."""
 
 
 @dataclass
@@ -123,7 +130,12 @@ class _Running:
     version: ProjectionVersion
     consumer: TransactionalConsumer
     processor: VersionProcessor
-    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+@dataclass
+class _Building:
+    version: ProjectionVersion
+    runner: RebuildThread
 
 
 class VersionedConsumer(EventSubscriptionConsumer[StoredEvent]):
@@ -165,7 +177,7 @@ class VersionedConsumer(EventSubscriptionConsumer[StoredEvent]):
         self._clock = clock
         self._allocated: dict[EventSourceIdentifier, EventSource[Any, Any]] = {}
         self._live: _Running | None = None
-        self._building: _Running | None = None
+        self._building: _Building | None = None
         self._refreshed_at = -math.inf
         self._progress: RebuildProgress | None = None
         self._backoff = Backoff(
@@ -225,20 +237,25 @@ class VersionedConsumer(EventSubscriptionConsumer[StoredEvent]):
 
     async def accept(self, source: EventSource[EventSourceIdentifier, Any]) -> None:
         self._allocated[source.identifier] = source
-        for running in self._running():
-            await running.consumer.accept(source)
+        if self._live is not None:
+            await self._live.consumer.accept(source)
+        if self._building is not None:
+            await self._building.runner.accept(source)
 
     async def withdraw(self, source: EventSource[EventSourceIdentifier, Any]) -> None:
         self._allocated.pop(source.identifier, None)
-        for running in self._running():
-            await running.consumer.withdraw(source)
+        if self._live is not None:
+            await self._live.consumer.withdraw(source)
+        if self._building is not None:
+            await self._building.runner.withdraw(source)
 
     async def release_claims(self) -> None:
-        """Stop the rebuild's task and release every claim (a node stopping)."""
-        if self._building is not None:
-            await _stop(self._building)
-        for running in self._running():
-            await running.consumer.release_claims()
+        """Stop the rebuild and release every claim (a node stopping)."""
+        building, self._building = self._building, None
+        if building is not None:
+            await building.runner.stop()
+        if self._live is not None:
+            await self._live.consumer.release_claims()
 
     # -- consumption ----------------------------------------------------------------
 
@@ -286,14 +303,12 @@ class VersionedConsumer(EventSubscriptionConsumer[StoredEvent]):
             self._building is not None
             and self._building.version.version == live.version
         ):
+            # Swapped in: the rebuild's thread lets its sources go, and this
+            # loop's consumer of the version claims them as the live one.
             promoted, self._building = self._building, None
             self._progress = None
-            await _stop(promoted)
-            promoted.processor.rebuilding = False
-            promoted.version = live
-            self._live = promoted
-        else:
-            self._live = await self._start(live, rebuilding=False)
+            await promoted.runner.stop()
+        self._live = await self._start(live)
         if old is not None:
             await old.consumer.release_claims()
         await self._log.ainfo("projection.live-version", version=live.version)
@@ -305,8 +320,7 @@ class VersionedConsumer(EventSubscriptionConsumer[StoredEvent]):
         ):
             self._building = None
             self._progress = None
-            await _stop(running)
-            await running.consumer.release_claims()
+            await running.runner.stop()
             await self._log.ainfo(
                 "projection.rebuild-stopped", version=running.version.version
             )
@@ -324,47 +338,76 @@ class VersionedConsumer(EventSubscriptionConsumer[StoredEvent]):
                 return
         if not building.prepared:
             return
-        running = await self._start(building, rebuilding=True)
-        running.task = asyncio.create_task(
-            self._rebuild(running), name=f"rebuild {building.checkpoint_group}"
-        )
-        self._building = running
+        self._building = await self._start_rebuild(building)
         await self._log.ainfo("projection.rebuild-started", version=building.version)
 
-    async def _start(self, version: ProjectionVersion, *, rebuilding: bool) -> _Running:
+    async def _start(self, version: ProjectionVersion) -> _Running:
         processor = VersionProcessor(
             self._projection.processor_for(version.version),
             version.schema_name,
-            rebuilding=rebuilding,
+            rebuilding=False,
         )
-        consumer = self._make_consumer(version.checkpoint_group, processor, rebuilding)
+        consumer = self._make_consumer(version.checkpoint_group, processor, False, None)
         for source in list(self._allocated.values()):
             await consumer.accept(source)
         return _Running(version=version, consumer=consumer, processor=processor)
 
-    def _running(self) -> list[_Running]:
-        return [running for running in (self._live, self._building) if running]
+    async def _start_rebuild(self, version: ProjectionVersion) -> _Building:
+        processor = VersionProcessor(
+            self._projection.processor_for(version.version),
+            version.schema_name,
+            rebuilding=True,
+        )
+
+        def make_consumer(pool: Pool) -> TransactionalConsumer:
+            return self._make_consumer(version.checkpoint_group, processor, True, pool)
+
+        async def work(
+            consumer: TransactionalConsumer, catalog: ProjectionCatalog
+        ) -> None:
+            await self._rebuild(version, consumer, catalog)
+
+        conninfo = self._catalog.pool.conninfo
+        if not isinstance(conninfo, str):
+            raise ProjectionError(
+                "a rebuild opens its own connections: give the node's connection "
+                "pool a conninfo string, not a callable"
+            )
+        runner = RebuildThread(
+            name=f"rebuild {version.checkpoint_group}",
+            conninfo=conninfo,
+            make_consumer=make_consumer,
+            work=work,
+        )
+        await runner.start(list(self._allocated.values()))
+        return _Building(version=version, runner=runner)
 
     # -- the rebuild ------------------------------------------------------------------
 
-    async def _rebuild(self, running: _Running) -> None:
+    async def _rebuild(
+        self,
+        version: ProjectionVersion,
+        consumer: TransactionalConsumer,
+        catalog: ProjectionCatalog,
+    ) -> None:
         """Consume the building version's sources until stopped; attempt the swap
-        whenever it is close to the live version."""
+        whenever it is close to the live version. Runs on the rebuild's thread,
+        with that thread's ``consumer`` and ``catalog``."""
         failures = 0
         while True:
             try:
-                await running.consumer.consume_all()
-                if await self._close_to_live(running):
-                    swapped = await self._catalog.swap(
-                        running.version.group,
-                        running.version.version,
-                        catch_up=running.consumer.consume_all,
+                await consumer.consume_all()
+                if await self._close_to_live(version, catalog):
+                    swapped = await catalog.swap(
+                        version.group,
+                        version.version,
+                        catch_up=consumer.consume_all,
                         within=self._swap_timeout,
                     )
                     if swapped:
                         self._refreshed_at = -math.inf  # follow at the next poll
                         self._metrics.rebuild_progressed(
-                            running.version.group, running.version.version, 1.0
+                            version.group, version.version, 1.0
                         )
                 failures = 0
                 pause = self._rebuild_pause
@@ -375,37 +418,28 @@ class VersionedConsumer(EventSubscriptionConsumer[StoredEvent]):
                 pause = self._backoff.delay(failures).total_seconds()
                 await self._log.awarning(
                     "projection.rebuild-failed",
-                    version=running.version.version,
+                    version=version.version,
                     error=f"{type(error).__name__}: {error}",
                     retry_in_seconds=pause,
                 )
             await asyncio.sleep(pause)
 
-    async def _close_to_live(self, running: _Running) -> bool:
+    async def _close_to_live(
+        self, version: ProjectionVersion, catalog: ProjectionCatalog
+    ) -> bool:
         live = self._live
         if live is None:
             return False
-        live_positions = await self._catalog.positions(live.version.checkpoint_group)
-        building_positions = await self._catalog.positions(
-            running.version.checkpoint_group
-        )
+        live_positions = await catalog.positions(live.version.checkpoint_group)
+        building_positions = await catalog.positions(version.checkpoint_group)
         self._progress = rebuild_progress(
-            live.version, running.version, live_positions, building_positions
+            live.version, version, live_positions, building_positions
         )
         self._metrics.rebuild_progressed(
-            running.version.group, running.version.version, self._progress.progress
+            version.group, version.version, self._progress.progress
         )
         limit = self._projection.rebuild_batch_size * max(1, len(live_positions))
         return self._progress.behind <= limit
-
-
-async def _stop(running: _Running) -> None:
-    task, running.task = running.task, None
-    if task is None:
-        return
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 def _no_delegates(source: EventSource[EventSourceIdentifier, Any]) -> Any:
@@ -445,11 +479,13 @@ def make_versioned_consumer(
     requests = list(subscription_requests)
 
     def make_consumer(
-        group: str, processor: BatchProcessor, rebuilding: bool
+        group: str, processor: BatchProcessor, rebuilding: bool, pool: Pool | None
     ) -> TransactionalConsumer:
         return make_transactional_consumer(
             event_store=event_store,
-            checkpoint_store=checkpoint_store,
+            checkpoint_store=(
+                checkpoint_store if pool is None else PostgresCheckpointStore(pool)
+            ),
             subscriber_group=group,
             subscription_requests=requests,
             processor=processor,
