@@ -4,15 +4,16 @@ A ``VersionedConsumer`` is one subscriber of the projection's group: the broker
 allocates it the group's sources as to any subscriber. For each source it holds, it
 runs a transactional consumer of the live version (polled by the runtime like any
 consumer) and, while a rebuild runs, one of the building version (on a thread of
-its own, with larger batches, its sources at once: ``threads``): the rebuild is spread over the observers
-exactly as the live work is, with its own claims, checkpoints and dead letters.
+its own, with larger batches, its sources at once: see ``threads``). The rebuild is
+thus spread over the observers exactly as the live work is, with its own claims,
+checkpoints and dead letters.
 
 Every second or so (``refresh_interval``) it reads the group's versions: it prepares
 a version a command asked for (its schema and the application's migrations), starts
 or stops its rebuild, and, once the building version has caught up, attempts the
-swap (``ProjectionCatalog.swap``). After a swap the rebuild's thread lets its sources go
-and a live consumer of the new version takes them on; the retired version's
-consumer, fenced by the swap, is dropped.
+swap (``ProjectionCatalog.swap``). After a swap the rebuild's thread lets its
+sources go and a live consumer of the new version takes them on; the retired
+version's consumer, fenced by the swap, is dropped.
 """
 
 import asyncio
