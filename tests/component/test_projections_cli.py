@@ -1,22 +1,77 @@
 """``eventcomposition projections ...``, run in process through ``main``."""
 
 import asyncio
+import logging
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
+from dependency_injector import providers
+from logicblocks.event.store import EventStore, PostgresEventStorageAdapter
+from logicblocks.event.types import CategoryIdentifier, NewEvent, StoredEvent
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from eventcomposition.cli import main
 from eventcomposition.cli.projections import describe_progress, estimate_eta
-from eventcomposition.projections import ProjectionCatalog, RebuildProgress
+from eventcomposition.consumers import BatchProcessor, Transaction
+from eventcomposition.containers import EventRuntimeContainer
+from eventcomposition.projections import (
+    ProjectionCatalog,
+    RebuildProgress,
+    VersionedProjection,
+)
+from eventcomposition.runtime import SubscriptionConsumerRegistration
 from eventcomposition.schema import Migration
 from eventcomposition.testing.postgres import ConnectionInfo
 
 SETTINGS_DIR = str(Path(__file__).resolve().parents[2] / "settings")
 SETTINGS = ["--env", "test", "--settings-dir", SETTINGS_DIR]
 TOTALS = Migration("totals", "CREATE TABLE totals (id text PRIMARY KEY, n bigint)")
+ITEMS = Migration("items", "CREATE TABLE items (n bigint, rebuilding boolean)")
+
+
+class Items(BatchProcessor):
+    async def process_batch(
+        self, events: Sequence[StoredEvent], transaction: Transaction
+    ) -> None:
+        for event in events:
+            assert isinstance(event.payload, dict)
+            await transaction.connection.execute(
+                "INSERT INTO items VALUES (%s, %s)",
+                [event.payload["n"], transaction.rebuilding],
+            )
+
+
+class ItemsApp(EventRuntimeContainer):
+    consumers = providers.List(
+        providers.Factory(
+            SubscriptionConsumerRegistration,
+            consumer=providers.Factory(
+                EventRuntimeContainer.versioned_consumer,
+                projection=VersionedProjection(
+                    group="items",
+                    processor_for=lambda version: Items(),
+                    migrations=[ITEMS],
+                ),
+                subscription_requests=[CategoryIdentifier(category="items-0")],
+            ),
+        )
+    )
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """``dead-letters retry`` configures logging onto pytest's captured stderr,
+    which closes after the test: later tests must not log there."""
+    structlog_config = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    structlog.configure(**structlog_config)
+    root.handlers, root.level = handlers, level
 
 
 @pytest.fixture
@@ -120,3 +175,49 @@ def test_progress_lines_and_their_estimate() -> None:
     )
     assert estimate_eta((0.0, 0.25), (10.0, 0.5)) == 20.0
     assert estimate_eta((0.0, 0.5), (10.0, 0.5)) is None
+
+
+async def park_in_version_2(database: ConnectionInfo) -> None:
+    """Version 2 of the test app's projection, being built, with one parked event."""
+    async with AsyncConnectionPool[AsyncConnection[Any]](
+        database.conninfo, min_size=1, max_size=2, open=False
+    ) as pool:
+        catalog = ProjectionCatalog(pool)
+        await catalog.ensure_initial("items", "items", [ITEMS])
+        await catalog.prepare(await catalog.request_rebuild("items"), [ITEMS])
+        store = EventStore(adapter=PostgresEventStorageAdapter(connection_source=pool))
+        stored = await store.stream(category="items-0", stream="s").publish(
+            events=[NewEvent(name="added", payload={"n": 7})]
+        )
+        async with pool.connection() as connection:
+            await connection.execute(
+                "INSERT INTO consumer_dead_letters VALUES "
+                "('items@v2', 'items-0', %s, %s, 'boom', 3, now())",
+                [stored[0].sequence_number, stored[0].id],
+            )
+
+
+def test_dead_letters_of_a_version_are_retried_with_its_processor(
+    database_environment: ConnectionInfo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    asyncio.run(park_in_version_2(database_environment))
+    capsys.readouterr()
+
+    status = main(
+        [
+            "dead-letters",
+            "retry",
+            "--app",
+            f"{__name__}:ItemsApp",
+            "--group",
+            "items@v2",
+            *SETTINGS,
+        ]
+    )
+
+    assert status == 0
+    assert "items@v2: applied 1, still parked 0" in capsys.readouterr().out
+    assert (
+        asyncio.run(count(database_environment, "items_v2.items WHERE rebuilding")) == 1
+    )
+    assert asyncio.run(count(database_environment, "items_v1.items")) == 0

@@ -51,6 +51,7 @@ from .versions import (
     ProjectionError,
     ProjectionVersion,
     RebuildProgress,
+    VersionState,
     building_of,
     check_schema_name,
     expired,
@@ -233,6 +234,24 @@ class VersionedConsumer(EventSubscriptionConsumer[StoredEvent]):
                 "progress": None,
             }
         return self._progress.as_json()
+
+    async def version_consumers(self) -> dict[str, TransactionalConsumer]:
+        """A consumer of each live or building version, by checkpoint group, with
+        the version's processor (its schema first on the search_path): to deliver
+        the version's dead letters again. They hold no sources and never poll."""
+        found = {}
+        for version in await self._catalog.versions(self._projection.group):
+            if version.state not in (VersionState.LIVE, VersionState.BUILDING):
+                continue
+            processor = VersionProcessor(
+                self._projection.processor_for(version.version),
+                version.schema_name,
+                rebuilding=version.state is VersionState.BUILDING,
+            )
+            found[version.checkpoint_group] = self._make_consumer(
+                version.checkpoint_group, processor, False, None
+            )
+        return found
 
     # -- allocation ----------------------------------------------------------------
 
