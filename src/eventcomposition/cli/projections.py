@@ -103,6 +103,11 @@ async def _run(action: Action, args: argparse.Namespace) -> int:
                 "the database has no projection_versions table: run "
                 "'eventcomposition db migrate' (or start a node) first"
             ) from None
+        except (psycopg.errors.DeadlockDetected, psycopg.errors.LockNotAvailable):
+            raise CommandError(
+                "the database chose this command as a deadlock victim against the "
+                "nodes' work: nothing changed; run it again"
+            ) from None
         return result
 
 

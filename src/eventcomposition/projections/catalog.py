@@ -209,16 +209,22 @@ class ProjectionCatalog:
                     f" cancel it first ('eventcomposition projections cancel {group}')"
                 )
             cg = live.checkpoint_group
+            # The tables first, in one statement: a batch in flight finishes (it
+            # takes the claims after its writes), and the next ones wait here.
+            tables = [
+                sql.Identifier(live.schema_name, table)
+                for table in await _tables(connection, live.schema_name, kinds="rp")
+                if table != _MIGRATIONS_TABLE
+            ]
+            if tables:
+                await connection.execute(
+                    sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(tables))
+                )
             await connection.execute(
-                'SELECT 1 FROM consumer_claims WHERE "group" = %s FOR UPDATE', [cg]
+                'SELECT 1 FROM consumer_claims WHERE "group" = %s ORDER BY source '
+                "FOR UPDATE",
+                [cg],
             )
-            for table in await _tables(connection, live.schema_name):
-                if table != _MIGRATIONS_TABLE:
-                    await connection.execute(
-                        sql.SQL("TRUNCATE {}").format(
-                            sql.Identifier(live.schema_name, table)
-                        )
-                    )
             await _forget(connection, cg, keep_claims=True)
             # A new epoch, released: in-flight batches fail their fence, and the
             # holders claim again and read the (now missing) checkpoint afresh.
@@ -492,12 +498,15 @@ async def _set_state(
     return _version(row)
 
 
-async def _tables(connection: AsyncConnection[Any], schema: str) -> list[str]:
-    """The relations readers may see in ``schema``: tables, views, matviews."""
+async def _tables(
+    connection: AsyncConnection[Any], schema: str, *, kinds: str = "rpvm"
+) -> list[str]:
+    """The relations of ``schema`` of ``kinds`` (by default what readers may see:
+    tables, partitioned tables, views, materialised views)."""
     cursor = await connection.execute(
         "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'v', 'm') ORDER BY 1",
-        [schema],
+        "WHERE n.nspname = %s AND c.relkind::text = ANY(%s) ORDER BY 1",
+        [schema, list(kinds)],
     )
     return [str(row[0]) for row in await cursor.fetchall()]
 
