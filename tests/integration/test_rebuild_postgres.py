@@ -8,6 +8,7 @@ refused; reset.
 
 import asyncio
 import contextlib
+from argparse import Namespace
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -21,6 +22,7 @@ from logicblocks.event.types import CategoryIdentifier, NewEvent, StoredEvent
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from eventcomposition.cli.projections import show_status
 from eventcomposition.consumers import (
     BatchProcessor,
     PostgresCheckpointStore,
@@ -341,7 +343,7 @@ async def test_a_rebuild_resumes_after_its_nodes_stop_and_can_be_cancelled(
     pool = postgres_pool
     catalog = ProjectionCatalog(pool)
     processors = Processors()
-    await publish(pool, 3000)
+    await publish(pool, 1500)
     first = await start_node(pool, processors, nodes, rebuild_batch_size=50)
     await wait_until(
         lambda: all_applied(pool, "items_v1.items", 1),
@@ -389,7 +391,7 @@ async def test_a_rebuild_resumes_after_its_nodes_stop_and_can_be_cancelled(
 
 
 async def test_a_rebuild_parks_its_own_dead_letters_and_still_swaps(
-    postgres_pool: Pool, nodes: list[Node]
+    postgres_pool: Pool, nodes: list[Node], capsys: pytest.CaptureFixture[str]
 ) -> None:
     pool = postgres_pool
     catalog = ProjectionCatalog(pool)
@@ -402,11 +404,14 @@ async def test_a_rebuild_parks_its_own_dead_letters_and_still_swaps(
         description="version 1 to apply every event",
     )
     await catalog.request_rebuild(GROUP)
+    capsys.readouterr()
 
-    async def swapped() -> bool:
-        return await live_version(catalog) == 2
-
-    await wait_until(swapped, timeout=30, description="the swap to version 2")
+    # `projections status --follow` off a terminal: plain lines until the swap.
+    following = show_status(catalog, Namespace(group=GROUP, follow=True, interval=0.05))
+    assert await asyncio.wait_for(following, 30) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-1] == "version 2 of 'items' is live"
+    assert await live_version(catalog) == 2
     letters = await PostgresCheckpointStore(pool).dead_letters()
     assert sorted((letter.group, letter.source) for letter in letters) == [
         ("items@v2", "left"),
