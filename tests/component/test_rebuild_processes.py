@@ -250,9 +250,14 @@ async def test_a_rebuild_survives_a_killed_observer_and_swaps_whole(
         timeout=TIMEOUT,
         description="version 2 to apply every event, each once",
     )
-    assert await fetch(pool, "SELECT count(*) FROM items.items WHERE rebuilding") != [
-        (0,)
-    ]
+    # Side effects once: version 2 applied as "rebuilding" exactly the events
+    # version 1 had applied when the swap froze it, and the rest as live.
+    frozen = await catalog.positions(GROUP)
+    marks = await fetch(pool, "SELECT category, seq, rebuilding FROM items.items")
+    assert any(rebuilding for _, _, rebuilding in marks)
+    assert any(not rebuilding for _, _, rebuilding in marks)
+    for category, seq, rebuilding in marks:
+        assert rebuilding == (seq <= frozen[category]), (category, seq, rebuilding)
     events = await events_by_category(pool)
     factors: list[int] = []
     for sample in samples:

@@ -35,7 +35,7 @@ from logicblocks.event.store import EventStore
 from logicblocks.event.types import EventSourceIdentifier, StoredEvent
 
 from ..consumers.batch import BatchProcessor, Transaction
-from ..consumers.postgres import PostgresCheckpointStore
+from ..consumers.postgres import PostgresCheckpointStore, PostgresEventReader
 from ..consumers.stores import CheckpointStore
 from ..consumers.transactional import (
     PoisonPolicy,
@@ -47,6 +47,7 @@ from ..retry import Backoff
 from ..schema.application import Migration, MigrationDeclaration, checked_migrations
 from .catalog import Pool, ProjectionCatalog
 from .threads import RebuildThread
+from .trailing import TrailingReader
 from .versions import (
     ProjectionError,
     ProjectionVersion,
@@ -120,11 +121,20 @@ class VersionProcessor(BatchProcessor):
 
 
 type ConsumerFactory = Callable[
-    [str, BatchProcessor, bool, Pool | None], TransactionalConsumer
+    [str, BatchProcessor, Rebuilding | None], TransactionalConsumer
 ]
-"""Makes the transactional consumer of a checkpoint group, given its processor,
-whether it rebuilds (larger batches, its sources consumed at once), and the pool
-it works with (the node's when None)."""
+"""Makes the transactional consumer of a checkpoint group, given its processor and,
+for a rebuild, what it needs (larger batches, its sources consumed at once, reading
+only what the live version applied); None for a live version's consumer."""
+
+
+@dataclass(frozen=True)
+class Rebuilding:
+    """What a rebuild's consumer works with: its thread's ``pool``, and the
+    checkpoint group of the live version it trails (``live_group``)."""
+
+    pool: Pool
+    live_group: Callable[[], str]
 
 
 @dataclass
@@ -249,7 +259,7 @@ class VersionedConsumer(EventSubscriptionConsumer[StoredEvent]):
                 rebuilding=version.state is VersionState.BUILDING,
             )
             found[version.checkpoint_group] = self._make_consumer(
-                version.checkpoint_group, processor, False, None
+                version.checkpoint_group, processor, None
             )
         return found
 
@@ -367,10 +377,16 @@ class VersionedConsumer(EventSubscriptionConsumer[StoredEvent]):
             version.schema_name,
             rebuilding=False,
         )
-        consumer = self._make_consumer(version.checkpoint_group, processor, False, None)
+        consumer = self._make_consumer(version.checkpoint_group, processor, None)
         for source in list(self._allocated.values()):
             await consumer.accept(source)
         return _Running(version=version, consumer=consumer, processor=processor)
+
+    def _live_group(self) -> str:
+        live = self._live
+        if live is None:
+            raise ProjectionError("a rebuild runs only beside a live version")
+        return live.version.checkpoint_group
 
     async def _start_rebuild(self, version: ProjectionVersion) -> _Building:
         processor = VersionProcessor(
@@ -380,7 +396,11 @@ class VersionedConsumer(EventSubscriptionConsumer[StoredEvent]):
         )
 
         def make_consumer(pool: Pool) -> TransactionalConsumer:
-            return self._make_consumer(version.checkpoint_group, processor, True, pool)
+            return self._make_consumer(
+                version.checkpoint_group,
+                processor,
+                Rebuilding(pool=pool, live_group=self._live_group),
+            )
 
         async def work(
             consumer: TransactionalConsumer, catalog: ProjectionCatalog
@@ -499,18 +519,30 @@ def make_versioned_consumer(
     requests = list(subscription_requests)
 
     def make_consumer(
-        group: str, processor: BatchProcessor, rebuilding: bool, pool: Pool | None
+        group: str, processor: BatchProcessor, rebuilding: Rebuilding | None
     ) -> TransactionalConsumer:
+        store = (
+            checkpoint_store
+            if rebuilding is None
+            else PostgresCheckpointStore(rebuilding.pool)
+        )
         return make_transactional_consumer(
             event_store=event_store,
-            checkpoint_store=(
-                checkpoint_store if pool is None else PostgresCheckpointStore(pool)
+            checkpoint_store=store,
+            event_reader=(
+                None
+                if rebuilding is None
+                else TrailingReader(
+                    PostgresEventReader(rebuilding.pool), store, rebuilding.live_group
+                )
             ),
             subscriber_group=group,
             subscription_requests=requests,
             processor=processor,
-            batch_size=projection.rebuild_batch_size if rebuilding else batch_size,
-            concurrent_sources=rebuilding,
+            batch_size=(
+                batch_size if rebuilding is None else projection.rebuild_batch_size
+            ),
+            concurrent_sources=rebuilding is not None,
             subscriber_id=subscriber,
             node_id=node,
             claim_lease=claim_lease,
