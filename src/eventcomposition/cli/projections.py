@@ -24,74 +24,37 @@ from ..projections import ProjectionCatalog, ProjectionVersion, RebuildProgress
 from ..projections.versions import VersionState, building_of, live_of
 from .db import reachable_postgres
 from .errors import CommandError
-from .options import add_settings_arguments, positive_float, positive_int
 from .tables import add_plain_row, new_table, render
 
 type Action = Callable[[ProjectionCatalog, argparse.Namespace], Any]
 
 
-def add_parser(
-    subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]",
-) -> None:
-    parser = subparsers.add_parser(
-        "projections", help="list, rebuild, swap, cancel, drop or reset projections"
-    )
-    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-
-    listing = actions.add_parser("list", help="every versioned projection's versions")
-    _command(listing, show_list)
-
-    rebuild = actions.add_parser(
-        "rebuild",
-        help="build the next version of GROUP's projection beside the live one; "
-        "the nodes swap it in once it has caught up",
-    )
-    rebuild.add_argument("group", metavar="GROUP")
-    _follow_arguments(rebuild, "follow the rebuild until it is swapped in")
-    _command(rebuild, request_rebuild)
-
-    status = actions.add_parser("status", help="GROUP's versions and its rebuild")
-    status.add_argument("group", metavar="GROUP")
-    _follow_arguments(status, "follow the running rebuild until it ends")
-    _command(status, show_status)
-
-    cancel = actions.add_parser(
-        "cancel", help="stop GROUP's running rebuild and drop what it built"
-    )
-    cancel.add_argument("group", metavar="GROUP")
-    _command(cancel, cancel_rebuild)
-
-    drop = actions.add_parser("drop", help="drop a retired version of GROUP")
-    drop.add_argument("group", metavar="GROUP")
-    drop.add_argument("--version", type=positive_int, required=True, metavar="V")
-    _command(drop, drop_version)
-
-    reset = actions.add_parser(
-        "reset",
-        help="empty GROUP's live version in place and process it again from the "
-        "first event (readers see it empty, then filling: for small or "
-        "development projections)",
-    )
-    reset.add_argument("group", metavar="GROUP")
-    reset.add_argument("--yes", action="store_true", help="do not ask to confirm")
-    _command(reset, reset_live)
-    reset.set_defaults(func=_confirmed_reset)
+# -- the commands (declared in ``parsers``) ------------------------------------------
 
 
-def _command(parser: argparse.ArgumentParser, action: Action) -> None:
-    add_settings_arguments(parser)
-    parser.set_defaults(func=lambda args: asyncio.run(_run(action, args)))
+async def list_command(args: argparse.Namespace) -> int:
+    return await _run(show_list, args)
 
 
-def _follow_arguments(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument("--follow", action="store_true", help=what)
-    parser.add_argument(
-        "--interval",
-        type=positive_float,
-        default=1.0,
-        metavar="SECONDS",
-        help="how often to look while following (default 1)",
-    )
+async def rebuild_command(args: argparse.Namespace) -> int:
+    return await _run(request_rebuild, args)
+
+
+async def status_command(args: argparse.Namespace) -> int:
+    return await _run(show_status, args)
+
+
+async def cancel_command(args: argparse.Namespace) -> int:
+    return await _run(cancel_rebuild, args)
+
+
+async def drop_command(args: argparse.Namespace) -> int:
+    return await _run(drop_version, args)
+
+
+def reset_command(args: argparse.Namespace) -> int:
+    """Asks first (before any connection) unless ``--yes``."""
+    return _confirmed_reset(args)
 
 
 async def _run(action: Action, args: argparse.Namespace) -> int:

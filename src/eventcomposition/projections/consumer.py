@@ -35,10 +35,10 @@ from logicblocks.event.store import EventStore
 from logicblocks.event.types import EventSourceIdentifier, StoredEvent
 
 from ..consumers.batch import BatchProcessor, Transaction
+from ..consumers.policies import PoisonPolicy
 from ..consumers.postgres import PostgresCheckpointStore, PostgresEventReader
 from ..consumers.stores import CheckpointStore
 from ..consumers.transactional import (
-    PoisonPolicy,
     TransactionalConsumer,
     make_transactional_consumer,
 )
