@@ -1,4 +1,4 @@
-"""10. Rebuilding a projection: events/s against a raw read, and live latency meanwhile.
+"""11. Rebuilding a projection: events/s against a raw read, and live latency meanwhile.
 
 N events over 4 categories are stored (set-up, with one INSERT ... SELECT). A
 versioned projection (``eventcomposition.projections``) of plain inserts, one row
@@ -214,7 +214,7 @@ async def one_run(database: ConnectionInfo, events: int) -> Json:
 async def run(ctx: BenchContext) -> None:
     events = 100_000 if ctx.quick else 1_000_000
     reps = 1 if ctx.quick else 3
-    say("\n== 10. Rebuilding a projection: events/s vs the raw read, live latency ==")
+    say("\n== 11. Rebuilding a projection: events/s vs the raw read, live latency ==")
     rows: list[list[object]] = []
     results: Json = {
         "events": events,
