@@ -31,6 +31,7 @@ BENCHMARKS: dict[str, str] = {
     "http-overhead": "benchmarks.http_overhead",
     "cli-startup": "benchmarks.cli_startup",
     "writes": "benchmarks.writes",
+    "rebuild": "benchmarks.rebuild",
 }
 
 

@@ -119,6 +119,10 @@ class NodeMetrics:
         """The lag could not be read: none is known. ``held`` are the (group,
         source) pairs the node holds, as it knows them itself."""
 
+    def rebuild_progressed(self, group: str, version: int, progress: float) -> None:
+        """A rebuild of ``group`` to ``version`` reached ``progress`` (0 to 1; 1
+        once swapped in)."""
+
 
 class PrometheusNodeMetrics(NodeMetrics):
     """Records a node's metrics into ``registry`` (a new one by default)."""
@@ -175,6 +179,13 @@ class PrometheusNodeMetrics(NodeMetrics):
             ["group", "source"],
             registry=self.registry,
         )
+        self._rebuild = Gauge(
+            f"{PREFIX}_rebuild_progress_ratio",
+            "How far a projection's rebuild has come, 0 to 1 (1 once swapped in), "
+            "per subscriber group and version being built.",
+            ["group", "version"],
+            registry=self.registry,
+        )
         self._held = Gauge(
             f"{PREFIX}_sources_held",
             "Sources this node holds, per subscriber group.",
@@ -205,6 +216,9 @@ class PrometheusNodeMetrics(NodeMetrics):
 
     def leadership_changed(self, leading: bool) -> None:
         self._leader.set(1 if leading else 0)
+
+    def rebuild_progressed(self, group: str, version: int, progress: float) -> None:
+        self._rebuild.labels(group, str(version)).set(progress)
 
     def holdings_observed(
         self, holdings: Iterable["SourceLag"], groups: Iterable[str] = ()

@@ -141,6 +141,7 @@ class TestMigrate:
             "consumer_claims",
             "consumer_checkpoints",
             "consumer_dead_letters",
+            "projection_versions",
         )
         assert result.created_extensions == ("pg_trgm",)
         found = await relations(empty_connection)
@@ -176,6 +177,7 @@ class TestMigrate:
             "consumer_claims",
             "consumer_checkpoints",
             "consumer_dead_letters",
+            "projection_versions",
         )
         assert await relations(empty_connection) == after_first
 
@@ -199,6 +201,7 @@ class TestMigrate:
                 "consumer_claims",
                 "consumer_checkpoints",
                 "consumer_dead_letters",
+                "projection_versions",
             )
 
     async def test_nodes_migrating_at_once_do_not_race(
@@ -218,6 +221,7 @@ class TestMigrate:
             "consumer_claims",
             "consumer_checkpoints",
             "consumer_dead_letters",
+            "projection_versions",
         )
 
     async def test_keeps_a_compatible_existing_table_and_adds_its_indexes(

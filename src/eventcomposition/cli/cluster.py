@@ -31,6 +31,8 @@ from ..consumers.subscription import (
     state_category_name,
 )
 from ..lag import PostgresEventCounter, PostgresHeadReader, SourceLag, SourceSpan
+from ..projections import ProjectionCatalog, RebuildProgress, checkpoint_group
+from ..projections.versions import building_of
 from ..settings import load_settings
 from .cluster_report import (
     ClusterStatus,
@@ -66,6 +68,10 @@ SAVED_STATES = """
             WHERE e.category = s.category AND e.stream = %(stream)s
             ORDER BY e.sequence_number DESC LIMIT 1)
     FROM unnest(%(categories)s::text[]) AS s(category)
+"""
+HAS_VERSIONS = "SELECT to_regclass('projection_versions') IS NOT NULL"
+LIVE_VERSIONS = """
+    SELECT "group", version FROM projection_versions WHERE state = 'live'
 """
 # How often --wait looks for a first heartbeat.
 WAIT_POLL_SECONDS = 0.2
@@ -173,6 +179,20 @@ async def read_status(
             group: count for group, count in await _rows(connection, DEAD_LETTERS)
         }
         leader = await leading_coordinator(connection)
+        versioned = (await _rows(connection, HAS_VERSIONS))[0][0]
+        live_versions: dict[str, int] = (
+            dict(await _rows(connection, LIVE_VERSIONS)) if versioned else {}
+        )
+    # A versioned projection's group shows its live version's work.
+    for group, version in live_versions.items():
+        live_group = checkpoint_group(group, int(version))
+        for table in (checkpoints, claims):
+            for (of, source), value in list(table.items()):
+                if of == live_group:
+                    table[(group, source)] = value
+        if live_group in dead_letters:
+            dead_letters[group] = dead_letters.pop(live_group)
+    rebuilds = await _rebuilds(pool) if versioned else []
     now = datetime.now(UTC)
     registered = {
         (group, id_): _Subscriber(
@@ -231,6 +251,7 @@ async def read_status(
         leader=_leader_name(leader),
         groups=groups,
         stale=stale,
+        rebuilds=rebuilds,
     )
 
 
@@ -262,6 +283,17 @@ async def _saved_positions(
         position = position_in_state(payload)
         if position is not None:
             found[wanted[category]] = position
+    return found
+
+
+async def _rebuilds(pool: Pool) -> list[RebuildProgress]:
+    catalog = ProjectionCatalog(pool)
+    found = []
+    for group, versions in (await catalog.all_versions()).items():
+        if building_of(versions) is not None:
+            progress = await catalog.progress(group)
+            if progress is not None:
+                found.append(progress)
     return found
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from rich.console import RenderableType
 
+from ..projections import RebuildProgress
 from .tables import add_plain_row, new_table, render
 
 
@@ -93,6 +94,8 @@ class ClusterStatus:
     leader: str | None
     groups: Sequence[GroupStatus]
     stale: Sequence[StaleAllocation]
+    rebuilds: Sequence[RebuildProgress] = ()
+    """Projections being rebuilt (``eventcomposition.projections``)."""
 
 
 def status_document(status: ClusterStatus) -> dict[str, Any]:
@@ -154,6 +157,7 @@ def status_document(status: ClusterStatus) -> dict[str, Any]:
             }
             for stale in status.stale
         ],
+        "rebuilds": [rebuild.as_json() for rebuild in status.rebuilds],
     }
 
 
@@ -200,6 +204,8 @@ def status_parts(
         parts.extend(["", "no live work allocated yet"])
     for group in status.groups:
         parts.extend(_group_parts(group, rates=rates))
+    for rebuild in status.rebuilds:
+        parts.extend(["", _rebuild_line(rebuild)])
     if status.stale:
         parts.extend(
             [
@@ -217,6 +223,15 @@ def status_parts(
             )
         parts.append(table)
     return parts
+
+
+def _rebuild_line(rebuild: RebuildProgress) -> str:
+    if not rebuild.prepared:
+        return f"rebuild of {rebuild.group} to v{rebuild.version}: preparing"
+    return (
+        f"rebuild of {rebuild.group} to v{rebuild.version}: {rebuild.progress:.1%} "
+        f"of live v{rebuild.live_version}, {rebuild.behind} sequence numbers behind"
+    )
 
 
 _NO_LEADER = "none (no coordinator holds the leadership lock)"

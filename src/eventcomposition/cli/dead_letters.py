@@ -15,6 +15,7 @@ from ..consumers import (
     retry_dead_letters,
 )
 from ..containers import application_consumers
+from ..projections import VersionedConsumer
 from ..runtime import Registration, SubscriptionConsumerRegistration
 from ..settings import load_settings
 from .db import reachable_postgres
@@ -49,6 +50,7 @@ async def retry_parked(args: argparse.Namespace) -> int:
     configure_logging_from(settings)
     async with application_consumers(args.app, settings) as registrations:
         consumers = transactional_consumers(registrations, args.group)
+        consumers.update(await versioned_consumers(registrations, args.group))
         if not consumers:
             raise CommandError(
                 f"the app {args.app} declares no transactional consumer"
@@ -73,6 +75,24 @@ async def retry_parked(args: argparse.Namespace) -> int:
                 )
             failed += len(result.failed)
         return 1 if failed else 0
+
+
+async def versioned_consumers(
+    registrations: Sequence[Registration], group: str | None
+) -> dict[str, TransactionalConsumer]:
+    """Consumers of the versions of the versioned projections, by checkpoint group
+    (``group`` for version 1, ``group@vN`` after)."""
+    found: dict[str, TransactionalConsumer] = {}
+    for registration in registrations:
+        if not isinstance(registration, SubscriptionConsumerRegistration):
+            continue
+        consumer = registration.consumer
+        if not isinstance(consumer, VersionedConsumer):
+            continue
+        for checkpoint_group, version in (await consumer.version_consumers()).items():
+            if group in (None, checkpoint_group):
+                found.setdefault(checkpoint_group, version)
+    return found
 
 
 def transactional_consumers(

@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_db_parser(commands)
     add_cluster_parser(commands)
     add_dead_letters_parser(commands)
+    add_projections_parser(commands)
     add_publish_parser(commands)
     return parser
 
@@ -252,7 +253,8 @@ def usage_problem(args: argparse.Namespace) -> str | None:
             "--watch shows the status until Ctrl-C: it takes neither --json nor "
             "--wait (nodes appear as they start)"
         )
-    if getattr(args, "interval", None) is not None and not args.watch:
+    # `cluster status` (the projections commands' --interval goes with --follow).
+    if getattr(args, "interval", None) is not None and not getattr(args, "watch", True):
         return "--interval applies to --watch only: add --watch"
     return None
 
@@ -283,6 +285,69 @@ def add_dead_letters_parser(
     add_settings_arguments(retry)
     retry.add_argument("--group", help="only this subscriber group's")
     retry.set_defaults(func="dead_letters:retry_parked")
+
+
+def add_projections_parser(
+    subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]",
+) -> None:
+    parser = subparsers.add_parser(
+        "projections", help="list, rebuild, swap, cancel, drop or reset projections"
+    )
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    listing = actions.add_parser("list", help="every versioned projection's versions")
+    add_settings_arguments(listing)
+    listing.set_defaults(func="projections:list_command")
+
+    rebuild = actions.add_parser(
+        "rebuild",
+        help="build the next version of GROUP's projection beside the live one; "
+        "the nodes swap it in once it has caught up",
+    )
+    rebuild.add_argument("group", metavar="GROUP")
+    _follow_arguments(rebuild, "follow the rebuild until it is swapped in")
+    rebuild.set_defaults(func="projections:rebuild_command")
+
+    status = actions.add_parser("status", help="GROUP's versions and its rebuild")
+    status.add_argument("group", metavar="GROUP")
+    _follow_arguments(status, "follow the running rebuild until it ends")
+    status.set_defaults(func="projections:status_command")
+
+    cancel = actions.add_parser(
+        "cancel", help="stop GROUP's running rebuild and drop what it built"
+    )
+    cancel.add_argument("group", metavar="GROUP")
+    add_settings_arguments(cancel)
+    cancel.set_defaults(func="projections:cancel_command")
+
+    drop = actions.add_parser("drop", help="drop a retired version of GROUP")
+    drop.add_argument("group", metavar="GROUP")
+    drop.add_argument("--version", type=positive_int, required=True, metavar="V")
+    add_settings_arguments(drop)
+    drop.set_defaults(func="projections:drop_command")
+
+    reset = actions.add_parser(
+        "reset",
+        help="empty GROUP's live version in place and process it again from the "
+        "first event (readers see it empty, then filling: for small or "
+        "development projections)",
+    )
+    reset.add_argument("group", metavar="GROUP")
+    reset.add_argument("--yes", action="store_true", help="do not ask to confirm")
+    add_settings_arguments(reset)
+    reset.set_defaults(func="projections:reset_command")
+
+
+def _follow_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--follow", action="store_true", help=what)
+    parser.add_argument(
+        "--interval",
+        type=positive_float,
+        default=1.0,
+        metavar="SECONDS",
+        help="how often to look while following (default 1)",
+    )
+    add_settings_arguments(parser)
 
 
 def add_publish_parser(

@@ -36,10 +36,16 @@ class Transaction(ABC):
 
     ``on_commit`` works on PostgreSQL too (after the commit), e.g. to notify
     something in the process once the batch is durable.
+
+    ``rebuilding`` is True when the batch rebuilds a new version of a projection
+    from the start of the log (``eventcomposition.projections``) and False for live
+    processing: a processor skips e-mails, outbound calls and other side effects
+    that already happened when the events were first processed.
     """
 
     def __init__(self) -> None:
         self._callbacks: list[CommitCallback] = []
+        self.rebuilding: bool = False
 
     @property
     @abstractmethod

@@ -13,6 +13,7 @@ or its source stops, as ``on_poison`` says. Database outages are transient: the
 source backs off and tries again, and nothing is parked for them.
 """
 
+import asyncio
 import os
 import socket
 import time
@@ -145,6 +146,7 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
         transient_backoff: Backoff | None = None,
         clock: Callable[[], float] = time.monotonic,
         metrics: NodeMetrics | None = None,
+        concurrent_sources: bool = False,
     ) -> None:
         super().__init__(
             group=group,
@@ -165,6 +167,7 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
         )
         self._clock = clock
         self._metrics = metrics or NodeMetrics()
+        self._concurrent = concurrent_sources
         self._sources: dict[EventSourceIdentifier, _Source] = {}
         self._held_back_polls = 0
         self._held_back: set[EventSourceIdentifier] = set()
@@ -307,11 +310,18 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
             except TRANSIENT_ERRORS as error:
                 transient.append(error)  # type: ignore[arg-type]
         while pending:
-            backlogged = []
-            for state in pending:
-                if await self._take_turn(state, transient):
-                    backlogged.append(state)
-            pending = backlogged
+            if self._concurrent:
+                # Sources are independent (own claim, checkpoint, connection): one
+                # batch of each at once, so that reading, processing and writing
+                # of different sources overlap (catch-up, e.g. a rebuild).
+                more = await asyncio.gather(
+                    *(self._take_turn(state, transient) for state in pending)
+                )
+            else:
+                more = [await self._take_turn(state, transient) for state in pending]
+            pending = [
+                state for state, again in zip(pending, more, strict=True) if again
+            ]
             await self._renew_due_claims()
         if not transient:
             await self._check_held_back(states)
@@ -598,6 +608,7 @@ def make_transactional_consumer(
     poison_attempts: int = 3,
     event_reader: EventReader | None = None,
     metrics: NodeMetrics | None = None,
+    concurrent_sources: bool = False,
 ) -> TransactionalConsumer:
     """A subscriber for ``subscription_requests`` whose batches go to ``processor``.
 
@@ -606,7 +617,9 @@ def make_transactional_consumer(
     of the store's database, in memory through ``event_store``. ``node_id`` names the
     claim holder with the subscriber's id (host and process id by default).
     ``metrics`` records each committed batch, each failed attempt (an event's or
-    the database's) and each parked event.
+    the database's) and each parked event. With ``concurrent_sources`` a round
+    takes one batch of every source at once (one connection each) rather than one
+    after another: for catching up, such as a rebuild.
     """
     if not subscription_requests:
         raise ValueError(
@@ -640,4 +653,5 @@ def make_transactional_consumer(
         on_poison=policy,
         poison_attempts=poison_attempts,
         metrics=metrics,
+        concurrent_sources=concurrent_sources,
     )

@@ -26,6 +26,7 @@ from ..lag import (
 )
 from ..metrics import NodeMetrics, PrometheusNodeMetrics
 from ..node import EventNode
+from ..projections import make_versioned_consumer
 from ..runtime import EventRuntime
 from ..services import NotifyListener
 from ..services.health import PostgresCheck
@@ -153,6 +154,22 @@ class EventRuntimeContainer(containers.DeclarativeContainer):
     #       subscriber_group="totals", subscription_requests=[...], processor=p)
     transactional_consumer = providers.Factory(
         make_transactional_consumer,
+        event_store=event_store,
+        checkpoint_store=checkpoint_store,
+        node_id=node_id,
+        batch_size=settings.provided.consumers.batch_size,
+        claim_lease=settings.provided.consumers.claim_lease,
+        on_poison=settings.provided.consumers.on_poison,
+        poison_attempts=settings.provided.consumers.poison_attempts,
+        metrics=metrics,
+    )
+
+    # A versioned projection's consumer with this node's settings: the live
+    # version and, while a rebuild runs, the next one (eventcomposition.projections):
+    #   providers.Factory(EventRuntimeContainer.versioned_consumer,
+    #       projection=VersionedProjection(...), subscription_requests=[...])
+    versioned_consumer = providers.Factory(
+        make_versioned_consumer,
         event_store=event_store,
         checkpoint_store=checkpoint_store,
         node_id=node_id,

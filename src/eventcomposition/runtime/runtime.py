@@ -60,6 +60,24 @@ class ExposesSources(Protocol):
     def sources(self) -> Sequence[EventSourceIdentifier]: ...
 
 
+@runtime_checkable
+class KeepsCheckpointGroups(Protocol):
+    """A consumer whose checkpoints are kept under other group names than its
+    subscriber group (a versioned projection: ``group@v2`` while rebuilding and
+    after the swap), so that lag is read where its checkpoints are."""
+
+    @property
+    def checkpoint_groups(self) -> Sequence[str]: ...
+
+
+@runtime_checkable
+class ReportsRebuild(Protocol):
+    """A consumer that may be rebuilding a projection (``rebuild_status`` is None
+    when it is not)."""
+
+    def rebuild_status(self) -> Mapping[str, object] | None: ...
+
+
 class _WakingSubscriber(EventSubscriber[StoredEvent]):
     """What the broker holds for a subscription consumer: the consumer itself, except
     that accepting a source also wakes the consumer's service, so that a source
@@ -339,20 +357,23 @@ class EventRuntime:
         count; a source may appear under several groups.
         """
         return [
-            (consumer.group, source)
+            (group, source)
             for service in self._consumer_services.values()
             if isinstance(consumer := service.consumer, EventSubscriber)
             and isinstance(consumer, ExposesSources)
+            for group in _checkpoint_groups(consumer)
             for source in consumer.sources
         ]
 
     def subscriber_groups(self) -> list[str]:
-        """The subscriber groups of this node's subscription consumers, each once."""
+        """The subscriber groups of this node's subscription consumers, each once
+        (a versioned projection's as its live version's checkpoint group)."""
         return list(
             dict.fromkeys(
-                consumer.group
+                group
                 for service in self._consumer_services.values()
                 if isinstance(consumer := service.consumer, EventSubscriber)
+                for group in _checkpoint_groups(consumer)
             )
         )
 
@@ -364,6 +385,17 @@ class EventRuntime:
             for service in self._consumer_services.values()
             if isinstance(consumer := service.consumer, SavesPositions)
         ]
+
+    def rebuilds(self) -> list[Mapping[str, object]]:
+        """The rebuilds this node's consumers take part in, as they last saw them."""
+        found = []
+        for service in self._consumer_services.values():
+            consumer = service.consumer
+            if isinstance(consumer, ReportsRebuild):
+                status = consumer.rebuild_status()
+                if status is not None:
+                    found.append(status)
+        return found
 
     def wake_consumers(self, categories: Collection[str] | None = None) -> int:
         """Make consumers poll now: those holding a source in one of ``categories``,
@@ -506,6 +538,12 @@ def _holds_any(consumer: EventConsumer, categories: Collection[str]) -> bool:
             case _:  # the whole log, or a kind of source we do not know
                 return True
     return False
+
+
+def _checkpoint_groups(consumer: EventSubscriber[Any]) -> Sequence[str]:
+    if isinstance(consumer, KeepsCheckpointGroups):
+        return consumer.checkpoint_groups
+    return [consumer.group]
 
 
 def _consumer_name(consumer: EventConsumer) -> str:

@@ -119,6 +119,31 @@ CREATE TABLE IF NOT EXISTS consumer_dead_letters (
     CONSTRAINT consumer_dead_letters_pkey PRIMARY KEY ("group", source, sequence_number)
 );
 
+-- Versions of projections (eventcomposition.projections). Each version of a
+-- subscriber group's projection has its tables in its own schema (schema_name); the
+-- group's stable schema (stable_schema) holds views over the live version's tables.
+-- At most one version of a group is live and at most one is building at a time.
+CREATE TABLE IF NOT EXISTS projection_versions (
+    "group"       text                     NOT NULL,
+    version       integer                  NOT NULL,
+    state         text                     NOT NULL,
+    schema_name   text                     NOT NULL,
+    stable_schema text                     NOT NULL,
+    prepared      boolean                  NOT NULL,
+    created_at    timestamp with time zone NOT NULL,
+    swapped_at    timestamp with time zone,
+    retired_at    timestamp with time zone,
+    error         text,
+    CONSTRAINT projection_versions_pkey PRIMARY KEY ("group", version)
+);
+
+CREATE UNIQUE INDEX IF NOT EXISTS projection_versions_schema_name_key
+    ON projection_versions (schema_name);
+CREATE UNIQUE INDEX IF NOT EXISTS projection_versions_one_live_key
+    ON projection_versions ("group") WHERE state = 'live';
+CREATE UNIQUE INDEX IF NOT EXISTS projection_versions_one_building_key
+    ON projection_versions ("group") WHERE state = 'building';
+
 -- ---------------------------------------------------------------------------------
 -- Wake-ups: NOTIFY on the events table (eventcomposition.services.notify listens).
 --

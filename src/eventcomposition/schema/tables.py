@@ -136,6 +136,29 @@ OWNED_TABLES: tuple[ExpectedTable, ...] = (
         indexes=(),
         used_by=CONSUMERS,
     ),
+    # Versions of projections (eventcomposition.projections).
+    ExpectedTable(
+        name="projection_versions",
+        columns=(
+            ExpectedColumn("group", TEXT),
+            ExpectedColumn("version", ("integer", "bigint")),
+            ExpectedColumn("state", TEXT),
+            ExpectedColumn("schema_name", TEXT),
+            ExpectedColumn("stable_schema", TEXT),
+            ExpectedColumn("prepared", ("boolean",)),
+            ExpectedColumn("created_at", TIMESTAMPTZ),
+            ExpectedColumn("swapped_at", TIMESTAMPTZ),
+            ExpectedColumn("retired_at", TIMESTAMPTZ),
+            ExpectedColumn("error", TEXT),
+        ),
+        unique_key=frozenset({"group", "version"}),
+        indexes=(
+            "projection_versions_schema_name_key",
+            "projection_versions_one_live_key",
+            "projection_versions_one_building_key",
+        ),
+        used_by=CONSUMERS,
+    ),
 )
 
 REQUIRED_EXTENSIONS: tuple[str, ...] = ("pg_trgm",)

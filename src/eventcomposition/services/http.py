@@ -72,6 +72,8 @@ class OperatedRuntime(Protocol):
 
     def held_sources(self) -> Sequence[tuple[str, EventSourceIdentifier]]: ...
 
+    def rebuilds(self) -> Sequence[Mapping[str, object]]: ...
+
 
 @dataclass(frozen=True)
 class _Reading:
@@ -237,6 +239,7 @@ class NodeHttpServer:
             "sources": None if holdings is None else [_holding(h) for h in holdings],
             "sources_error": error or None,
             "database_error": reading.database_error,
+            "rebuilds": list(node.runtime.rebuilds()),
         }
         return web.json_response(body)
 

@@ -607,3 +607,58 @@ class TestMetrics:
         assert metrics.failures == [(GROUP, CategoryIdentifier(category="orders"))]
         assert metrics.batches == []
         assert metrics.dead_letters == []
+
+
+class Overlapping(BatchProcessor):
+    """Counts how many batches are in flight at once, each waiting for all."""
+
+    def __init__(self, sources: int) -> None:
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.all_in = asyncio.Event()
+        self.sources = sources
+        self.applied: dict[str, list[int]] = {}
+
+    async def process_batch(
+        self, events: Sequence[StoredEvent], transaction: Transaction
+    ) -> None:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        if self.in_flight == self.sources:
+            self.all_in.set()
+        await asyncio.wait_for(self.all_in.wait(), 5)
+        self.in_flight -= 1
+        batch = [number(event) for event in events]
+        category = events[0].category
+        transaction.on_commit(
+            lambda: self.applied.setdefault(category, []).extend(batch)
+        )
+
+
+async def test_concurrent_sources_take_their_batches_at_once(
+    event_store: EventStore, checkpoints: InMemoryCheckpointStore
+) -> None:
+    for index, category in enumerate(("left", "right", "middle")):
+        await publish(event_store, category, 25, start=index * 100)
+    processor = Overlapping(sources=3)
+    subscriber = TransactionalConsumer(
+        group=GROUP,
+        id="a",
+        node_id="node-a",
+        subscription_requests=[CategoryIdentifier(category="left")],
+        processor=processor,
+        checkpoint_store=checkpoints,
+        event_reader=StoreEventReader(event_store),
+        batch_size=10,
+        concurrent_sources=True,
+    )
+    await accept(subscriber, event_store, "left", "right", "middle")
+
+    await subscriber.consume_all()
+
+    assert processor.most_in_flight == 3
+    assert processor.applied == {
+        "left": list(range(25)),
+        "right": list(range(100, 125)),
+        "middle": list(range(200, 225)),
+    }

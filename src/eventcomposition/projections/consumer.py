@@ -1,0 +1,563 @@
+"""The consumer of a versioned projection: the live version, and a rebuild beside it.
+
+A ``VersionedConsumer`` is one subscriber of the projection's group: the broker
+allocates it the group's sources as to any subscriber. For each source it holds, it
+runs a transactional consumer of the live version (polled by the runtime like any
+consumer) and, while a rebuild runs, one of the building version (on a thread of
+its own, with larger batches, its sources at once: see ``threads``). The rebuild is
+thus spread over the observers exactly as the live work is, with its own claims,
+checkpoints and dead letters.
+
+Every second or so (``refresh_interval``) it reads the group's versions: it prepares
+a version a command asked for (its schema and the application's migrations), starts
+or stops its rebuild, and, once the building version has caught up, attempts the
+swap (``ProjectionCatalog.swap``). After a swap the rebuild's thread lets its
+sources go and a live consumer of the new version takes them on; the retired
+version's consumer, fenced by the swap, is dropped.
+"""
+
+import asyncio
+import contextlib
+import math
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import uuid4
+
+import structlog
+from logicblocks.event.processing.consumers import EventSubscriptionConsumer
+from logicblocks.event.sources import EventSource
+from logicblocks.event.store import EventStore
+from logicblocks.event.types import EventSourceIdentifier, StoredEvent
+
+from ..consumers.batch import BatchProcessor, Transaction
+from ..consumers.policies import PoisonPolicy
+from ..consumers.postgres import PostgresCheckpointStore, PostgresEventReader
+from ..consumers.stores import CheckpointStore
+from ..consumers.transactional import (
+    TransactionalConsumer,
+    make_transactional_consumer,
+)
+from ..metrics import NodeMetrics
+from ..retry import Backoff
+from ..schema.application import Migration, MigrationDeclaration, checked_migrations
+from .catalog import Pool, ProjectionCatalog
+from .threads import RebuildThread
+from .trailing import TrailingReader
+from .versions import (
+    ProjectionError,
+    ProjectionVersion,
+    RebuildProgress,
+    VersionState,
+    building_of,
+    check_schema_name,
+    expired,
+    live_of,
+    rebuild_progress,
+    stable_schema_name,
+)
+
+logger = structlog.get_logger("eventcomposition.projections")
+
+
+@dataclass(frozen=True)
+class VersionedProjection:
+    """What an application declares of a projection that can be rebuilt.
+
+    - ``group``: the subscriber group (version 1 keeps its checkpoints under this
+      name; version N uses ``group@vN``).
+    - ``processor_for``: the processor of a version, given its number; return the
+      same processor for every version, or a changed one from some version on.
+      A rebuild calls its processor on a thread of its own (``threads``): it must
+      keep no asyncio objects tied to the node's event loop.
+    - ``migrations``: the application's migrations of the projection's tables, run
+      in each new version's own schema (first on the search_path), so they use
+      unqualified table names.
+    - ``stable_schema``: where readers find the live version's tables (as views);
+      by default the group's name as an identifier (see ``stable_schema_name``).
+    - ``retired_grace``: how long a retired version is kept after a swap before a
+      node drops it; None keeps it until ``projections drop``.
+    - ``rebuild_batch_size``: events per batch while rebuilding (catch-up reads
+      fewer, larger batches than live processing).
+    """
+
+    group: str
+    processor_for: Callable[[int], BatchProcessor]
+    migrations: Sequence[MigrationDeclaration] = ()
+    stable_schema: str | None = None
+    retired_grace: timedelta | None = None
+    rebuild_batch_size: int = 5000
+
+    @property
+    def schema(self) -> str:
+        if self.stable_schema is None:
+            return stable_schema_name(self.group)
+        return check_schema_name(self.stable_schema)
+
+
+class VersionProcessor(BatchProcessor):
+    """Runs a version's processor with the version's schema first on the batch
+    transaction's search_path (``SET LOCAL``), and ``transaction.rebuilding`` set."""
+
+    def __init__(self, inner: BatchProcessor, schema: str, *, rebuilding: bool) -> None:
+        self.inner = inner
+        self.schema = schema
+        self.rebuilding = rebuilding
+
+    async def process_batch(
+        self, events: Sequence[StoredEvent], transaction: Transaction
+    ) -> None:
+        transaction.rebuilding = self.rebuilding
+        await transaction.connection.execute(
+            "SELECT set_config('search_path', %s || ', ' || "
+            "current_setting('search_path'), true)",
+            [f'"{self.schema}"'],
+        )
+        await self.inner.process_batch(events, transaction)
+
+
+type ConsumerFactory = Callable[
+    [str, BatchProcessor, Rebuilding | None], TransactionalConsumer
+]
+"""Makes the transactional consumer of a checkpoint group, given its processor and,
+for a rebuild, what it needs (larger batches, its sources consumed at once, reading
+only what the live version applied); None for a live version's consumer."""
+
+
+@dataclass(frozen=True)
+class Rebuilding:
+    """What a rebuild's consumer works with: its thread's ``pool``, and the
+    checkpoint group of the live version it trails (``live_group``)."""
+
+    pool: Pool
+    live_group: Callable[[], str]
+
+
+@dataclass
+class _Running:
+    version: ProjectionVersion
+    consumer: TransactionalConsumer
+    processor: VersionProcessor
+
+
+@dataclass
+class _Building:
+    version: ProjectionVersion
+    runner: RebuildThread
+
+
+class VersionedConsumer(EventSubscriptionConsumer[StoredEvent]):
+    """A subscriber of a versioned projection's group (see the module's text).
+
+    Register it like any subscription consumer; it offers ``release_claims`` and
+    ``consume_categories`` as transactional consumers do.
+    """
+
+    def __init__(
+        self,
+        *,
+        projection: VersionedProjection,
+        catalog: ProjectionCatalog,
+        id: str,
+        subscription_requests: Sequence[EventSourceIdentifier],
+        make_consumer: ConsumerFactory,
+        refresh_interval: timedelta = timedelta(seconds=1),
+        rebuild_pause: timedelta = timedelta(milliseconds=100),
+        swap_timeout: timedelta = timedelta(seconds=5),
+        metrics: NodeMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(
+            group=projection.group,
+            id=id,
+            subscription_requests=list(subscription_requests),
+            delegate_factory=_no_delegates,
+        )
+        self._projection = projection
+        self._schema = projection.schema
+        self._migrations: list[Migration] = checked_migrations(projection.migrations)
+        self._catalog = catalog
+        self._make_consumer = make_consumer
+        self._refresh_every = refresh_interval.total_seconds()
+        self._rebuild_pause = rebuild_pause.total_seconds()
+        self._swap_timeout = swap_timeout
+        self._metrics = metrics or NodeMetrics()
+        self._clock = clock
+        self._allocated: dict[EventSourceIdentifier, EventSource[Any, Any]] = {}
+        self._live: _Running | None = None
+        self._building: _Building | None = None
+        self._refreshed_at = -math.inf
+        self._progress: RebuildProgress | None = None
+        self._backoff = Backoff(
+            initial=timedelta(milliseconds=200), maximum=timedelta(seconds=10)
+        )
+        self._log = logger.bind(subscriber=f"{projection.group}/{id}")
+
+    # -- what others may read ----------------------------------------------------
+
+    @property
+    def projection(self) -> VersionedProjection:
+        return self._projection
+
+    @property
+    def catalog(self) -> ProjectionCatalog:
+        return self._catalog
+
+    @property
+    def sources(self) -> tuple[EventSourceIdentifier, ...]:
+        return tuple(self._allocated)
+
+    @property
+    def live_version(self) -> int | None:
+        return self._live.version.version if self._live else None
+
+    @property
+    def building_version(self) -> int | None:
+        return self._building.version.version if self._building else None
+
+    @property
+    def live_consumer(self) -> TransactionalConsumer | None:
+        return self._live.consumer if self._live else None
+
+    @property
+    def checkpoint_groups(self) -> tuple[str, ...]:
+        """Where the live version's checkpoints are (``group`` for version 1,
+        ``group@vN`` after a swap), for lag and readiness. A running rebuild is
+        reported by ``rebuild_status`` instead, so that its lag, large by nature,
+        never makes the node look unready."""
+        if self._live is None:
+            return (self._projection.group,)
+        return (self._live.version.checkpoint_group,)
+
+    def rebuild_status(self) -> dict[str, object] | None:
+        """The running rebuild as this node last measured it; None when none runs."""
+        if self._building is None:
+            return None
+        if self._progress is None:
+            return {
+                "group": self._projection.group,
+                "version": self._building.version.version,
+                "progress": None,
+            }
+        return self._progress.as_json()
+
+    async def version_consumers(self) -> dict[str, TransactionalConsumer]:
+        """A consumer of each live or building version, by checkpoint group, with
+        the version's processor (its schema first on the search_path): to deliver
+        the version's dead letters again. They hold no sources and never poll."""
+        found = {}
+        for version in await self._catalog.versions(self._projection.group):
+            if version.state not in (VersionState.LIVE, VersionState.BUILDING):
+                continue
+            processor = VersionProcessor(
+                self._projection.processor_for(version.version),
+                version.schema_name,
+                rebuilding=version.state is VersionState.BUILDING,
+            )
+            found[version.checkpoint_group] = self._make_consumer(
+                version.checkpoint_group, processor, None
+            )
+        return found
+
+    # -- allocation ----------------------------------------------------------------
+
+    async def accept(self, source: EventSource[EventSourceIdentifier, Any]) -> None:
+        self._allocated[source.identifier] = source
+        if self._live is not None:
+            await self._live.consumer.accept(source)
+        if self._building is not None:
+            await self._building.runner.accept(source)
+
+    async def withdraw(self, source: EventSource[EventSourceIdentifier, Any]) -> None:
+        self._allocated.pop(source.identifier, None)
+        if self._live is not None:
+            await self._live.consumer.withdraw(source)
+        if self._building is not None:
+            await self._building.runner.withdraw(source)
+
+    async def release_claims(self) -> None:
+        """Stop the rebuild and release every claim (a node stopping)."""
+        building, self._building = self._building, None
+        if building is not None:
+            await building.runner.stop()
+        if self._live is not None:
+            await self._live.consumer.release_claims()
+
+    # -- consumption ----------------------------------------------------------------
+
+    async def consume_all(self) -> None:
+        await self._refresh_if_due()
+        if self._live is not None:
+            await self._live.consumer.consume_all()
+
+    async def consume_categories(self, categories: frozenset[str]) -> None:
+        await self._refresh_if_due()
+        if self._live is not None:
+            await self._live.consumer.consume_categories(categories)
+
+    async def _refresh_if_due(self) -> None:
+        if self._clock() - self._refreshed_at < self._refresh_every:
+            return
+        await self.refresh()
+
+    async def refresh(self) -> None:
+        """Read the group's versions and follow them (see the module's text)."""
+        if self._live is None:
+            await self._catalog.ensure_initial(
+                self._projection.group, self._schema, self._migrations
+            )
+        versions = await self._catalog.versions(self._projection.group)
+        self._refreshed_at = self._clock()
+        live, building = live_of(versions), building_of(versions)
+        if live is not None:
+            await self._follow_live(live)
+        await self._follow_building(building)
+        for version in expired(
+            versions, self._projection.retired_grace, datetime.now(UTC)
+        ):
+            with contextlib.suppress(ProjectionError):
+                await self._catalog.drop(version.group, version.version)
+                await self._log.ainfo(
+                    "projection.retired-version-dropped", version=version.version
+                )
+
+    async def _follow_live(self, live: ProjectionVersion) -> None:
+        if self._live is not None and self._live.version.version == live.version:
+            return
+        old = self._live
+        if (
+            self._building is not None
+            and self._building.version.version == live.version
+        ):
+            # Swapped in: the rebuild's thread lets its sources go, and this
+            # loop's consumer of the version claims them as the live one.
+            promoted, self._building = self._building, None
+            self._progress = None
+            await promoted.runner.stop()
+        self._live = await self._start(live)
+        if old is not None:
+            await old.consumer.release_claims()
+        await self._log.ainfo("projection.live-version", version=live.version)
+
+    async def _follow_building(self, building: ProjectionVersion | None) -> None:
+        running = self._building
+        if running is not None and (
+            building is None or building.version != running.version.version
+        ):
+            self._building = None
+            self._progress = None
+            await running.runner.stop()
+            await self._log.ainfo(
+                "projection.rebuild-stopped", version=running.version.version
+            )
+        if building is None or self._building is not None:
+            return
+        if not building.prepared:
+            try:
+                building = await self._catalog.prepare(building, self._migrations)
+            except Exception as error:
+                await self._log.aerror(
+                    "projection.prepare-failed",
+                    version=building.version,
+                    error=str(error),
+                )
+                return
+        if not building.prepared:
+            return
+        self._building = await self._start_rebuild(building)
+        await self._log.ainfo("projection.rebuild-started", version=building.version)
+
+    async def _start(self, version: ProjectionVersion) -> _Running:
+        processor = VersionProcessor(
+            self._projection.processor_for(version.version),
+            version.schema_name,
+            rebuilding=False,
+        )
+        consumer = self._make_consumer(version.checkpoint_group, processor, None)
+        for source in list(self._allocated.values()):
+            await consumer.accept(source)
+        return _Running(version=version, consumer=consumer, processor=processor)
+
+    def _live_group(self) -> str:
+        live = self._live
+        if live is None:
+            raise ProjectionError("a rebuild runs only beside a live version")
+        return live.version.checkpoint_group
+
+    async def _start_rebuild(self, version: ProjectionVersion) -> _Building:
+        processor = VersionProcessor(
+            self._projection.processor_for(version.version),
+            version.schema_name,
+            rebuilding=True,
+        )
+
+        def make_consumer(pool: Pool) -> TransactionalConsumer:
+            return self._make_consumer(
+                version.checkpoint_group,
+                processor,
+                Rebuilding(pool=pool, live_group=self._live_group),
+            )
+
+        async def work(
+            consumer: TransactionalConsumer, catalog: ProjectionCatalog
+        ) -> None:
+            await self._rebuild(version, consumer, catalog)
+
+        conninfo = self._catalog.pool.conninfo
+        if not isinstance(conninfo, str):
+            raise ProjectionError(
+                "a rebuild opens its own connections: give the node's connection "
+                "pool a conninfo string, not a callable"
+            )
+        runner = RebuildThread(
+            name=f"rebuild {version.checkpoint_group}",
+            conninfo=conninfo,
+            make_consumer=make_consumer,
+            work=work,
+        )
+        await runner.start(list(self._allocated.values()))
+        return _Building(version=version, runner=runner)
+
+    # -- the rebuild ------------------------------------------------------------------
+
+    async def _rebuild(
+        self,
+        version: ProjectionVersion,
+        consumer: TransactionalConsumer,
+        catalog: ProjectionCatalog,
+    ) -> None:
+        """Consume the building version's sources until stopped; attempt the swap
+        whenever it is close to the live version. Runs on the rebuild's thread,
+        with that thread's ``consumer`` and ``catalog``."""
+        failures = 0
+        while True:
+            try:
+                await consumer.consume_all()
+                if await self._close_to_live(version, catalog):
+                    swapped = await catalog.swap(
+                        version.group,
+                        version.version,
+                        catch_up=consumer.consume_all,
+                        within=self._swap_timeout,
+                    )
+                    if swapped:
+                        self._refreshed_at = -math.inf  # follow at the next poll
+                        self._metrics.rebuild_progressed(
+                            version.group, version.version, 1.0
+                        )
+                failures = 0
+                pause = self._rebuild_pause
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                failures += 1
+                pause = self._backoff.delay(failures).total_seconds()
+                await self._log.awarning(
+                    "projection.rebuild-failed",
+                    version=version.version,
+                    error=f"{type(error).__name__}: {error}",
+                    retry_in_seconds=pause,
+                )
+            await asyncio.sleep(pause)
+
+    async def _close_to_live(
+        self, version: ProjectionVersion, catalog: ProjectionCatalog
+    ) -> bool:
+        live = self._live
+        if live is None:
+            return False
+        live_positions = await catalog.positions(live.version.checkpoint_group)
+        building_positions = await catalog.positions(version.checkpoint_group)
+        self._progress = rebuild_progress(
+            live.version, version, live_positions, building_positions
+        )
+        self._metrics.rebuild_progressed(
+            version.group, version.version, self._progress.progress
+        )
+        limit = self._projection.rebuild_batch_size * max(1, len(live_positions))
+        return self._progress.behind <= limit
+
+
+def _no_delegates(source: EventSource[EventSourceIdentifier, Any]) -> Any:
+    raise AssertionError("a VersionedConsumer keeps no delegate consumers")
+
+
+def make_versioned_consumer(
+    *,
+    event_store: EventStore,
+    checkpoint_store: CheckpointStore,
+    projection: VersionedProjection,
+    subscription_requests: Sequence[EventSourceIdentifier],
+    batch_size: int = 500,
+    subscriber_id: str | None = None,
+    node_id: str | None = None,
+    claim_lease: timedelta = timedelta(seconds=10),
+    on_poison: PoisonPolicy | str = PoisonPolicy.PARK,
+    poison_attempts: int = 3,
+    refresh_interval: timedelta = timedelta(seconds=1),
+    swap_timeout: timedelta = timedelta(seconds=5),
+    metrics: NodeMetrics | None = None,
+) -> VersionedConsumer:
+    """A subscriber of ``projection``'s group over ``subscription_requests``, whose
+    versions' transactional consumers share this node's settings (lease, poison
+    policy, metrics); PostgreSQL only (versions live in schemas)."""
+    if not isinstance(checkpoint_store, PostgresCheckpointStore):
+        raise ProjectionError(
+            "versioned projections keep their versions in PostgreSQL schemas: "
+            "set storage.type = postgres"
+        )
+    if projection.rebuild_batch_size < 1:
+        raise ValueError(
+            f"rebuild_batch_size must be at least 1, got {projection.rebuild_batch_size}"
+        )
+    subscriber = subscriber_id or uuid4().hex
+    node = node_id or f"{socket.gethostname()}-{os.getpid()}"
+    requests = list(subscription_requests)
+
+    def make_consumer(
+        group: str, processor: BatchProcessor, rebuilding: Rebuilding | None
+    ) -> TransactionalConsumer:
+        store = (
+            checkpoint_store
+            if rebuilding is None
+            else PostgresCheckpointStore(rebuilding.pool)
+        )
+        return make_transactional_consumer(
+            event_store=event_store,
+            checkpoint_store=store,
+            event_reader=(
+                None
+                if rebuilding is None
+                else TrailingReader(
+                    PostgresEventReader(rebuilding.pool), store, rebuilding.live_group
+                )
+            ),
+            subscriber_group=group,
+            subscription_requests=requests,
+            processor=processor,
+            batch_size=(
+                batch_size if rebuilding is None else projection.rebuild_batch_size
+            ),
+            concurrent_sources=rebuilding is not None,
+            subscriber_id=subscriber,
+            node_id=node,
+            claim_lease=claim_lease,
+            on_poison=on_poison,
+            poison_attempts=poison_attempts,
+            metrics=metrics,
+        )
+
+    return VersionedConsumer(
+        projection=projection,
+        catalog=ProjectionCatalog(checkpoint_store.pool),
+        id=subscriber,
+        subscription_requests=requests,
+        make_consumer=make_consumer,
+        refresh_interval=refresh_interval,
+        swap_timeout=swap_timeout,
+        metrics=metrics,
+    )
