@@ -248,6 +248,10 @@ async def test_every_probe_answers_and_every_role_is_unready_while_postgres_is_d
 ) -> None:
     info = throwaway_postgres.connection_info
     await migrate(info.conninfo)
+    # The throwaway server commits asynchronously (synchronous_commit = off): make
+    # the schema durable, or the crash below may take it with it.
+    async with await AsyncConnection.connect(info.conninfo, autocommit=True) as admin:
+        await admin.execute("CHECKPOINT")
     overrides = {
         "environment": "test",
         "settings_dir": SETTINGS_DIR,
