@@ -4,6 +4,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import psycopg
 import structlog
 from logicblocks.event.types import StoredEvent
 from psycopg import AsyncConnection
@@ -14,6 +15,14 @@ logger = structlog.get_logger("eventcomposition.consumers")
 
 type CommitCallback = Callable[[], Awaitable[None] | None]
 
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    psycopg.OperationalError,  # unreachable, restarted, deadlock, serialisation, pool
+    psycopg.InterfaceError,  # a connection closed under us
+    ConnectionError,
+    TimeoutError,
+)
+"""Failures of the database rather than of an event: retried, never parked."""
+
 
 class ClaimLostError(EventCompositionError):
     """Another subscriber claimed the source: this one's batch was rolled back."""
@@ -21,6 +30,23 @@ class ClaimLostError(EventCompositionError):
 
 class TransactionUnsupportedError(EventCompositionError):
     """The processor asked a transaction for something its store does not offer."""
+
+
+class EventFailedError(EventCompositionError):
+    """A processor names the event of its batch that failed, and why (``cause``).
+
+    An ``EventHandler``'s batches raise it; a ``BatchProcessor`` may raise it too.
+    The consumer then commits the events before that one and counts an attempt
+    against it, without halving the batch to find it.
+    """
+
+    def __init__(self, event: StoredEvent, cause: Exception) -> None:
+        self.event = event
+        self.cause = cause
+        super().__init__(
+            f"event {event.id} (sequence number {event.sequence_number}) failed: "
+            f"{type(cause).__name__}: {cause}"
+        )
 
 
 class Transaction(ABC):

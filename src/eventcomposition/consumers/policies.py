@@ -11,3 +11,14 @@ class PoisonPolicy(StrEnum):
     """Park it as a dead letter and go on with the rest of its source."""
     STOP = "stop"
     """Stop its source (the others go on); the consumer reports errored."""
+
+
+class PoisonOrder(StrEnum):
+    """What happens to the later events of a parked event's stream."""
+
+    STREAM = "stream"
+    """They are parked behind it (each stream keeps its order), while the other
+    streams of the source go on; a retry applies them in order."""
+    NONE = "none"
+    """They are applied: the source goes on as if the parked event were not
+    there, and a retry applies it after newer events of its stream."""
