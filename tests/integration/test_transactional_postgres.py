@@ -106,14 +106,16 @@ class InsertingHandler(EventHandler):
 
 type Inserting = InsertingProcessor | InsertingHandler
 
-STYLES = {"batches": InsertingProcessor, "events": InsertingHandler}
+STYLES: dict[str, type[Inserting]] = {
+    "batches": InsertingProcessor,
+    "events": InsertingHandler,
+}
 
 
 @pytest.fixture(params=sorted(STYLES))
 def inserting(request: pytest.FixtureRequest) -> type[Inserting]:
     """Each exactly-once check runs with a batch processor and an event handler."""
-    style: type[Inserting] = STYLES[request.param]
-    return style
+    return STYLES[request.param]
 
 
 def number(event: StoredEvent) -> int:
