@@ -14,6 +14,7 @@ from ..errors import EventCompositionError
 logger = structlog.get_logger("eventcomposition.consumers")
 
 type CommitCallback = Callable[[], Awaitable[None] | None]
+type BatchStateWriter[S] = Callable[[S, "Transaction"], Awaitable[None]]
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     psycopg.OperationalError,  # unreachable, restarted, deadlock, serialisation, pool
@@ -62,10 +63,38 @@ class Transaction(ABC):
 
     ``on_commit`` works on PostgreSQL too (after the commit), e.g. to notify
     something in the process once the batch is durable.
+
+    ``batch_state`` lets per-event code (an ``EventHandler``) fold its events into
+    one object per batch and write it once, at batch speed.
     """
 
     def __init__(self) -> None:
         self._callbacks: list[CommitCallback] = []
+        self._batch_states: dict[object, tuple[Any, BatchStateWriter[Any]]] = {}
+
+    def batch_state[S](
+        self, key: object, create: Callable[[], S], write: "BatchStateWriter[S]"
+    ) -> S:
+        """The state ``key`` names in this transaction: made by ``create`` the
+        first time it is asked for, then the same object for every event of the
+        batch. Once the batch's last event has been handled, still inside the
+        transaction, ``write(state, transaction)`` runs once for it (states in the
+        order they were made): one write for the batch instead of one per event.
+        A failure there rolls the batch back like a failing event, but names no
+        event, so the batch is halved to find it."""
+        found = self._batch_states.get(key)
+        if found is None:
+            state = create()
+            self._batch_states[key] = (state, write)
+            return state
+        existing: S = found[0]
+        return existing
+
+    async def write_batch_states(self) -> None:
+        """Run the ``batch_state`` writers (an ``EventHandler``'s batches do)."""
+        states, self._batch_states = self._batch_states, {}
+        for state, write in states.values():
+            await write(state, self)
 
     @property
     @abstractmethod

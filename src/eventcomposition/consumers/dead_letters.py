@@ -160,6 +160,7 @@ async def _retry_one(
             if not await store.remove_dead_letter(transaction, letter):
                 return False
             await processor.process_batch([event], transaction)
+            await transaction.write_batch_states()
     except Exception as error:
         cause = error.cause if isinstance(error, EventFailedError) else error
         why = f"{type(cause).__name__}: {cause}"

@@ -508,6 +508,7 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
                         await self._store.hold(transaction, held)
                     if applied:
                         await self._processor.process_batch(applied, transaction)
+                        await transaction.write_batch_states()
                     await self._store.advance(transaction, claim, last, self._lease)
             except ParkedStreamsChangedError as changed:
                 # A retry applied those streams' dead letters: apply their events.
