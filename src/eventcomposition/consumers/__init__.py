@@ -1,7 +1,8 @@
 """The kinds of consumer an application declares.
 
 - ``make_subscription_consumer``: logicblocks' per-event processors, delivered at
-  least once (``subscription``).
+  least once (``subscription``); kept for compatibility, at about 0.0055 of a raw
+  read against 0.35 for transactional consumers in the last benchmark.
 - ``make_transactional_consumer``: an ``EventHandler`` (per-event code, run over
   each batch) or a ``BatchProcessor`` whose writes commit in one transaction with
   the source's checkpoint, fenced by claims: exactly once in effect

@@ -929,3 +929,54 @@ class TestStreamOrder:
             False,
             True,
         ]
+
+
+class FoldingHandler(EventHandler):
+    """Folds each batch's numbers into one list, written once per batch."""
+
+    def __init__(self, fail_write: bool = False) -> None:
+        self.writes: list[list[int]] = []
+        self.fail_write = fail_write
+
+    async def process_event(self, event: StoredEvent, transaction: Transaction) -> None:
+        numbers = transaction.batch_state(self, list[int], self.write)
+        numbers.append(number(event))
+
+    async def write(self, numbers: list[int], transaction: Transaction) -> None:
+        if self.fail_write and 3 in numbers:
+            raise ValueError("cannot write a batch with 3")
+        transaction.on_commit(lambda: self.writes.append(numbers))
+
+
+class TestBatchState:
+    async def test_a_handler_folds_each_batch_and_writes_it_once(
+        self, event_store: EventStore, checkpoints: InMemoryCheckpointStore
+    ) -> None:
+        await publish(event_store, "orders", 12)
+        handler = FoldingHandler()
+        subscriber = consumer(event_store, checkpoints, handler, batch_size=5)
+        await accept(subscriber, event_store)
+
+        await subscriber.consume_all()
+
+        assert handler.writes == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11]]
+
+    async def test_a_failing_write_is_found_by_halving_and_parked(
+        self, event_store: EventStore, checkpoints: InMemoryCheckpointStore
+    ) -> None:
+        await publish(event_store, "orders", 6)
+        handler = FoldingHandler(fail_write=True)
+        subscriber = consumer(
+            event_store,
+            checkpoints,
+            handler,
+            poison_attempts=1,
+            poison_order=PoisonOrder.NONE,
+        )
+        await accept(subscriber, event_store)
+
+        await subscriber.consume_all()
+
+        assert sorted(n for write in handler.writes for n in write) == [0, 1, 2, 4, 5]
+        (letter,) = await checkpoints.dead_letters(GROUP)
+        assert letter.error == "ValueError: cannot write a batch with 3"
