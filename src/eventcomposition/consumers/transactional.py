@@ -178,7 +178,8 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
         self._lease = claim_lease
         self._on_poison = PoisonPolicy(on_poison)
         self._poison_attempts = poison_attempts
-        self._in_stream_order = PoisonOrder(poison_order) is PoisonOrder.STREAM
+        self._poison_order = PoisonOrder(poison_order)
+        self._in_stream_order = self._poison_order is PoisonOrder.STREAM
         self._backoff = transient_backoff or Backoff(
             initial=timedelta(milliseconds=100), maximum=timedelta(seconds=10)
         )
@@ -205,6 +206,11 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
     def processor(self) -> BatchProcessor:
         """What applies the batches (an ``EventHandler`` comes wrapped in one)."""
         return self._processor
+
+    @property
+    def poison_order(self) -> PoisonOrder:
+        """Whether the later events of a parked event's stream wait behind it."""
+        return self._poison_order
 
     @property
     def checkpoint_store(self) -> CheckpointStore:
