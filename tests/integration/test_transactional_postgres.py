@@ -343,6 +343,54 @@ async def test_a_parked_stream_waits_while_the_others_go_on_and_a_retry_keeps_or
     assert await checkpoints.dead_letters(GROUP) == []
 
 
+async def test_a_retry_waits_for_a_batch_parking_behind_its_letters(
+    pool: Pool,
+) -> None:
+    await publish(pool, "orders", 2, stream="a")  # 0 (poison), 1 waits
+    handler = InsertingHandler(poison=[0])
+    consumer = transactional(pool, handler, subscriber_id="a", poison_attempts=1)
+    await accept(consumer, pool)
+    await consumer.consume_all()
+    handler.poison.clear()
+
+    # The next batch parks a's new event (locking a's letters), then stalls on b's.
+    await publish(pool, "orders", 1, 2, stream="a")
+    await publish(pool, "orders", 1, 100, stream="b")
+    handler.gate = asyncio.Event()
+    batch = asyncio.create_task(consumer.consume_all())
+    await asyncio.wait_for(handler.entered.wait(), 10)
+    retry = asyncio.create_task(
+        retry_dead_letters(
+            checkpoint_store=PostgresCheckpointStore(pool),
+            event_reader=PostgresEventReader(pool),
+            group=GROUP,
+            processor=InsertingHandler(),
+        )
+    )
+
+    async def retry_blocked() -> bool:
+        ((waiting,),) = await rows(
+            pool,
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND query LIKE 'DELETE FROM consumer_dead_letters%'",
+        )
+        return bool(waiting)
+
+    await wait_until(retry_blocked, timeout=10, description="the retry to wait")
+    handler.gate.set()
+    await batch
+    result = await retry
+
+    assert len(result.applied) == 3  # the two letters, then the one parked meanwhile
+    applied = await rows(
+        pool,
+        "SELECT e.stream, (e.payload->>'n')::int FROM applied a "
+        "JOIN events e ON e.id = a.event_id ORDER BY a.row_id",
+    )
+    assert [n for stream, n in applied if stream == "a"] == [0, 1, 2]
+    assert await PostgresCheckpointStore(pool).dead_letters(GROUP) == []
+
+
 async def test_stop_stops_only_the_poisoned_source(pool: Pool) -> None:
     await publish(pool, "orders-1", 10)
     await publish(pool, "orders-2", 10, start=100)
