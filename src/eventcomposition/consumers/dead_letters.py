@@ -59,37 +59,35 @@ async def retry_dead_letters(
         for letter in (only or ())
         if letter.group == group
     }
-    parked = await checkpoint_store.dead_letters(group)
-    streams = list(
-        dict.fromkeys(
-            _stream_of(letter)
-            for letter in parked
-            if only is None or (letter.source, letter.sequence_number) in wanted
-        )
-    )
+    by_stream: dict[_StreamRef, list[DeadLetter]] = {}
+    for letter in await checkpoint_store.dead_letters(group):
+        by_stream.setdefault(_stream_of(letter), []).append(letter)
     result = RetryResult()
-    for stream in streams:
+    for stream, letters in by_stream.items():
+        if only is not None and not any(
+            (letter.source, letter.sequence_number) in wanted for letter in letters
+        ):
+            continue
         await _retry_stream(
             checkpoint_store,
             event_reader,
             group,
             batches,
             stream,
+            letters,
             None if only is None else wanted,
             result,
         )
     return result
 
 
-async def _stream_letters(
+async def _letters_parked_since(
     store: CheckpointStore, group: str, stream: _StreamRef
 ) -> list[DeadLetter]:
-    letters = [
-        letter
-        for letter in await store.dead_letters(group)
-        if _stream_of(letter) == stream
-    ]
-    return sorted(letters, key=lambda letter: letter.sequence_number)
+    source, stream_name = stream
+    if stream_name.startswith("#"):
+        return []  # a letter from before streams were recorded stands alone
+    return list(await store.stream_dead_letters(group, source, stream_name))
 
 
 async def _retry_stream(
@@ -98,18 +96,13 @@ async def _retry_stream(
     group: str,
     processor: BatchProcessor,
     stream: _StreamRef,
+    listed: list[DeadLetter],
     wanted: set[tuple[str, int]] | None,
     result: RetryResult,
 ) -> None:
     seen: set[int] = set()
-    while True:
-        letters = [
-            letter
-            for letter in await _stream_letters(store, group, stream)
-            if letter.sequence_number not in seen
-        ]
-        if not letters:
-            return
+    letters = sorted(listed, key=lambda letter: letter.sequence_number)
+    while letters:
         for index, letter in enumerate(letters):
             seen.add(letter.sequence_number)
             key = (letter.source, letter.sequence_number)
@@ -124,6 +117,11 @@ async def _retry_stream(
             if outcome:
                 result.applied.append(letter)
         # Letters parked behind these meanwhile: read the stream again.
+        letters = [
+            letter
+            for letter in await _letters_parked_since(store, group, stream)
+            if letter.sequence_number not in seen
+        ]
 
 
 def _still_waiting(

@@ -373,6 +373,17 @@ class PostgresCheckpointStore(CheckpointStore):
             },
         )
 
+    async def stream_dead_letters(
+        self, group: str, source: str, stream: str
+    ) -> Sequence[DeadLetter]:
+        rows = await self._fetch(
+            f"SELECT {_DEAD_LETTER_COLUMNS} FROM consumer_dead_letters "
+            'WHERE "group" = %(group)s AND source = %(source)s '
+            "AND stream = %(stream)s ORDER BY sequence_number",
+            {"group": group, "source": source, "stream": stream},
+        )
+        return [_dead_letter(*row) for row in rows]
+
     async def parked_streams(self, group: str, source: str) -> set[str]:
         rows = await self._fetch(
             "SELECT DISTINCT stream FROM consumer_dead_letters "

@@ -219,6 +219,18 @@ class CheckpointStore(ABC):
         removing them waits for it (and then finds the new ones)."""
         raise NotImplementedError
 
+    async def stream_dead_letters(
+        self, group: str, source: str, stream: str
+    ) -> Sequence[DeadLetter]:
+        """The dead letters of one stream (``category/stream``) of ``source``, in
+        sequence-number order."""
+        letters = [
+            letter
+            for letter in await self.dead_letters(group)
+            if letter.source == source and letter.stream == stream
+        ]
+        return sorted(letters, key=lambda letter: letter.sequence_number)
+
     async def parked_streams(self, group: str, source: str) -> set[str]:
         """The streams of ``source`` that have dead letters of ``group``: their
         later events wait behind them."""

@@ -930,6 +930,40 @@ class TestStreamOrder:
             True,
         ]
 
+    async def test_retrying_only_a_later_letter_keeps_it_behind_the_first(
+        self, event_store: EventStore, checkpoints: InMemoryCheckpointStore
+    ) -> None:
+        await publish_to(event_store, "a", 0, 1)
+        handler = Handler(poison=[0])
+        subscriber = consumer(event_store, checkpoints, handler, poison_attempts=1)
+        await accept(subscriber, event_store)
+        await subscriber.consume_all()
+        handler.poison.clear()
+        first, later = await checkpoints.dead_letters(GROUP)
+
+        blocked = await retry_dead_letters(
+            checkpoint_store=checkpoints,
+            event_reader=StoreEventReader(event_store),
+            group=GROUP,
+            processor=handler,
+            only=[later],
+        )
+        assert blocked.applied == []
+        assert blocked.failed == [
+            (later, "waiting behind sequence number 0 of its stream, still parked")
+        ]
+
+        head = await retry_dead_letters(
+            checkpoint_store=checkpoints,
+            event_reader=StoreEventReader(event_store),
+            group=GROUP,
+            processor=handler,
+            only=[first],
+        )
+        assert head.applied == [first]
+        assert handler.numbers == [0]
+        assert await checkpoints.dead_letters(GROUP) == [later]
+
 
 class FoldingHandler(EventHandler):
     """Folds each batch's numbers into one list, written once per batch."""
