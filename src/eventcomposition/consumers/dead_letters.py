@@ -51,7 +51,9 @@ async def retry_dead_letters(
 
     ``processor`` is the group's ``BatchProcessor`` or ``EventHandler``. A letter
     is applied only once every earlier letter of its stream has gone: with
-    ``only``, a letter behind one not in ``only`` stays parked.
+    ``only``, a letter behind one not in ``only`` stays parked. Under
+    ``poison_order="none"`` the stream went on meanwhile, so the processor must
+    accept an old event after newer ones of its stream.
     """
     batches = as_batch_processor(processor)
     wanted = {

@@ -8,7 +8,8 @@ class PoisonPolicy(StrEnum):
     """What happens to an event its processor keeps failing."""
 
     PARK = "park"
-    """Park it as a dead letter and go on with the rest of its source."""
+    """Park it as a dead letter and go on with the rest of its source (the later
+    events of its stream wait behind it, unless ``PoisonOrder.NONE``)."""
     STOP = "stop"
     """Stop its source (the others go on); the consumer reports errored."""
 
