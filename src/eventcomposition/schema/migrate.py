@@ -153,6 +153,9 @@ async def _migrate(connection: AsyncConnection[Any]) -> MigrationResult:
             await cursor.execute(
                 "SELECT pg_advisory_xact_lock(%s)", [_MIGRATION_LOCK_KEY]
             )
+            # Durable once migrate returns, whatever the server's default: a
+            # crash right after must not lose the tables nodes already use.
+            await cursor.execute("SET LOCAL synchronous_commit = on")
             existed = await _existing_relations(cursor, owned_objects)
             extensions_before = await _installed_extensions(cursor)
 
