@@ -8,6 +8,11 @@ categories into customer totals in PostgreSQL. Two paths:
   ``consumers.batch_size`` (500) events of a category after its checkpoint, adds
   them up per customer and writes them with one upsert, in the transaction that
   moves the checkpoint; with 1, 2 and 4 observer processes.
+- per-event handlers (``benchmarks.handler_app``): the same transactional
+  consumer running an ``EventHandler`` over each batch, one observer process: the
+  handler folds each order into the batch's changes (``transaction.batch_state``,
+  one upsert per batch), or writes one upsert per event. Target: the first at 0.8
+  of the batched path or more.
 - per event (``benchmarks.per_event_app``): logicblocks' subscription consumer with
   the idempotent per-event processor (a projection load and save per event), one
   observer process; timed over its first ``PER_EVENT_SHARE`` of the orders, its
@@ -57,6 +62,8 @@ from .common import (
 NAME = "throughput"
 CUSTOMERS = 400
 PER_EVENT_APP = "benchmarks.per_event_app:PerEventDemoContainer"
+HANDLER_APP = "benchmarks.handler_app:HandlerDemoContainer"
+STATEMENT_HANDLER_APP = "benchmarks.handler_app:StatementHandlerDemoContainer"
 PER_EVENT_SHARE = 0.15
 RAW_QUERY = "SELECT * FROM events WHERE category = ANY(%s) ORDER BY sequence_number"
 # Development settings with a faster allocation, so that the clock measures the
@@ -177,12 +184,15 @@ async def run(ctx: BenchContext) -> None:
         "raw_query": RAW_QUERY,
         "raw_read_repetitions": raw_reps,
         "per_event": {},
+        "handlers": {},
         "observers": {},
     }
     per_event_orders = int(events * PER_EVENT_SHARE)
     plan: list[tuple[str, str, int, int, int]] = [
         ("per event", PER_EVENT_APP, 1, per_event_orders, 1),
         *[("batched", APP, observers, events, reps) for observers in counts],
+        ("handler, batch state", HANDLER_APP, 1, events, reps),
+        ("handler, a statement per event", STATEMENT_HANDLER_APP, 1, events, reps),
     ]
     for path, app, observers, orders_to_count, runs in plan:
         load_before = os.getloadavg()[0]
@@ -217,6 +227,8 @@ async def run(ctx: BenchContext) -> None:
         }
         if path == "per event":
             results["per_event"] = entry
+        elif path.startswith("handler"):
+            results["handlers"][path] = entry
         else:
             results["observers"][str(observers)] = entry
     say(
@@ -233,7 +245,13 @@ async def run(ctx: BenchContext) -> None:
             rows,
         )
     )
+    batched = results["observers"]["1"]["events_per_second"]["median"]
+    for path, entry in results["handlers"].items():
+        share = entry["events_per_second"]["median"] / batched
+        entry["ratio_to_batched_one_observer_median"] = share
+        say(f"{path}: {share:.2f} of the batched path with one observer process")
     say("Target: the batched path with one observer process at 0.25 of the raw read.")
+    say("Target: the per-event handler (batch state) at 0.8 of the batched path.")
     say(
         "The processes share this machine's cores with PostgreSQL and with each other: "
         f"{os.cpu_count()} cores here."

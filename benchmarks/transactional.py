@@ -3,7 +3,10 @@
 N stored orders over the demo's 8 shard categories are applied by one
 ``make_transactional_consumer`` subscriber (batches of 500) with a trivial
 aggregating ``BatchProcessor``: one upsert of the batch's totals per customer, in the
-transaction that also writes the checkpoint. The consumer accepts every category
+transaction that also writes the checkpoint. The same with per-event
+``EventHandler``s: one folding each order into the batch's totals
+(``transaction.batch_state``, one upsert per batch), one writing an upsert per
+event. The consumer accepts every category
 directly (no broker: allocation is not what is measured) and one ``consume_all``
 drains the backlog; the clock covers that call. Each run gets its own copy of a
 database holding the N orders.
@@ -22,8 +25,10 @@ from logicblocks.event.types import StoredEvent
 
 from eventcomposition.consumers import (
     BatchProcessor,
+    EventHandler,
     EventReader,
     PostgresCheckpointStore,
+    Processor,
     StoreEventReader,
     Transaction,
     make_transactional_consumer,
@@ -84,8 +89,63 @@ class TotalsBatchProcessor(BatchProcessor):
         )
 
 
+UPSERT_ONE = (
+    "INSERT INTO bench_totals (customer_id, orders, amount_cents) "
+    "VALUES (%s, 1, %s) "
+    "ON CONFLICT (customer_id) DO UPDATE SET "
+    "orders = bench_totals.orders + 1, "
+    "amount_cents = bench_totals.amount_cents + excluded.amount_cents"
+)
+
+
+class TotalsEventHandler(EventHandler):
+    """Adds one order to its customer's totals: one statement per event."""
+
+    async def process_event(self, event: StoredEvent, transaction: Transaction) -> None:
+        payload = event.payload
+        amount = payload.get("amount_cents") if isinstance(payload, dict) else None
+        await transaction.connection.execute(
+            UPSERT_ONE, (event.stream, amount if isinstance(amount, int) else 0)
+        )
+
+
+class FoldingTotalsEventHandler(EventHandler):
+    """Folds each order into the batch's totals (``transaction.batch_state``),
+    written with one statement per batch: per-event code at batch speed."""
+
+    async def process_event(self, event: StoredEvent, transaction: Transaction) -> None:
+        payload = event.payload
+        amount = payload.get("amount_cents") if isinstance(payload, dict) else None
+        totals = transaction.batch_state(self, Totals, write_totals)
+        totals.orders[event.stream] += 1
+        totals.amounts[event.stream] += amount if isinstance(amount, int) else 0
+
+
+class Totals:
+    def __init__(self) -> None:
+        self.orders: Counter[str] = Counter()
+        self.amounts: Counter[str] = Counter()
+
+
+async def write_totals(totals: Totals, transaction: Transaction) -> None:
+    customers = list(totals.orders)
+    await transaction.connection.execute(
+        UPSERT,
+        (
+            customers,
+            [totals.orders[c] for c in customers],
+            [totals.amounts[c] for c in customers],
+        ),
+    )
+
+
 async def one_run(
-    ctx: BenchContext, template: ConnectionInfo, events: int, *, direct: bool
+    ctx: BenchContext,
+    template: ConnectionInfo,
+    events: int,
+    *,
+    direct: bool,
+    processor: Processor | None = None,
 ) -> float:
     """Events/s of one transactional consumer draining the backlog."""
     admin = ctx.postgres.get().connection_info
@@ -103,7 +163,7 @@ async def one_run(
             checkpoint_store=PostgresCheckpointStore(pool),
             subscriber_group="bench",
             subscription_requests=NAMES.categories(),
-            processor=TotalsBatchProcessor(),
+            processor=processor or TotalsBatchProcessor(),
             batch_size=BATCH_SIZE,
             event_reader=reader,
         )
@@ -150,11 +210,30 @@ async def run(ctx: BenchContext) -> None:
         f"categories; batches of {BATCH_SIZE}; {reps} runs each, interleaved."
     )
     raw_rates: list[float] = []
-    rates: dict[str, list[float]] = {"direct SQL read": [], "logicblocks iterate": []}
+    rates: dict[str, list[float]] = {
+        "direct SQL read": [],
+        "per-event handler, batch state": [],
+        "per-event handler, a statement per event": [],
+        "logicblocks iterate": [],
+    }
     for _ in range(reps):
         raw_rates.append(raw_read_rate(template, events))
         rates["direct SQL read"].append(
             await one_run(ctx, template, events, direct=True)
+        )
+        rates["per-event handler, batch state"].append(
+            await one_run(
+                ctx,
+                template,
+                events,
+                direct=True,
+                processor=FoldingTotalsEventHandler(),
+            )
+        )
+        rates["per-event handler, a statement per event"].append(
+            await one_run(
+                ctx, template, events, direct=True, processor=TotalsEventHandler()
+            )
         )
         rates["logicblocks iterate"].append(
             await one_run(ctx, template, events, direct=False)

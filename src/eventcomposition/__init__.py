@@ -5,6 +5,9 @@
 - ``EventRuntime``: register a consumer in one call; start, watch and stop it.
 - ``EventNode``: one running node: its database, runtime and extra services,
   opened in order and closed in reverse.
+- ``EventHandler`` (per-event code) and ``BatchProcessor``, applied by
+  ``make_transactional_consumer`` in batches whose effects commit with their
+  checkpoint (``Transaction``): fenced, exactly once in effect.
 """
 
 from typing import TYPE_CHECKING
@@ -21,6 +24,12 @@ if TYPE_CHECKING:
         InMemoryClusterState,
         make_event_broker,
     )
+    from .consumers import (
+        BatchProcessor,
+        EventHandler,
+        Transaction,
+        make_transactional_consumer,
+    )
     from .errors import EventCompositionError
     from .node import EventNode
     from .retry import Backoff
@@ -28,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Backoff",
+    "BatchProcessor",
     "BrokerRole",
     "BrokerRoleError",
     "CoordinatorFactory",
@@ -35,11 +45,14 @@ __all__ = [
     "DistributedEventBrokerSettings",
     "EventCompositionError",
     "EventConsumerSettings",
+    "EventHandler",
     "EventNode",
     "EventRuntime",
     "InMemoryClusterState",
     "RuntimeLifecycleError",
+    "Transaction",
     "make_event_broker",
+    "make_transactional_consumer",
 ]
 
 __getattr__ = lazy_attributes(__name__, __file__)

@@ -2,7 +2,7 @@
 
 import asyncio
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from eventcomposition.cli import main
 from eventcomposition.consumers import (
-    BatchProcessor,
+    EventHandler,
     PostgresCheckpointStore,
     Transaction,
     make_transactional_consumer,
@@ -30,24 +30,21 @@ GROUP = "ledger"
 CATEGORY = "payments"
 
 
-class LedgerProcessor(BatchProcessor):
+class LedgerProcessor(EventHandler):
     """Writes one ledger row per event; refuses negative amounts while ``strict``."""
 
     strict = True
 
-    async def process_batch(
-        self, events: Sequence[StoredEvent], transaction: Transaction
-    ) -> None:
-        for event in events:
-            assert isinstance(event.payload, dict)
-            amount = event.payload["amount"]
-            assert isinstance(amount, int)
-            if amount < 0 and LedgerProcessor.strict:
-                raise ValueError(f"negative amount {amount}")
-            await transaction.connection.execute(
-                "INSERT INTO ledger (event_id, amount) VALUES (%s, %s)",
-                (event.id, amount),
-            )
+    async def process_event(self, event: StoredEvent, transaction: Transaction) -> None:
+        assert isinstance(event.payload, dict)
+        amount = event.payload["amount"]
+        assert isinstance(amount, int)
+        if amount < 0 and LedgerProcessor.strict:
+            raise ValueError(f"negative amount {amount}")
+        await transaction.connection.execute(
+            "INSERT INTO ledger (event_id, amount) VALUES (%s, %s)",
+            (event.id, amount),
+        )
 
 
 class LedgerApp(EventRuntimeContainer):
@@ -109,6 +106,9 @@ async def park_one_payment(database: ConnectionInfo) -> None:
                 for amount in (5, -3, 7)
             ]
         )
+        await store.stream(category=CATEGORY, stream="q").publish(
+            events=[NewEvent(name="paid", payload={"amount": 11})]
+        )
         consumer = make_transactional_consumer(
             event_store=store,
             checkpoint_store=PostgresCheckpointStore(pool),
@@ -133,25 +133,28 @@ def test_lists_then_retries_a_parked_event(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     asyncio.run(park_one_payment(database_environment))
-    assert asyncio.run(ledger(database_environment)) == [5, 7]
+    # 7 waits behind -3 in stream p; stream q goes on.
+    assert asyncio.run(ledger(database_environment)) == [5, 11]
     capsys.readouterr()
     settings = ["--env", "test", "--settings-dir", SETTINGS_DIR]
 
     assert main(["dead-letters", "list", *settings]) == 0
     listed = capsys.readouterr().out.strip().splitlines()
-    assert len(listed) == 1
+    assert len(listed) == 2
     assert listed[0].startswith(f"{GROUP}  {CATEGORY}  sequence_number=")
+    assert f"stream={CATEGORY}/p  failed" in listed[0]
     assert "attempts=1" in listed[0]
     assert listed[0].endswith("ValueError: negative amount -3")
+    assert f"stream={CATEGORY}/p  waiting" in listed[1]
 
     app = f"{__name__}:LedgerApp"
     assert main(["dead-letters", "retry", "--app", app, *settings]) == 1
-    assert "still parked 1" in capsys.readouterr().out
+    assert "still parked 2" in capsys.readouterr().out
 
     monkeypatch.setattr(LedgerProcessor, "strict", False)
     assert main(["dead-letters", "retry", "--app", app, *settings]) == 0
-    assert f"{GROUP}: applied 1, still parked 0" in capsys.readouterr().out
-    assert asyncio.run(ledger(database_environment)) == [-3, 5, 7]
+    assert f"{GROUP}: applied 2, still parked 0" in capsys.readouterr().out
+    assert asyncio.run(ledger(database_environment)) == [-3, 5, 7, 11]
     assert main(["dead-letters", "list", *settings]) == 0
     assert capsys.readouterr().out.startswith("no dead letters in ")
 

@@ -1,7 +1,7 @@
 """Exactly once in effect, with real processes: an application with no idempotency.
 
 The application (``tests/component/apps/plain_insert.py``) inserts one row per event
-into a table without a key. A coordinator and three observers run it on PostgreSQL
+into a table without a key, with a per-event handler. A coordinator and three observers run it on PostgreSQL
 while the test publishes events; one observer is SIGKILLed in the middle of a batch
 and another SIGTERMed while events are still being published. The table must end
 with exactly one row per event.
@@ -163,7 +163,7 @@ async def test_one_row_per_event_after_a_kill_mid_batch_and_a_stop(
     assert await victim.await_exit(10) == -9
     checkpoint = await fetch(postgres_pool, CHECKPOINT, GROUP, batch["category"])
     committed = checkpoint[0][0] if checkpoint else -1
-    assert committed < batch["last_sequence_number"], (
+    assert committed < batch["first_sequence_number"], (
         "the killed batch had committed: the kill did not land mid-batch"
     )
 

@@ -27,6 +27,9 @@ from eventcomposition import (
 )
 from eventcomposition.consumers import (
     BatchProcessor,
+    EventHandler,
+    PoisonOrder,
+    Transaction,
     TransactionalConsumer,
     make_subscription_consumer,
 )
@@ -36,6 +39,7 @@ from eventcomposition.runtime import (
     SubscriberRegistration,
     SubscriptionConsumerRegistration,
 )
+from eventcomposition.settings import load_settings
 from eventcomposition.testing.capture import CapturingProcessor, CapturingSubscriber
 from eventcomposition.testing.containers import container_for_test, postgres_overrides
 from eventcomposition.testing.postgres import ConnectionInfo
@@ -475,6 +479,29 @@ def recorded_consumers(
     )
 
 
+class CountingHandler(EventHandler):
+    def __init__(self) -> None:
+        self.ids: set[str] = set()
+
+    async def process_event(self, event: StoredEvent, transaction: Transaction) -> None:
+        transaction.on_commit(lambda: self.ids.add(event.id))
+
+
+class HandlerApp(EventRuntimeContainer):
+    handler = providers.Singleton(CountingHandler)
+    consumers = providers.List(
+        providers.Factory(
+            SubscriptionConsumerRegistration,
+            consumer=providers.Factory(
+                EventRuntimeContainer.transactional_consumer,
+                subscriber_group="counted",
+                subscription_requests=[CategoryIdentifier(category="orders")],
+                processor=handler,
+            ),
+        )
+    )
+
+
 class LayeredOrdersApp(EventRuntimeContainer):
     recorder = providers.Singleton(BatchRecorder)
     consumers = recorded_consumers(
@@ -518,3 +545,19 @@ async def test_a_layered_application_runs_its_node_on_postgres(
             "SELECT count(*) FROM consumer_checkpoints WHERE \"group\" = 'layered'"
         )
         assert await cursor.fetchone() == (1,)
+
+
+async def test_the_transactional_consumer_provider_runs_an_event_handler() -> None:
+    settings = load_settings(
+        "test", settings_dir=SETTINGS_DIR, consumers={"poison_order": "none"}
+    )
+    async with container_for_test(HandlerApp, settings=settings) as container:
+        runtime = await resolve(container.runtime)
+        store = await resolve(container.event_store)
+        orders = await publish(store, "orders", 5)
+        (registration,) = await resolve(container.consumers)
+        assert isinstance(registration.consumer, TransactionalConsumer)
+        assert registration.consumer.poison_order is PoisonOrder.NONE
+
+        async with runtime:
+            await wait_until(lambda: container.handler().ids == orders)

@@ -327,6 +327,30 @@ class TestMigrate:
             "sequence_number), which eventcomposition relies on" in str(raised.value)
         )
 
+    async def test_adds_the_stream_columns_to_an_older_dead_letter_table(
+        self, empty_database: ConnectionInfo, empty_connection: AsyncConnection[Any]
+    ) -> None:
+        await migrate(empty_database.conninfo)
+        await empty_connection.execute(
+            "ALTER TABLE consumer_dead_letters DROP COLUMN stream, DROP COLUMN waiting"
+        )
+        await empty_connection.execute(
+            "INSERT INTO consumer_dead_letters VALUES "
+            "('g', 'orders', 7, 'e-7', 'ValueError: no', 3, now())"
+        )
+
+        first = await migrate(empty_database.conninfo)
+        again = await migrate(empty_database.conninfo)
+
+        assert not first.changed
+        assert not again.changed
+        columns = await column_types(empty_connection, "consumer_dead_letters")
+        assert (columns["stream"], columns["waiting"]) == ("text", "boolean")
+        cursor = await empty_connection.execute(
+            "SELECT stream, waiting FROM consumer_dead_letters"
+        )
+        assert await cursor.fetchall() == [("", False)]
+
     async def test_names_an_incompatible_claims_table(
         self, empty_database: ConnectionInfo, empty_connection: AsyncConnection[Any]
     ) -> None:

@@ -29,6 +29,8 @@ from eventcomposition import (
 )
 from eventcomposition.consumers import (
     BatchProcessor,
+    EventHandler,
+    PoisonOrder,
     PoisonPolicy,
     PostgresCheckpointStore,
     PostgresEventReader,
@@ -80,6 +82,42 @@ class InsertingProcessor(BatchProcessor):
                 raise ValueError(f"cannot apply order {number(event)}")
 
 
+class InsertingHandler(EventHandler):
+    """The per-event style of ``InsertingProcessor``: one row per event, written
+    before the poison check."""
+
+    def __init__(self, poison: Sequence[int] = ()) -> None:
+        self.poison = set(poison)
+        self.gate: asyncio.Event | None = None
+        self.entered = asyncio.Event()
+
+    async def process_event(self, event: StoredEvent, transaction: Transaction) -> None:
+        await transaction.connection.execute(
+            "INSERT INTO applied (event_id, category, sequence_number, batch_size) "
+            "VALUES (%s, %s, %s, 1)",
+            (event.id, event.category, event.sequence_number),
+        )
+        self.entered.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        if number(event) in self.poison:
+            raise ValueError(f"cannot apply order {number(event)}")
+
+
+type Inserting = InsertingProcessor | InsertingHandler
+
+STYLES: dict[str, type[Inserting]] = {
+    "batches": InsertingProcessor,
+    "events": InsertingHandler,
+}
+
+
+@pytest.fixture(params=sorted(STYLES))
+def inserting(request: pytest.FixtureRequest) -> type[Inserting]:
+    """Each exactly-once check runs with a batch processor and an event handler."""
+    return STYLES[request.param]
+
+
 def number(event: StoredEvent) -> int:
     payload = event.payload
     assert isinstance(payload, dict)
@@ -88,10 +126,12 @@ def number(event: StoredEvent) -> int:
     return value
 
 
-async def publish(pool: Pool, category: str, count: int, start: int = 0) -> None:
+async def publish(
+    pool: Pool, category: str, count: int, start: int = 0, *, stream: str = "s"
+) -> None:
     store = EventStore(adapter=PostgresEventStorageAdapter(connection_source=pool))
     for first in range(start, start + count, 500):
-        await store.stream(category=category, stream="s").publish(
+        await store.stream(category=category, stream=stream).publish(
             events=[
                 NewEvent(name="placed", payload={"n": n})
                 for n in range(first, min(first + 500, start + count))
@@ -115,7 +155,7 @@ async def applied_counts(pool: Pool) -> tuple[int, int]:
 
 def transactional(
     pool: Pool,
-    processor: BatchProcessor,
+    processor: BatchProcessor | EventHandler,
     *,
     subscriber_id: str,
     categories: Sequence[str] = ("orders",),
@@ -123,6 +163,7 @@ def transactional(
     lease: timedelta = timedelta(seconds=10),
     on_poison: PoisonPolicy = PoisonPolicy.PARK,
     poison_attempts: int = 3,
+    poison_order: PoisonOrder = PoisonOrder.STREAM,
 ) -> TransactionalConsumer:
     return make_transactional_consumer(
         event_store=EventStore(
@@ -138,6 +179,7 @@ def transactional(
         claim_lease=lease,
         on_poison=on_poison,
         poison_attempts=poison_attempts,
+        poison_order=poison_order,
     )
 
 
@@ -172,13 +214,15 @@ async def test_full_batches_then_the_remainder_in_order(pool: Pool) -> None:
     assert await checkpoints.positions(GROUP) == {"orders": sequence_numbers[-1]}
 
 
-async def test_two_consumers_on_one_source_apply_each_event_once(pool: Pool) -> None:
+async def test_two_consumers_on_one_source_apply_each_event_once(
+    pool: Pool, inserting: type[Inserting]
+) -> None:
     await publish(pool, "orders", 1200)
-    stale_processor = InsertingProcessor()
+    stale_processor = inserting()
     stale_processor.gate = asyncio.Event()
     lease = timedelta(milliseconds=500)
     stale = transactional(pool, stale_processor, subscriber_id="a", lease=lease)
-    fresh = transactional(pool, InsertingProcessor(), subscriber_id="b", lease=lease)
+    fresh = transactional(pool, inserting(), subscriber_id="b", lease=lease)
     await accept(stale, pool)
     await accept(fresh, pool)
     checkpoints = PostgresCheckpointStore(pool)
@@ -203,11 +247,18 @@ async def test_two_consumers_on_one_source_apply_each_event_once(pool: Pool) -> 
     assert (claim.holder.subscriber_id, claim.epoch) == ("b", 2)
 
 
-async def test_a_poison_event_is_parked_then_retried_once_fixed(pool: Pool) -> None:
+async def test_a_poison_event_is_parked_then_retried_once_fixed(
+    pool: Pool, inserting: type[Inserting]
+) -> None:
     await publish(pool, "orders", 40)
-    processor = InsertingProcessor(poison=[25])
+    processor = inserting(poison=[25])
     consumer = transactional(
-        pool, processor, subscriber_id="a", batch_size=40, poison_attempts=3
+        pool,
+        processor,
+        subscriber_id="a",
+        batch_size=40,
+        poison_attempts=3,
+        poison_order=PoisonOrder.NONE,
     )
     await accept(consumer, pool)
     checkpoints = PostgresCheckpointStore(pool)
@@ -239,6 +290,105 @@ async def test_a_poison_event_is_parked_then_retried_once_fixed(pool: Pool) -> N
     assert result.applied == [letter]
     assert await applied_counts(pool) == (40, 40)
     assert await checkpoints.dead_letters(GROUP) == []
+
+
+async def test_a_parked_stream_waits_while_the_others_go_on_and_a_retry_keeps_order(
+    pool: Pool, inserting: type[Inserting]
+) -> None:
+    await publish(pool, "orders", 3, stream="a")  # 0, 1 (poison), 2
+    await publish(pool, "orders", 2, 100, stream="b")
+    processor = inserting(poison=[1])
+    first = transactional(pool, processor, subscriber_id="a", poison_attempts=1)
+    await accept(first, pool)
+    await first.consume_all()
+    await first.release_claims()
+
+    # A new holder keeps the parked stream's later events waiting.
+    await publish(pool, "orders", 1, 3, stream="a")
+    await publish(pool, "orders", 1, 102, stream="b")
+    second = transactional(pool, processor, subscriber_id="b")
+    await accept(second, pool)
+    await second.consume_all()
+
+    applied = "SELECT e.stream, (e.payload->>'n')::int FROM applied a " + (
+        "JOIN events e ON e.id = a.event_id ORDER BY a.row_id"
+    )
+    assert await rows(pool, applied) == [("a", 0), ("b", 100), ("b", 101), ("b", 102)]
+    checkpoints = PostgresCheckpointStore(pool)
+    letters = await checkpoints.dead_letters(GROUP)
+    assert [(letter.stream, letter.waiting) for letter in letters] == [
+        ("orders/a", False),
+        ("orders/a", True),
+        ("orders/a", True),
+    ]
+
+    processor.poison.clear()
+    result = await retry_dead_letters(
+        checkpoint_store=checkpoints,
+        event_reader=PostgresEventReader(pool),
+        group=GROUP,
+        processor=processor,
+    )
+    assert [letter.sequence_number for letter in result.applied] == sorted(
+        letter.sequence_number for letter in letters
+    )
+    assert await checkpoints.dead_letters(GROUP) == []
+
+    # The holder still counts the stream as parked: the store frees it.
+    await publish(pool, "orders", 1, 4, stream="a")
+    await second.consume_all()
+    stream_a = [n for stream, n in await rows(pool, applied) if stream == "a"]
+    assert stream_a == [0, 1, 2, 3, 4]
+    assert await applied_counts(pool) == (8, 8)
+    assert await checkpoints.dead_letters(GROUP) == []
+
+
+async def test_a_retry_waits_for_a_batch_parking_behind_its_letters(
+    pool: Pool,
+) -> None:
+    await publish(pool, "orders", 2, stream="a")  # 0 (poison), 1 waits
+    handler = InsertingHandler(poison=[0])
+    consumer = transactional(pool, handler, subscriber_id="a", poison_attempts=1)
+    await accept(consumer, pool)
+    await consumer.consume_all()
+    handler.poison.clear()
+
+    # The next batch parks a's new event (locking a's letters), then stalls on b's.
+    await publish(pool, "orders", 1, 2, stream="a")
+    await publish(pool, "orders", 1, 100, stream="b")
+    handler.gate = asyncio.Event()
+    batch = asyncio.create_task(consumer.consume_all())
+    await asyncio.wait_for(handler.entered.wait(), 10)
+    retry = asyncio.create_task(
+        retry_dead_letters(
+            checkpoint_store=PostgresCheckpointStore(pool),
+            event_reader=PostgresEventReader(pool),
+            group=GROUP,
+            processor=InsertingHandler(),
+        )
+    )
+
+    async def retry_blocked() -> bool:
+        ((waiting,),) = await rows(
+            pool,
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND query LIKE 'DELETE FROM consumer_dead_letters%'",
+        )
+        return bool(waiting)
+
+    await wait_until(retry_blocked, timeout=10, description="the retry to wait")
+    handler.gate.set()
+    await batch
+    result = await retry
+
+    assert len(result.applied) == 3  # the two letters, then the one parked meanwhile
+    applied = await rows(
+        pool,
+        "SELECT e.stream, (e.payload->>'n')::int FROM applied a "
+        "JOIN events e ON e.id = a.event_id ORDER BY a.row_id",
+    )
+    assert [n for stream, n in applied if stream == "a"] == [0, 1, 2]
+    assert await PostgresCheckpointStore(pool).dead_letters(GROUP) == []
 
 
 async def test_stop_stops_only_the_poisoned_source(pool: Pool) -> None:

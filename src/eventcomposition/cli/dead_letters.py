@@ -38,9 +38,12 @@ async def list_dead_letters(args: argparse.Namespace) -> int:
 
 
 def describe(letter: DeadLetter) -> str:
+    """One line per letter: a failed event, or one waiting behind its stream's."""
+    state = "waiting" if letter.waiting else "failed"
+    stream = f"stream={letter.stream}  " if letter.stream else ""
     return (
         f"{letter.group}  {letter.source}  sequence_number={letter.sequence_number}  "
-        f"event={letter.event_id}  attempts={letter.attempts}  "
+        f"{stream}{state}  event={letter.event_id}  attempts={letter.attempts}  "
         f"parked_at={letter.parked_at.isoformat(timespec='seconds')}  {letter.error}"
     )
 

@@ -266,15 +266,17 @@ def add_dead_letters_parser(
         "dead-letters", help="list or retry events parked by transactional consumers"
     )
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    listing = actions.add_parser("list", help="show the parked events")
+    listing = actions.add_parser(
+        "list", help="show the parked events, and those waiting behind them"
+    )
     add_settings_arguments(listing)
     listing.add_argument("--group", help="only this subscriber group's")
     listing.set_defaults(func="dead_letters:list_dead_letters")
 
     retry = actions.add_parser(
         "retry",
-        help="deliver the parked events again to their group's processor, "
-        "removing each one applied",
+        help="deliver the parked events again to their group's processor, each "
+        "stream's in order, removing each one applied",
     )
     retry.add_argument(
         "--app",

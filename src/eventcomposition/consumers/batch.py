@@ -4,6 +4,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import psycopg
 import structlog
 from logicblocks.event.types import StoredEvent
 from psycopg import AsyncConnection
@@ -13,6 +14,15 @@ from ..errors import EventCompositionError
 logger = structlog.get_logger("eventcomposition.consumers")
 
 type CommitCallback = Callable[[], Awaitable[None] | None]
+type BatchStateWriter[S] = Callable[[S, "Transaction"], Awaitable[None]]
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    psycopg.OperationalError,  # unreachable, restarted, deadlock, serialisation, pool
+    psycopg.InterfaceError,  # a connection closed under us
+    ConnectionError,
+    TimeoutError,
+)
+"""Failures of the database rather than of an event: retried, never parked."""
 
 
 class ClaimLostError(EventCompositionError):
@@ -21,6 +31,23 @@ class ClaimLostError(EventCompositionError):
 
 class TransactionUnsupportedError(EventCompositionError):
     """The processor asked a transaction for something its store does not offer."""
+
+
+class EventFailedError(EventCompositionError):
+    """A processor names the event of its batch that failed, and why (``cause``).
+
+    An ``EventHandler``'s batches raise it; a ``BatchProcessor`` may raise it too.
+    The consumer then commits the events before that one and counts an attempt
+    against it, without halving the batch to find it.
+    """
+
+    def __init__(self, event: StoredEvent, cause: Exception) -> None:
+        self.event = event
+        self.cause = cause
+        super().__init__(
+            f"event {event.id} (sequence number {event.sequence_number}) failed: "
+            f"{type(cause).__name__}: {cause}"
+        )
 
 
 class Transaction(ABC):
@@ -41,11 +68,39 @@ class Transaction(ABC):
     from the start of the log (``eventcomposition.projections``) and False for live
     processing: a processor skips e-mails, outbound calls and other side effects
     that already happened when the events were first processed.
+
+    ``batch_state`` lets per-event code (an ``EventHandler``) fold its events into
+    one object per batch and write it once, at batch speed.
     """
 
     def __init__(self) -> None:
         self._callbacks: list[CommitCallback] = []
         self.rebuilding: bool = False
+        self._batch_states: dict[object, tuple[Any, BatchStateWriter[Any]]] = {}
+
+    def batch_state[S](
+        self, key: object, create: Callable[[], S], write: "BatchStateWriter[S]"
+    ) -> S:
+        """The state ``key`` names in this transaction: made by ``create`` the
+        first time it is asked for, then the same object for every event of the
+        batch. Once the batch's last event has been handled, still inside the
+        transaction, ``write(state, transaction)`` runs once for it (states in the
+        order they were made): one write for the batch instead of one per event.
+        A failure there rolls the batch back like a failing event, but names no
+        event, so the batch is halved to find it."""
+        found = self._batch_states.get(key)
+        if found is None:
+            state = create()
+            self._batch_states[key] = (state, write)
+            return state
+        existing: S = found[0]
+        return existing
+
+    async def write_batch_states(self) -> None:
+        """Run the ``batch_state`` writers (an ``EventHandler``'s batches do)."""
+        states, self._batch_states = self._batch_states, {}
+        for state, write in states.values():
+            await write(state, self)
 
     @property
     @abstractmethod

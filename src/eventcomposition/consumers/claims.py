@@ -11,6 +11,7 @@ from datetime import datetime
 from logicblocks.event.types import (
     CategoryIdentifier,
     EventSourceIdentifier,
+    StoredEvent,
     StreamIdentifier,
 )
 
@@ -73,7 +74,8 @@ class ClaimRecord:
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """An event parked after its processor failed it too many times."""
+    """An event parked after its processor failed it too many times, or one
+    waiting behind such an event of its stream (``waiting``)."""
 
     group: str
     source: str
@@ -82,6 +84,16 @@ class DeadLetter:
     error: str
     attempts: int
     parked_at: datetime
+    stream: str = ""
+    """The event's stream, as ``category/stream`` (empty for letters parked before
+    streams were recorded: those hold nothing back)."""
+    waiting: bool = False
+    """Parked because an earlier event of its stream is parked (never tried)."""
+
+
+def stream_key(event: StoredEvent) -> str:
+    """The stream an event belongs to, as ``category/stream``."""
+    return f"{event.category}/{event.stream}"
 
 
 def claim_lost(claim: Claim) -> ClaimLostError:

@@ -16,7 +16,7 @@ from psycopg import AsyncConnection
 
 from .batch import Transaction, TransactionUnsupportedError
 from .claims import Claim, ClaimRecord, DeadLetter, Holder, claim_lost
-from .stores import CheckpointStore
+from .stores import CheckpointStore, ParkedStreamsChangedError
 
 
 def _utc_now() -> datetime:
@@ -173,6 +173,40 @@ class InMemoryCheckpointStore(CheckpointStore):
             lambda: self._dead_letters.__setitem__(key, dead_letter)
         )
         await self.advance(transaction, claim, dead_letter.sequence_number, lease)
+
+    async def hold(
+        self, transaction: Transaction, dead_letters: Sequence[DeadLetter]
+    ) -> None:
+        if not dead_letters:
+            return
+        staged = _staged(transaction)
+        letters = list(dead_letters)
+        first = letters[0]
+        streams = sorted({letter.stream for letter in letters})
+
+        def check() -> None:
+            parked = self._streams_with_letters(first.group, first.source)
+            gone = [stream for stream in streams if stream not in parked]
+            if gone:
+                raise ParkedStreamsChangedError(gone)
+
+        def write() -> None:
+            for letter in letters:
+                key = (letter.group, letter.source, letter.sequence_number)
+                self._dead_letters[key] = letter
+
+        staged.checks.append(check)
+        staged.writes.append(write)
+
+    def _streams_with_letters(self, group: str, source: str) -> set[str]:
+        return {
+            letter.stream
+            for (letter_group, letter_source, _), letter in self._dead_letters.items()
+            if letter_group == group and letter_source == source and letter.stream
+        }
+
+    async def parked_streams(self, group: str, source: str) -> set[str]:
+        return self._streams_with_letters(group, source)
 
     async def dead_letters(self, group: str | None = None) -> Sequence[DeadLetter]:
         return sorted(

@@ -30,7 +30,12 @@ from ..lag import PostgresHeadReader
 from .batch import Transaction
 from .claims import Claim, ClaimRecord, DeadLetter, Holder, claim_lost
 from .decoding import fast_json_loads
-from .stores import CheckpointStore, EventReader, check_readable
+from .stores import (
+    CheckpointStore,
+    EventReader,
+    ParkedStreamsChangedError,
+    check_readable,
+)
 from .visibility import Horizon, PostgresVisibilityHorizon
 
 _CLAIM = """
@@ -89,13 +94,41 @@ ON CONFLICT ("group", source) DO UPDATE SET
 
 _PARK = """
 INSERT INTO consumer_dead_letters
-    ("group", source, sequence_number, event_id, error, attempts, parked_at)
+    ("group", source, sequence_number, event_id, error, attempts, parked_at,
+     stream, waiting)
 VALUES (%(group)s, %(source)s, %(sequence_number)s, %(event_id)s, %(error)s,
-        %(attempts)s, %(parked_at)s)
+        %(attempts)s, %(parked_at)s, %(stream)s, false)
 ON CONFLICT ("group", source, sequence_number) DO UPDATE SET
     error = excluded.error, attempts = excluded.attempts,
-    parked_at = excluded.parked_at
+    parked_at = excluded.parked_at, stream = excluded.stream, waiting = false
 """
+
+# The parked streams' letters, locked so that a retry removing them waits for the
+# transaction holding more of their events behind them.
+_LOCK_PARKED_STREAMS = """
+SELECT DISTINCT stream FROM (
+    SELECT stream FROM consumer_dead_letters
+    WHERE "group" = %(group)s AND source = %(source)s AND stream = ANY(%(streams)s)
+    FOR SHARE
+) AS parked
+"""
+
+_HOLD = """
+INSERT INTO consumer_dead_letters
+    ("group", source, sequence_number, event_id, error, attempts, parked_at,
+     stream, waiting)
+SELECT %(group)s, %(source)s, held.sequence_number, held.event_id, held.error, 0,
+       %(parked_at)s, held.stream, true
+FROM unnest(%(sequence_numbers)s::bigint[], %(event_ids)s::text[],
+            %(errors)s::text[], %(streams)s::text[])
+    AS held(sequence_number, event_id, error, stream)
+ON CONFLICT ("group", source, sequence_number) DO NOTHING
+"""
+
+_DEAD_LETTER_COLUMNS = (
+    '"group", source, sequence_number, event_id, error, attempts, parked_at, '
+    "stream, waiting"
+)
 
 _EVENT_COLUMNS = (
     "id, name, stream, category, position, sequence_number, payload, "
@@ -380,30 +413,67 @@ class PostgresCheckpointStore(CheckpointStore):
                 "error": dead_letter.error,
                 "attempts": dead_letter.attempts,
                 "parked_at": dead_letter.parked_at,
+                "stream": dead_letter.stream,
             },
         )
         await self.advance(transaction, claim, dead_letter.sequence_number, lease)
 
+    async def hold(
+        self, transaction: Transaction, dead_letters: Sequence[DeadLetter]
+    ) -> None:
+        if not dead_letters:
+            return
+        connection = _connection_of(transaction)
+        first = dead_letters[0]
+        streams = sorted({letter.stream for letter in dead_letters})
+        cursor = await connection.execute(
+            _LOCK_PARKED_STREAMS,
+            {"group": first.group, "source": first.source, "streams": streams},
+        )
+        parked = {row[0] for row in await cursor.fetchall()}
+        gone = [stream for stream in streams if stream not in parked]
+        if gone:
+            raise ParkedStreamsChangedError(gone)
+        await connection.execute(
+            _HOLD,
+            {
+                "group": first.group,
+                "source": first.source,
+                "parked_at": first.parked_at,
+                "sequence_numbers": [d.sequence_number for d in dead_letters],
+                "event_ids": [d.event_id for d in dead_letters],
+                "errors": [d.error for d in dead_letters],
+                "streams": [d.stream for d in dead_letters],
+            },
+        )
+
+    async def stream_dead_letters(
+        self, group: str, source: str, stream: str
+    ) -> Sequence[DeadLetter]:
+        rows = await self._fetch(
+            f"SELECT {_DEAD_LETTER_COLUMNS} FROM consumer_dead_letters "
+            'WHERE "group" = %(group)s AND source = %(source)s '
+            "AND stream = %(stream)s ORDER BY sequence_number",
+            {"group": group, "source": source, "stream": stream},
+        )
+        return [_dead_letter(*row) for row in rows]
+
+    async def parked_streams(self, group: str, source: str) -> set[str]:
+        rows = await self._fetch(
+            "SELECT DISTINCT stream FROM consumer_dead_letters "
+            "WHERE \"group\" = %(group)s AND source = %(source)s AND stream <> ''",
+            {"group": group, "source": source},
+        )
+        return {row[0] for row in rows}
+
     async def dead_letters(self, group: str | None = None) -> Sequence[DeadLetter]:
         rows = await self._fetch(
-            'SELECT "group", source, sequence_number, event_id, error, attempts, '
-            "parked_at FROM consumer_dead_letters "
+            f"SELECT {_DEAD_LETTER_COLUMNS} FROM consumer_dead_letters "
             'WHERE %(group)s::text IS NULL OR "group" = %(group)s '
             "ORDER BY parked_at, sequence_number",
             {"group": group},
         )
-        return [
-            DeadLetter(
-                group=row_group,
-                source=source,
-                sequence_number=int(sequence_number),
-                event_id=event_id,
-                error=error,
-                attempts=int(attempts),
-                parked_at=parked_at,
-            )
-            for row_group, source, sequence_number, event_id, error, attempts, parked_at in rows
-        ]
+        return [_dead_letter(*row) for row in rows]
 
     async def remove_dead_letter(
         self, transaction: Transaction, dead_letter: DeadLetter
@@ -421,6 +491,30 @@ class PostgresCheckpointStore(CheckpointStore):
 
     def event_reader(self, event_store: EventStore) -> EventReader:
         return PostgresEventReader(self._pool, self._horizon)
+
+
+def _dead_letter(
+    group: str,
+    source: str,
+    sequence_number: int,
+    event_id: str,
+    error: str,
+    attempts: int,
+    parked_at: datetime,
+    stream: str,
+    waiting: bool,
+) -> DeadLetter:
+    return DeadLetter(
+        group=group,
+        source=source,
+        sequence_number=int(sequence_number),
+        event_id=event_id,
+        error=error,
+        attempts=int(attempts),
+        parked_at=parked_at,
+        stream=stream,
+        waiting=bool(waiting),
+    )
 
 
 def _fence_parameters(claim: Claim) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from logicblocks.event.types import (
     StreamIdentifier,
 )
 
+from ..errors import EventCompositionError
 from .batch import Transaction
 from .claims import Claim, ClaimRecord, DeadLetter, Holder, SourceRef, key_of
 from .visibility import (
@@ -30,6 +31,17 @@ from .visibility import (
     bounded,
     horizon_for_adapter,
 )
+
+
+class ParkedStreamsChangedError(EventCompositionError):
+    """Events were to wait behind a stream's dead letters, but the stream has none
+    any more (a retry applied them): read the parked streams again and retry."""
+
+    def __init__(self, streams: Sequence[str]) -> None:
+        self.streams = tuple(streams)
+        super().__init__(
+            f"streams {', '.join(self.streams)} have no dead letters any more"
+        )
 
 
 class EventReader(ABC):
@@ -241,6 +253,41 @@ class CheckpointStore(ABC):
     ) -> None:
         """Keep ``dead_letter`` and move the checkpoint past it, fenced as ``advance``."""
         raise NotImplementedError
+
+    @abstractmethod
+    async def hold(
+        self, transaction: Transaction, dead_letters: Sequence[DeadLetter]
+    ) -> None:
+        """Keep ``dead_letters`` (``waiting`` ones, of one group and source) in
+        ``transaction``, which also moves the checkpoint past them.
+
+        Raises ``ParkedStreamsChangedError`` (the transaction then rolls back)
+        when one of their streams has no dead letter left: a retry applied them
+        since, so these events must be applied instead. On PostgreSQL the
+        streams' letters stay locked until the transaction ends, so a retry
+        removing them waits for it (and then finds the new ones)."""
+        raise NotImplementedError
+
+    async def stream_dead_letters(
+        self, group: str, source: str, stream: str
+    ) -> Sequence[DeadLetter]:
+        """The dead letters of one stream (``category/stream``) of ``source``, in
+        sequence-number order."""
+        letters = [
+            letter
+            for letter in await self.dead_letters(group)
+            if letter.source == source and letter.stream == stream
+        ]
+        return sorted(letters, key=lambda letter: letter.sequence_number)
+
+    async def parked_streams(self, group: str, source: str) -> set[str]:
+        """The streams of ``source`` that have dead letters of ``group``: their
+        later events wait behind them."""
+        return {
+            letter.stream
+            for letter in await self.dead_letters(group)
+            if letter.source == source and letter.stream
+        }
 
     # -- dead letters ------------------------------------------------------------
 

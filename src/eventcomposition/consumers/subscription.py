@@ -211,7 +211,17 @@ def make_subscription_consumer(
     state_persistence_interval: int = 100,
     metrics: NodeMetrics | None = None,
 ) -> MultiSourceSubscriptionConsumer:
-    """A subscriber for ``subscription_requests`` that feeds ``event_processor``.
+    """A subscriber for ``subscription_requests`` that feeds ``event_processor``,
+    logicblocks' per-event ``EventProcessor``: kept for compatibility.
+
+    What it costs: delivery is at least once (the position is saved every
+    ``state_persistence_interval`` events, apart from the processor's writes, so a
+    restart or hand-over delivers events again and the processor must be
+    idempotent), with no claims fencing two nodes, and one event at a time: the
+    last benchmark measured 816 events/s, 0.0055 of a raw read, against 0.35 for
+    a transactional consumer. Prefer ``make_transactional_consumer`` with an
+    ``EventHandler`` (the same per-event code, batched, fenced, exactly once in
+    effect).
 
     Consumer state for each source lives in its own category of ``event_store``
     (see ``state_category_name``), so a source keeps its position when it moves to

@@ -2,15 +2,19 @@
 
 Every poll, for each source allocated to it by the broker, the consumer claims the
 source (once), reads up to ``batch_size`` events after its checkpoint, hands them to
-the ``BatchProcessor`` and moves the checkpoint in the same transaction, fenced by
-the claim; it goes on while a full batch came back. A batch holds events of one
-source only, in sequence-number order.
+the processor (a ``BatchProcessor``, or an ``EventHandler`` run over each event) and
+moves the checkpoint in the same transaction, fenced by the claim; it goes on while
+a full batch came back. A batch holds events of one source only, in sequence-number
+order.
 
-When a batch fails, the consumer halves it until it finds the failing event,
-committing the events before it. The event is tried again on the next polls; after
-``poison_attempts`` failures it is parked as a dead letter (and the source goes on)
-or its source stops, as ``on_poison`` says. Database outages are transient: the
-source backs off and tries again, and nothing is parked for them.
+When a batch fails, the consumer finds the failing event (an ``EventHandler`` names
+it; otherwise the batch is halved until it is found), committing the events before
+it. The event is tried again on the next polls; after ``poison_attempts`` failures
+it is parked as a dead letter or its source stops, as ``on_poison`` says. With
+``poison_order="stream"`` (the default) the later events of a parked event's stream
+are parked behind it, as they come, while the other streams of the source go on;
+``dead-letters retry`` applies a stream's parked events in order. Database outages
+are transient: the source backs off and tries again, and nothing is parked for them.
 """
 
 import asyncio
@@ -23,7 +27,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
 
-import psycopg
 import structlog
 from logicblocks.event.processing.consumers import EventSubscriptionConsumer
 from logicblocks.event.sources import EventSource
@@ -38,21 +41,28 @@ from logicblocks.event.types import (
 from ..errors import EventCompositionError
 from ..metrics import NodeMetrics
 from ..retry import Backoff
-from .batch import BatchProcessor, ClaimLostError
-from .claims import Claim, DeadLetter, Holder
-from .policies import PoisonPolicy
-from .stores import CheckpointStore, EventReader, check_readable
+from .batch import TRANSIENT_ERRORS, BatchProcessor, ClaimLostError, EventFailedError
+from .claims import Claim, DeadLetter, Holder, stream_key
+from .handlers import Processor, as_batch_processor
+from .policies import PoisonOrder, PoisonPolicy
+from .stores import (
+    CheckpointStore,
+    EventReader,
+    ParkedStreamsChangedError,
+    check_readable,
+)
 from .subscription import source_key
 
 logger = structlog.get_logger("eventcomposition.consumers")
 
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    psycopg.OperationalError,  # unreachable, restarted, deadlock, serialisation, pool
-    psycopg.InterfaceError,  # a connection closed under us
-    ConnectionError,
-    TimeoutError,
-)
-"""Failures of the database rather than of an event: retried, never parked."""
+__all__ = [
+    "TRANSIENT_ERRORS",
+    "PoisonOrder",
+    "PoisonPolicy",
+    "SourcesStoppedError",
+    "TransactionalConsumer",
+    "make_transactional_consumer",
+]
 
 _HELD_BACK_FIRST = timedelta(milliseconds=2)
 _HELD_BACK_LONGEST = timedelta(milliseconds=500)
@@ -84,6 +94,9 @@ class _Source:
     stopped: str | None = None
     failing: tuple[int, int] | None = None
     """The sequence number of the event that failed last, and how often it did."""
+    parked: set[str] = field(default_factory=set)
+    """Streams with dead letters (``poison_order="stream"``): read with the
+    checkpoint; their later events are parked behind them."""
     transient_failures: int = 0
     retry_at: float = 0.0
     log: Any = field(default=None, repr=False)
@@ -108,6 +121,13 @@ def _nothing_after(head: int | None, position: int | None) -> bool:
 
 def _no_delegates(source: EventSource[EventSourceIdentifier, Any]) -> Any:
     raise AssertionError("a TransactionalConsumer keeps no delegate consumers")
+
+
+def _index_of(events: Sequence[StoredEvent], event: StoredEvent) -> int | None:
+    for index, candidate in enumerate(events):
+        if candidate.sequence_number == event.sequence_number:
+            return index
+    return None
 
 
 def _describe(error: BaseException) -> str:
@@ -136,13 +156,14 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
         id: str,
         node_id: str,
         subscription_requests: Sequence[EventSourceIdentifier],
-        processor: BatchProcessor,
+        processor: Processor,
         checkpoint_store: CheckpointStore,
         event_reader: EventReader,
         batch_size: int = 500,
         claim_lease: timedelta = timedelta(seconds=10),
         on_poison: PoisonPolicy | str = PoisonPolicy.PARK,
         poison_attempts: int = 3,
+        poison_order: PoisonOrder | str = PoisonOrder.STREAM,
         transient_backoff: Backoff | None = None,
         clock: Callable[[], float] = time.monotonic,
         metrics: NodeMetrics | None = None,
@@ -155,13 +176,15 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
             delegate_factory=_no_delegates,
         )
         self._holder = Holder(node_id=node_id, subscriber_id=id)
-        self._processor = processor
+        self._processor = as_batch_processor(processor)
         self._store = checkpoint_store
         self._reader = event_reader
         self._batch_size = batch_size
         self._lease = claim_lease
         self._on_poison = PoisonPolicy(on_poison)
         self._poison_attempts = poison_attempts
+        self._poison_order = PoisonOrder(poison_order)
+        self._in_stream_order = self._poison_order is PoisonOrder.STREAM
         self._backoff = transient_backoff or Backoff(
             initial=timedelta(milliseconds=100), maximum=timedelta(seconds=10)
         )
@@ -190,7 +213,13 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
 
     @property
     def processor(self) -> BatchProcessor:
+        """What applies the batches (an ``EventHandler`` comes wrapped in one)."""
         return self._processor
+
+    @property
+    def poison_order(self) -> PoisonOrder:
+        """Whether the later events of a parked event's stream wait behind it."""
+        return self._poison_order
 
     @property
     def checkpoint_store(self) -> CheckpointStore:
@@ -444,6 +473,8 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
             return False
         if not state.position_loaded:
             state.position = await self._store.position(self.group, state.key)
+            if self._in_stream_order:
+                state.parked = await self._store.parked_streams(self.group, state.key)
             state.position_loaded = True
         events = await self._reader.read(
             state.identifier, after=state.position, limit=self._batch_size
@@ -498,7 +529,10 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
                 state.position_loaded = False
 
     async def _apply(self, state: _Source, events: Sequence[StoredEvent]) -> bool:
-        """Apply ``events``, halving on failure; False when the source must wait."""
+        """Apply ``events``, finding the failing one on failure (named by the
+        processor, or by halving); False when the source must wait."""
+        if not events:
+            return True
         if (
             len(events) > 1
             and state.failing is not None
@@ -514,14 +548,28 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
             raise
         except TRANSIENT_ERRORS:
             raise
+        except EventFailedError as error:
+            index = _index_of(events, error.event)
+            if index is None:
+                return await self._halve(state, events, error)
+            return (
+                await self._apply(state, events[:index])
+                and await self._poisoned(state, events[index], error.cause)
+                and await self._apply(state, events[index + 1 :])
+            )
         except Exception as error:
-            if len(events) > 1:
-                half = len(events) // 2
-                return await self._apply(state, events[:half]) and await self._apply(
-                    state, events[half:]
-                )
-            return await self._poisoned(state, events[0], error)
+            return await self._halve(state, events, error)
         return True
+
+    async def _halve(
+        self, state: _Source, events: Sequence[StoredEvent], error: Exception
+    ) -> bool:
+        if len(events) > 1:
+            half = len(events) // 2
+            return await self._apply(state, events[:half]) and await self._apply(
+                state, events[half:]
+            )
+        return await self._poisoned(state, events[0], error)
 
     async def _commit(self, state: _Source, events: Sequence[StoredEvent]) -> None:
         claim = state.claim
@@ -529,17 +577,70 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
             raise AssertionError("committing without a claim")
         last = events[-1].sequence_number
         started = time.perf_counter()
-        async with self._store.transaction() as transaction:
-            await self._processor.process_batch(events, transaction)
-            await self._store.advance(transaction, claim, last, self._lease)
+        while True:
+            applied, held = self._behind_parked(state, events)
+            try:
+                async with self._store.transaction() as transaction:
+                    if held:
+                        await self._store.hold(transaction, held)
+                    if applied:
+                        await self._processor.process_batch(applied, transaction)
+                        await transaction.write_batch_states()
+                    await self._store.advance(transaction, claim, last, self._lease)
+            except ParkedStreamsChangedError as changed:
+                # A retry applied those streams' dead letters: apply their events.
+                await state.log.ainfo(
+                    "consumer.streams-unparked", streams=list(changed.streams)
+                )
+                state.parked = await self._store.parked_streams(self.group, state.key)
+                continue
+            break
         self._metrics.batch_processed(
-            self.group, state.identifier, len(events), time.perf_counter() - started
+            self.group, state.identifier, len(applied), time.perf_counter() - started
         )
+        if held:
+            self._metrics.dead_lettered(self.group, len(held))
+            await state.log.awarning(
+                "consumer.events-held",
+                events=len(held),
+                streams=sorted({letter.stream for letter in held}),
+            )
         state.position = last
         self._committed_this_round = True
         state.renewed_at = self._clock()
         if state.failing is not None and state.failing[0] <= last:
             state.failing = None
+
+    def _behind_parked(
+        self, state: _Source, events: Sequence[StoredEvent]
+    ) -> tuple[Sequence[StoredEvent], list[DeadLetter]]:
+        """``events`` split into those to apply and the dead letters of those
+        that wait behind a parked event of their stream."""
+        parked = state.parked
+        if not parked:
+            return events, []
+        applied: list[StoredEvent] = []
+        held: list[DeadLetter] = []
+        now = datetime.now(UTC)
+        for event in events:
+            stream = stream_key(event)
+            if stream in parked:
+                held.append(
+                    DeadLetter(
+                        group=self.group,
+                        source=state.key,
+                        sequence_number=event.sequence_number,
+                        event_id=event.id,
+                        error="waiting behind an earlier dead letter of its stream",
+                        attempts=0,
+                        parked_at=now,
+                        stream=stream,
+                        waiting=True,
+                    )
+                )
+            else:
+                applied.append(event)
+        return applied, held
 
     async def _poisoned(
         self, state: _Source, event: StoredEvent, error: Exception
@@ -583,11 +684,14 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
                     error=_describe(error),
                     attempts=attempts,
                     parked_at=datetime.now(UTC),
+                    stream=stream_key(event),
                 ),
                 self._lease,
             )
         state.position = sequence_number
         state.failing = None
+        if self._in_stream_order:
+            state.parked.add(stream_key(event))
         self._metrics.dead_lettered(self.group)
         await state.log.aerror("consumer.event-parked", **where)
         return True
@@ -599,18 +703,30 @@ def make_transactional_consumer(
     checkpoint_store: CheckpointStore,
     subscriber_group: str,
     subscription_requests: Sequence[EventSourceIdentifier],
-    processor: BatchProcessor,
+    processor: Processor,
     batch_size: int = 500,
     subscriber_id: str | None = None,
     node_id: str | None = None,
     claim_lease: timedelta = timedelta(seconds=10),
     on_poison: PoisonPolicy | str = PoisonPolicy.PARK,
     poison_attempts: int = 3,
+    poison_order: PoisonOrder | str = PoisonOrder.STREAM,
     event_reader: EventReader | None = None,
     metrics: NodeMetrics | None = None,
     concurrent_sources: bool = False,
 ) -> TransactionalConsumer:
     """A subscriber for ``subscription_requests`` whose batches go to ``processor``.
+
+    ``processor`` is a ``BatchProcessor`` (a batch at a time) or an
+    ``EventHandler`` (an event at a time, run over each batch inside the batch's
+    transaction: as fast, fenced and exactly once in effect).
+
+    An event ``processor`` keeps failing is tried ``poison_attempts`` times, then
+    parked as a dead letter (``on_poison="park"``) or its source stops
+    (``"stop"``). ``poison_order="stream"`` parks the later events of a parked
+    event's stream behind it, so that each stream keeps its order (the other
+    streams go on); ``"none"`` applies them, and a retried dead letter then lands
+    after them.
 
     Events are read with ``checkpoint_store.event_reader(event_store)`` unless an
     ``event_reader`` is given: on PostgreSQL one direct query on the ``events`` table
@@ -640,6 +756,12 @@ def make_transactional_consumer(
         raise ValueError(
             f"on_poison must be 'park' or 'stop', got {on_poison!r}"
         ) from None
+    try:
+        order = PoisonOrder(poison_order)
+    except ValueError:
+        raise ValueError(
+            f"poison_order must be 'stream' or 'none', got {poison_order!r}"
+        ) from None
     return TransactionalConsumer(
         group=subscriber_group,
         id=subscriber_id or uuid4().hex,
@@ -652,6 +774,7 @@ def make_transactional_consumer(
         claim_lease=claim_lease,
         on_poison=policy,
         poison_attempts=poison_attempts,
+        poison_order=order,
         metrics=metrics,
         concurrent_sources=concurrent_sources,
     )

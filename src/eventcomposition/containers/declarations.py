@@ -149,7 +149,8 @@ class EventRuntimeContainer(containers.DeclarativeContainer):
     consumer_settings = providers.Callable(consumer_settings_from, settings)
 
     # A transactional consumer with this node's settings; an application
-    # declares one with its own group, requests and processor:
+    # declares one with its own group, requests and processor (an EventHandler
+    # or a BatchProcessor):
     #   providers.Factory(EventRuntimeContainer.transactional_consumer,
     #       subscriber_group="totals", subscription_requests=[...], processor=p)
     transactional_consumer = providers.Factory(
@@ -161,6 +162,7 @@ class EventRuntimeContainer(containers.DeclarativeContainer):
         claim_lease=settings.provided.consumers.claim_lease,
         on_poison=settings.provided.consumers.on_poison,
         poison_attempts=settings.provided.consumers.poison_attempts,
+        poison_order=settings.provided.consumers.poison_order,
         metrics=metrics,
     )
 

@@ -105,6 +105,8 @@ async def apply_migrations(
             continue
         try:
             async with connection.transaction():
+                # Durable once recorded, whatever the server's default.
+                await connection.execute("SET LOCAL synchronous_commit = on")
                 if isinstance(migration.apply, str):
                     await connection.execute(migration.apply.encode("utf-8"))
                 else:

@@ -153,11 +153,16 @@ async def _migrate(connection: AsyncConnection[Any]) -> MigrationResult:
             await cursor.execute(
                 "SELECT pg_advisory_xact_lock(%s)", [_MIGRATION_LOCK_KEY]
             )
+            # Durable once migrate returns, whatever the server's default: a
+            # crash right after must not lose the tables nodes already use.
+            await cursor.execute("SET LOCAL synchronous_commit = on")
             existed = await _existing_relations(cursor, owned_objects)
             extensions_before = await _installed_extensions(cursor)
 
             await _raise_if_incompatible(
-                cursor, [table for table in OWNED_TABLES if table.name in existed]
+                cursor,
+                [table for table in OWNED_TABLES if table.name in existed],
+                before_migration=True,
             )
             await _raise_if_notify_incompatible(cursor, after_migration=False)
             trigger_existed = await _trigger_exists(cursor)
@@ -212,11 +217,14 @@ async def _installed_extensions(cursor: AsyncCursor[Any]) -> set[str]:
 
 
 async def _raise_if_incompatible(
-    cursor: AsyncCursor[Any], tables: Iterable[ExpectedTable]
+    cursor: AsyncCursor[Any],
+    tables: Iterable[ExpectedTable],
+    *,
+    before_migration: bool = False,
 ) -> None:
     problems = {}
     for table in tables:
-        found = await _table_problems(cursor, table)
+        found = await _table_problems(cursor, table, before_migration)
         if found:
             problems[table.name] = found
     if problems:
@@ -247,7 +255,9 @@ async def _raise_if_notify_incompatible(
         raise SchemaIncompatibleError({}, other_problems=found)
 
 
-async def _table_problems(cursor: AsyncCursor[Any], table: ExpectedTable) -> list[str]:
+async def _table_problems(
+    cursor: AsyncCursor[Any], table: ExpectedTable, before_migration: bool
+) -> list[str]:
     await cursor.execute(
         "SELECT relkind FROM pg_class WHERE oid = to_regclass(quote_ident(%s))",
         [table.name],
@@ -272,7 +282,7 @@ async def _table_problems(cursor: AsyncCursor[Any], table: ExpectedTable) -> lis
         str(name): (str(type_name), bool(not_null), bool(has_default))
         for name, type_name, not_null, has_default in await cursor.fetchall()
     }
-    problems = [*_column_problems(table, columns)]
+    problems = [*_column_problems(table, columns, before_migration)]
 
     await cursor.execute(
         "SELECT array_agg(a.attname::text) "
@@ -297,12 +307,15 @@ async def _table_problems(cursor: AsyncCursor[Any], table: ExpectedTable) -> lis
 
 
 def _column_problems(
-    table: ExpectedTable, columns: dict[str, tuple[str, bool, bool]]
+    table: ExpectedTable,
+    columns: dict[str, tuple[str, bool, bool]],
+    before_migration: bool,
 ) -> Iterable[str]:
     expected_names = {column.name for column in table.columns}
     for column in table.columns:
         if column.name not in columns:
-            yield f"column '{column.name}' is missing"
+            if not (before_migration and column.added_in_place):
+                yield f"column '{column.name}' is missing"
             continue
         type_name, _, has_default = columns[column.name]
         if type_name not in column.accepted_types:

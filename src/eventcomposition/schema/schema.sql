@@ -116,6 +116,8 @@ CREATE TABLE IF NOT EXISTS consumer_dead_letters (
     error           text                     NOT NULL,
     attempts        integer                  NOT NULL,
     parked_at       timestamp with time zone NOT NULL,
+    stream          text                     NOT NULL DEFAULT '',
+    waiting         boolean                  NOT NULL DEFAULT false,
     CONSTRAINT consumer_dead_letters_pkey PRIMARY KEY ("group", source, sequence_number)
 );
 
@@ -143,6 +145,31 @@ CREATE UNIQUE INDEX IF NOT EXISTS projection_versions_one_live_key
     ON projection_versions ("group") WHERE state = 'live';
 CREATE UNIQUE INDEX IF NOT EXISTS projection_versions_one_building_key
     ON projection_versions ("group") WHERE state = 'building';
+
+-- Added in place to tables made before streams were recorded: `stream` names the
+-- parked event's stream ('category/stream'; '' in older rows, which hold nothing
+-- back), `waiting` marks an event parked behind an earlier dead letter of its
+-- stream. Checked first, so that a repeated migration takes no table lock.
+DO $migration$
+BEGIN
+    IF NOT EXISTS (
+        SELECT FROM pg_attribute
+        WHERE attrelid = to_regclass('consumer_dead_letters')
+          AND attname = 'stream' AND NOT attisdropped
+    ) THEN
+        ALTER TABLE consumer_dead_letters
+            ADD COLUMN stream text NOT NULL DEFAULT '';
+    END IF;
+    IF NOT EXISTS (
+        SELECT FROM pg_attribute
+        WHERE attrelid = to_regclass('consumer_dead_letters')
+          AND attname = 'waiting' AND NOT attisdropped
+    ) THEN
+        ALTER TABLE consumer_dead_letters
+            ADD COLUMN waiting boolean NOT NULL DEFAULT false;
+    END IF;
+END
+$migration$;
 
 -- ---------------------------------------------------------------------------------
 -- Wake-ups: NOTIFY on the events table (eventcomposition.services.notify listens).

@@ -21,6 +21,9 @@ class ExpectedColumn:
     """Types the library works with; the first is the one ``schema.sql`` creates."""
     database_fills_it: bool = False
     """The library never writes the column, so it needs a default or an identity."""
+    added_in_place: bool = False
+    """``schema.sql`` adds it to tables made by earlier versions: it may be
+    missing before the migration runs (never after)."""
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,8 @@ OWNED_TABLES: tuple[ExpectedTable, ...] = (
             ExpectedColumn("error", TEXT),
             ExpectedColumn("attempts", ("integer", "bigint")),
             ExpectedColumn("parked_at", TIMESTAMPTZ),
+            ExpectedColumn("stream", TEXT, added_in_place=True),
+            ExpectedColumn("waiting", ("boolean",), added_in_place=True),
         ),
         unique_key=frozenset({"group", "source", "sequence_number"}),
         indexes=(),

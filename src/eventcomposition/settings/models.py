@@ -35,7 +35,7 @@ from pydantic_settings import (
 )
 
 from eventcomposition.broker.role import BrokerRole
-from eventcomposition.consumers.policies import PoisonPolicy
+from eventcomposition.consumers.policies import PoisonOrder, PoisonPolicy
 from eventcomposition.runtime.policies import ErrorPolicy
 
 if TYPE_CHECKING:
@@ -235,6 +235,7 @@ class ConsumerSettings(_Section):
     claim_lease: Interval = timedelta(seconds=10)
     on_poison: Annotated[PoisonPolicy, BeforeValidator(_lower)] = PoisonPolicy.PARK
     poison_attempts: int = Field(default=3, ge=1)
+    poison_order: Annotated[PoisonOrder, BeforeValidator(_lower)] = PoisonOrder.STREAM
     # Waking on PostgreSQL: "notify" (LISTEN/NOTIFY, polling every
     # notify_poll_interval as a safety net) or "poll" (every poll_interval).
     wake: Annotated[WakeMode, BeforeValidator(_lower)] = "notify"

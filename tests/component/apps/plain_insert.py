@@ -1,21 +1,20 @@
 """A test application with no idempotency of its own: one row per event, no key.
 
-Its processor inserts one row per event into ``plain_rows`` (no unique key), through
-the transaction in which the transactional consumer moves the checkpoint; each
-batch then waits ``BATCH_PAUSE_SECONDS`` in that transaction, so that a signal sent
-while a batch runs lands mid-batch. It logs ``plain.batch-started`` as a batch
-begins. The table is the application's migration (``run --migrate``).
+Its per-event handler inserts one row per event into ``plain_rows`` (no unique key),
+through the transaction in which the transactional consumer moves the checkpoint;
+each batch then waits ``BATCH_PAUSE_SECONDS`` in that transaction (the handler's
+``batch_state`` writer), so that a signal sent while a batch runs lands mid-batch.
+It logs ``plain.batch-started`` at a batch's first event. The table is the
+application's migration (``run --migrate``).
 
     eventcomposition run --app tests.component.apps.plain_insert:PlainInsertApp
 """
-
-from collections.abc import Sequence
 
 import structlog
 from dependency_injector import providers
 from logicblocks.event.types import CategoryIdentifier, StoredEvent
 
-from eventcomposition.consumers import BatchProcessor, Transaction
+from eventcomposition.consumers import EventHandler, Transaction
 from eventcomposition.containers import EventRuntimeContainer
 from eventcomposition.runtime import SubscriptionConsumerRegistration
 from eventcomposition.schema import Migration
@@ -37,23 +36,24 @@ INSERT_ROW = (
 logger = structlog.get_logger("plain-insert")
 
 
-class PlainInsertProcessor(BatchProcessor):
-    async def process_batch(
-        self, events: Sequence[StoredEvent], transaction: Transaction
-    ) -> None:
-        await logger.ainfo(
-            "plain.batch-started",
-            category=events[0].category,
-            first_sequence_number=events[0].sequence_number,
-            last_sequence_number=events[-1].sequence_number,
-        )
-        connection = transaction.connection
-        async with connection.cursor() as cursor:
-            await cursor.executemany(
-                INSERT_ROW,
-                [(event.id, event.category, event.sequence_number) for event in events],
+class PlainInsertHandler(EventHandler):
+    async def process_event(self, event: StoredEvent, transaction: Transaction) -> None:
+        applied = transaction.batch_state(self, list[int], self._pause)
+        if not applied:
+            await logger.ainfo(
+                "plain.batch-started",
+                category=event.category,
+                first_sequence_number=event.sequence_number,
             )
-        await connection.execute("SELECT pg_sleep(%s)", [BATCH_PAUSE_SECONDS])
+        applied.append(event.sequence_number)
+        await transaction.connection.execute(
+            INSERT_ROW, (event.id, event.category, event.sequence_number)
+        )
+
+    async def _pause(self, applied: list[int], transaction: Transaction) -> None:
+        await transaction.connection.execute(
+            "SELECT pg_sleep(%s)", [BATCH_PAUSE_SECONDS]
+        )
 
 
 class PlainInsertApp(EventRuntimeContainer):
@@ -69,7 +69,7 @@ class PlainInsertApp(EventRuntimeContainer):
                 subscription_requests=[
                     CategoryIdentifier(category=category) for category in CATEGORIES
                 ],
-                processor=providers.Factory(PlainInsertProcessor),
+                processor=providers.Factory(PlainInsertHandler),
             ),
         )
     )

@@ -20,8 +20,10 @@ from logicblocks.event.types import (
 from eventcomposition.consumers import (
     BatchProcessor,
     ClaimLostError,
+    EventHandler,
     Holder,
     InMemoryCheckpointStore,
+    PoisonOrder,
     PoisonPolicy,
     SourcesStoppedError,
     StoreEventReader,
@@ -124,13 +126,14 @@ def checkpoints(clock: Clock) -> InMemoryCheckpointStore:
 def consumer(
     event_store: EventStore,
     checkpoints: InMemoryCheckpointStore,
-    processor: BatchProcessor,
+    processor: BatchProcessor | EventHandler,
     *,
     categories: Sequence[str] = ("orders",),
     subscriber_id: str = "a",
     batch_size: int = 500,
     on_poison: PoisonPolicy = PoisonPolicy.PARK,
     poison_attempts: int = 2,
+    poison_order: PoisonOrder = PoisonOrder.STREAM,
     clock: Clock | None = None,
     metrics: NodeMetrics | None = None,
 ) -> TransactionalConsumer:
@@ -146,6 +149,7 @@ def consumer(
         claim_lease=LEASE,
         on_poison=on_poison,
         poison_attempts=poison_attempts,
+        poison_order=poison_order,
         transient_backoff=Backoff(initial=timedelta(seconds=1)),
         clock=time.monotonic if clock is None else (lambda: clock.monotonic),
         metrics=metrics,
@@ -359,10 +363,16 @@ class TestPoisonEvents:
     async def test_parks_the_failing_event_after_its_attempts_and_goes_on(
         self, event_store: EventStore, checkpoints: InMemoryCheckpointStore
     ) -> None:
+        # poison_order "none": the later events of its stream go on past it.
         await publish(event_store, "orders", 20)
         recorder = Recorder(poison=[7])
         subscriber = consumer(
-            event_store, checkpoints, recorder, batch_size=20, poison_attempts=2
+            event_store,
+            checkpoints,
+            recorder,
+            batch_size=20,
+            poison_attempts=2,
+            poison_order=PoisonOrder.NONE,
         )
         await accept(subscriber, event_store)
 
@@ -406,7 +416,12 @@ class TestPoisonEvents:
         await publish(event_store, "orders", 512)
         recorder = Recorder(poison=[300])
         subscriber = consumer(
-            event_store, checkpoints, recorder, batch_size=512, poison_attempts=1
+            event_store,
+            checkpoints,
+            recorder,
+            batch_size=512,
+            poison_attempts=1,
+            poison_order=PoisonOrder.NONE,
         )
         await accept(subscriber, event_store)
 
@@ -576,6 +591,7 @@ class TestMetrics:
             Recorder(poison=[4]),
             batch_size=10,
             poison_attempts=2,
+            poison_order=PoisonOrder.NONE,
             metrics=metrics,
         )
         await accept(subscriber, event_store)
@@ -662,3 +678,394 @@ async def test_concurrent_sources_take_their_batches_at_once(
         "right": list(range(100, 125)),
         "middle": list(range(200, 225)),
     }
+
+
+class Handler(EventHandler):
+    """Per-event: applies each event on commit; fails on payloads in ``poison``."""
+
+    def __init__(self, poison: Sequence[int] = ()) -> None:
+        self.poison = set(poison)
+        self.applied: list[StoredEvent] = []
+        self.calls = 0
+        self.transient_failures = 0
+
+    async def process_event(self, event: StoredEvent, transaction: Transaction) -> None:
+        self.calls += 1
+        if self.transient_failures:
+            self.transient_failures -= 1
+            raise psycopg.OperationalError("server closed the connection")
+        if number(event) in self.poison:
+            raise ValueError(f"cannot apply order {number(event)}")
+        transaction.on_commit(lambda: self.applied.append(event))
+
+    @property
+    def numbers(self) -> list[int]:
+        return [number(event) for event in self.applied]
+
+    def stream_numbers(self, stream: str) -> list[int]:
+        return [number(event) for event in self.applied if event.stream == stream]
+
+
+async def publish_to(store: EventStore, stream: str, *numbers: int) -> None:
+    await store.stream(category="orders", stream=stream).publish(
+        events=[NewEvent(name="placed", payload={"n": n}) for n in numbers]
+    )
+
+
+class TestEventHandlers:
+    async def test_runs_the_handler_over_each_batch_in_its_transaction(
+        self, event_store: EventStore, checkpoints: InMemoryCheckpointStore
+    ) -> None:
+        await publish(event_store, "orders", 1200)
+        handler = Handler()
+        metrics = RecordingMetrics()
+        subscriber = make_transactional_consumer(
+            event_store=event_store,
+            checkpoint_store=checkpoints,
+            subscriber_group=GROUP,
+            subscription_requests=[CategoryIdentifier(category="orders")],
+            processor=handler,
+            metrics=metrics,
+        )
+        await accept(subscriber, event_store)
+
+        await subscriber.consume_all()
+        await subscriber.consume_all()
+
+        assert handler.numbers == list(range(1200))
+        assert handler.calls == 1200
+        assert [events for _, _, events in metrics.batches] == [500, 500, 200]
+        positions = await checkpoints.positions(GROUP)
+        assert positions == {"orders": handler.applied[-1].sequence_number}
+
+    async def test_commits_the_events_before_a_failing_one_without_halving(
+        self, event_store: EventStore, checkpoints: InMemoryCheckpointStore
+    ) -> None:
+        await publish(event_store, "orders", 512)
+        handler = Handler(poison=[300])
+        subscriber = consumer(
+            event_store,
+            checkpoints,
+            handler,
+            batch_size=512,
+            poison_attempts=1,
+            poison_order=PoisonOrder.NONE,
+        )
+        await accept(subscriber, event_store)
+
+        await subscriber.consume_all()
+
+        # 0..300 (fails), 0..299 committed, then 301..511: no halving.
+        assert handler.calls == 301 + 300 + 211
+        assert handler.numbers == [n for n in range(512) if n != 300]
+        (letter,) = await checkpoints.dead_letters(GROUP)
+        assert (letter.attempts, letter.error) == (
+            1,
+            "ValueError: cannot apply order 300",
+        )
+        assert letter.stream == "orders/s"
+        assert not letter.waiting
+
+    async def test_a_failing_event_is_tried_alone_then_parked(
+        self, event_store: EventStore, checkpoints: InMemoryCheckpointStore
+    ) -> None:
+        await publish(event_store, "orders", 10)
+        handler = Handler(poison=[4])
+        subscriber = consumer(
+            event_store,
+            checkpoints,
+            handler,
+            poison_attempts=2,
+            poison_order=PoisonOrder.NONE,
+        )
+        await accept(subscriber, event_store)
+
+        await subscriber.consume_all()
+        assert handler.numbers == [0, 1, 2, 3]
+        assert await checkpoints.dead_letters(GROUP) == []
+        calls = handler.calls
+
+        await subscriber.consume_all()
+
+        assert handler.calls - calls == 1 + 5  # 4 alone, then 5..9
+        assert handler.numbers == [0, 1, 2, 3, 5, 6, 7, 8, 9]
+        assert [letter.attempts for letter in await checkpoints.dead_letters()] == [2]
+
+        handler.poison.clear()
+        result = await retry_dead_letters(
+            checkpoint_store=checkpoints,
+            event_reader=StoreEventReader(event_store),
+            group=GROUP,
+            processor=handler,
+        )
+        assert [letter.sequence_number for letter in result.applied] == [4]
+        assert handler.numbers[-1] == 4
+
+    async def test_database_failures_in_the_handler_are_retried_never_parked(
+        self,
+        event_store: EventStore,
+        checkpoints: InMemoryCheckpointStore,
+        clock: Clock,
+    ) -> None:
+        await publish(event_store, "orders", 3)
+        handler = Handler()
+        handler.transient_failures = 1
+        subscriber = consumer(
+            event_store, checkpoints, handler, poison_attempts=1, clock=clock
+        )
+        await accept(subscriber, event_store)
+
+        with pytest.raises(psycopg.OperationalError):
+            await subscriber.consume_all()
+        clock.advance(60)
+        await subscriber.consume_all()
+
+        assert handler.numbers == [0, 1, 2]
+        assert await checkpoints.dead_letters(GROUP) == []
+
+    async def test_refuses_a_processor_of_another_kind(
+        self, event_store: EventStore, checkpoints: InMemoryCheckpointStore
+    ) -> None:
+        with pytest.raises(TypeError, match="BatchProcessor or an EventHandler"):
+            make_transactional_consumer(
+                event_store=event_store,
+                checkpoint_store=checkpoints,
+                subscriber_group=GROUP,
+                subscription_requests=[CategoryIdentifier(category="orders")],
+                processor=object(),  # type: ignore[arg-type]
+            )
+        with pytest.raises(ValueError, match="poison_order must be 'stream' or"):
+            make_transactional_consumer(
+                event_store=event_store,
+                checkpoint_store=checkpoints,
+                subscriber_group=GROUP,
+                subscription_requests=[CategoryIdentifier(category="orders")],
+                processor=Handler(),
+                poison_order="sometimes",
+            )
+
+
+class TestStreamOrder:
+    """A parked event's later events of its stream wait behind it; the other
+    streams of the source go on; a retry applies the stream in order."""
+
+    async def test_later_events_of_the_stream_wait_and_a_retry_applies_them_in_order(
+        self, event_store: EventStore, checkpoints: InMemoryCheckpointStore
+    ) -> None:
+        for stream, n in [("a", 0), ("b", 100), ("a", 1), ("b", 101), ("a", 2)]:
+            await publish_to(event_store, stream, n)
+        handler = Handler(poison=[1])
+        subscriber = consumer(event_store, checkpoints, handler, poison_attempts=1)
+        await accept(subscriber, event_store)
+
+        await subscriber.consume_all()
+        await publish_to(event_store, "a", 3)
+        await publish_to(event_store, "b", 102)
+        await subscriber.consume_all()
+
+        assert handler.stream_numbers("b") == [100, 101, 102]
+        assert handler.stream_numbers("a") == [0]
+        letters = await checkpoints.dead_letters(GROUP)
+        assert [(letter.stream, letter.waiting) for letter in letters] == [
+            ("orders/a", False),
+            ("orders/a", True),
+            ("orders/a", True),
+        ]
+        sequence_numbers = [letter.sequence_number for letter in letters]
+        assert sequence_numbers == sorted(sequence_numbers)
+
+        handler.poison.clear()
+        result = await retry_dead_letters(
+            checkpoint_store=checkpoints,
+            event_reader=StoreEventReader(event_store),
+            group=GROUP,
+            processor=handler,
+        )
+        assert result.applied == letters
+        assert result.failed == []
+        assert handler.stream_numbers("a") == [0, 1, 2, 3]
+        assert await checkpoints.dead_letters(GROUP) == []
+
+        # The stream is free again: its next events are applied.
+        await publish_to(event_store, "a", 4)
+        await subscriber.consume_all()
+        assert handler.stream_numbers("a") == [0, 1, 2, 3, 4]
+        assert await checkpoints.dead_letters(GROUP) == []
+
+    async def test_a_failing_retry_keeps_the_stream_parked_behind_it(
+        self, event_store: EventStore, checkpoints: InMemoryCheckpointStore
+    ) -> None:
+        await publish_to(event_store, "a", 0, 1, 2)
+        handler = Handler(poison=[0])
+        subscriber = consumer(event_store, checkpoints, handler, poison_attempts=1)
+        await accept(subscriber, event_store)
+        await subscriber.consume_all()
+
+        result = await retry_dead_letters(
+            checkpoint_store=checkpoints,
+            event_reader=StoreEventReader(event_store),
+            group=GROUP,
+            processor=handler,
+        )
+
+        assert result.applied == []
+        assert [why for _, why in result.failed] == [
+            "ValueError: cannot apply order 0",
+            "waiting behind sequence number 0 of its stream, still parked",
+            "waiting behind sequence number 0 of its stream, still parked",
+        ]
+        assert len(await checkpoints.dead_letters(GROUP)) == 3
+        assert handler.numbers == []
+
+    async def test_a_new_holder_keeps_the_parked_stream_waiting(
+        self, event_store: EventStore, checkpoints: InMemoryCheckpointStore
+    ) -> None:
+        await publish_to(event_store, "a", 0, 1)
+        first = Handler(poison=[0])
+        a = consumer(event_store, checkpoints, first, poison_attempts=1)
+        await accept(a, event_store)
+        await a.consume_all()
+        await a.release_claims()
+
+        await publish_to(event_store, "a", 2)
+        await publish_to(event_store, "b", 100)
+        second = Handler()
+        b = consumer(event_store, checkpoints, second, subscriber_id="b")
+        await accept(b, event_store)
+        await b.consume_all()
+
+        assert second.numbers == [100]
+        assert [letter.waiting for letter in await checkpoints.dead_letters()] == [
+            False,
+            True,
+            True,
+        ]
+
+    async def test_a_retry_while_the_consumer_runs_lets_the_stream_go_on(
+        self, event_store: EventStore, checkpoints: InMemoryCheckpointStore
+    ) -> None:
+        await publish_to(event_store, "a", 0)
+        handler = Handler(poison=[0])
+        subscriber = consumer(event_store, checkpoints, handler, poison_attempts=1)
+        await accept(subscriber, event_store)
+        await subscriber.consume_all()
+        handler.poison.clear()
+        await retry_dead_letters(
+            checkpoint_store=checkpoints,
+            event_reader=StoreEventReader(event_store),
+            group=GROUP,
+            processor=handler,
+        )
+
+        # The consumer still counts "a" as parked; its store says otherwise.
+        await publish_to(event_store, "a", 1, 2)
+        await subscriber.consume_all()
+
+        assert handler.numbers == [0, 1, 2]
+        assert await checkpoints.dead_letters(GROUP) == []
+
+    async def test_a_batch_processor_keeps_stream_order_too(
+        self, event_store: EventStore, checkpoints: InMemoryCheckpointStore
+    ) -> None:
+        await publish_to(event_store, "a", 0, 1)
+        await publish_to(event_store, "b", 100)
+        recorder = Recorder(poison=[0])
+        metrics = RecordingMetrics()
+        subscriber = consumer(
+            event_store, checkpoints, recorder, poison_attempts=1, metrics=metrics
+        )
+        await accept(subscriber, event_store)
+
+        await subscriber.consume_all()
+
+        assert recorder.numbers == [100]
+        assert metrics.dead_letters == [GROUP, GROUP]
+        assert [letter.waiting for letter in await checkpoints.dead_letters()] == [
+            False,
+            True,
+        ]
+
+    async def test_retrying_only_a_later_letter_keeps_it_behind_the_first(
+        self, event_store: EventStore, checkpoints: InMemoryCheckpointStore
+    ) -> None:
+        await publish_to(event_store, "a", 0, 1)
+        handler = Handler(poison=[0])
+        subscriber = consumer(event_store, checkpoints, handler, poison_attempts=1)
+        await accept(subscriber, event_store)
+        await subscriber.consume_all()
+        handler.poison.clear()
+        first, later = await checkpoints.dead_letters(GROUP)
+
+        blocked = await retry_dead_letters(
+            checkpoint_store=checkpoints,
+            event_reader=StoreEventReader(event_store),
+            group=GROUP,
+            processor=handler,
+            only=[later],
+        )
+        assert blocked.applied == []
+        assert blocked.failed == [
+            (later, "waiting behind sequence number 0 of its stream, still parked")
+        ]
+
+        head = await retry_dead_letters(
+            checkpoint_store=checkpoints,
+            event_reader=StoreEventReader(event_store),
+            group=GROUP,
+            processor=handler,
+            only=[first],
+        )
+        assert head.applied == [first]
+        assert handler.numbers == [0]
+        assert await checkpoints.dead_letters(GROUP) == [later]
+
+
+class FoldingHandler(EventHandler):
+    """Folds each batch's numbers into one list, written once per batch."""
+
+    def __init__(self, fail_write: bool = False) -> None:
+        self.writes: list[list[int]] = []
+        self.fail_write = fail_write
+
+    async def process_event(self, event: StoredEvent, transaction: Transaction) -> None:
+        numbers = transaction.batch_state(self, list[int], self.write)
+        numbers.append(number(event))
+
+    async def write(self, numbers: list[int], transaction: Transaction) -> None:
+        if self.fail_write and 3 in numbers:
+            raise ValueError("cannot write a batch with 3")
+        transaction.on_commit(lambda: self.writes.append(numbers))
+
+
+class TestBatchState:
+    async def test_a_handler_folds_each_batch_and_writes_it_once(
+        self, event_store: EventStore, checkpoints: InMemoryCheckpointStore
+    ) -> None:
+        await publish(event_store, "orders", 12)
+        handler = FoldingHandler()
+        subscriber = consumer(event_store, checkpoints, handler, batch_size=5)
+        await accept(subscriber, event_store)
+
+        await subscriber.consume_all()
+
+        assert handler.writes == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11]]
+
+    async def test_a_failing_write_is_found_by_halving_and_parked(
+        self, event_store: EventStore, checkpoints: InMemoryCheckpointStore
+    ) -> None:
+        await publish(event_store, "orders", 6)
+        handler = FoldingHandler(fail_write=True)
+        subscriber = consumer(
+            event_store,
+            checkpoints,
+            handler,
+            poison_attempts=1,
+            poison_order=PoisonOrder.NONE,
+        )
+        await accept(subscriber, event_store)
+
+        await subscriber.consume_all()
+
+        assert sorted(n for write in handler.writes for n in write) == [0, 1, 2, 4, 5]
+        (letter,) = await checkpoints.dead_letters(GROUP)
+        assert letter.error == "ValueError: cannot write a batch with 3"
