@@ -27,7 +27,7 @@ events behind, and it is 0 exactly when the checkpoint is at the head.
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from logicblocks.event.store import EventStorageAdapter, InMemoryEventStorageAdapter
 from logicblocks.event.types import (
@@ -41,6 +41,12 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from .connections import autocommitting
+
+if TYPE_CHECKING:
+    from .consumers.partitions import CategoryPartition
+
+# The partitions module is imported where it is used: the consumers package, which
+# defines it, imports this module.
 
 
 @dataclass(frozen=True)
@@ -220,8 +226,8 @@ class LagReader:
 class EventStoreHeadReader:
     """Heads read through a storage adapter's ``latest``, one source at a time.
 
-    Log, category and stream sources have heads; other sources (partitions) are
-    left out (unknown).
+    Log, category, stream and partition sources have heads (a partition's found by
+    reading its category); other sources are left out (unknown).
     """
 
     def __init__(self, adapter: EventStorageAdapter) -> None:
@@ -230,6 +236,8 @@ class EventStoreHeadReader:
     async def heads(
         self, sources: Sequence[EventSourceIdentifier]
     ) -> Mapping[EventSourceIdentifier, int | None]:
+        from .consumers.partitions import CategoryPartition
+
         heads: dict[EventSourceIdentifier, int | None] = {}
         for source in sources:
             if isinstance(
@@ -237,6 +245,13 @@ class EventStoreHeadReader:
             ):
                 latest = await self._adapter.latest(target=source)
                 heads[source] = latest.sequence_number if latest is not None else None
+            elif isinstance(source, CategoryPartition):
+                heads[source] = None
+                async for event in self._adapter.scan(
+                    target=CategoryIdentifier(category=source.category)
+                ):
+                    if source.holds(event.stream):
+                        heads[source] = event.sequence_number
         return heads
 
 
@@ -255,6 +270,8 @@ class InMemoryHeadReader:
     async def heads(
         self, sources: Sequence[EventSourceIdentifier]
     ) -> Mapping[EventSourceIdentifier, int | None]:
+        from .consumers.partitions import CategoryPartition
+
         heads: dict[EventSourceIdentifier, int | None] = {}
         for source in sources:
             if isinstance(
@@ -262,7 +279,19 @@ class InMemoryHeadReader:
             ):
                 latest: StoredEvent | None = self._events.last_event(source)
                 heads[source] = latest.sequence_number if latest is not None else None
+            elif isinstance(source, CategoryPartition):
+                heads[source] = self._partition_head(source)
         return heads
+
+    def _partition_head(self, partition: "CategoryPartition") -> int | None:
+        index = self._events._select_index(
+            CategoryIdentifier(category=partition.category)
+        )
+        for sequence_number in reversed(index):
+            event: StoredEvent = self._events._events[sequence_number]
+            if partition.holds(event.stream):
+                return event.sequence_number
+        return None
 
 
 class PostgresHeadReader:
@@ -282,16 +311,25 @@ class PostgresHeadReader:
     async def heads(
         self, sources: Sequence[EventSourceIdentifier]
     ) -> Mapping[EventSourceIdentifier, int | None]:
+        from .consumers.partitions import CategoryPartition
+
         categories = [s.category for s in sources if isinstance(s, CategoryIdentifier)]
         streams = [s for s in sources if isinstance(s, StreamIdentifier)]
+        partitions = [s for s in sources if isinstance(s, CategoryPartition)]
         wants_log = any(isinstance(s, LogIdentifier) for s in sources)
         # Only the kinds this query reads; others stay unknown (left out).
         heads: dict[EventSourceIdentifier, int | None] = {
             source: None
             for source in sources
-            if isinstance(source, LogIdentifier | CategoryIdentifier | StreamIdentifier)
+            if isinstance(
+                source,
+                LogIdentifier
+                | CategoryIdentifier
+                | StreamIdentifier
+                | CategoryPartition,
+            )
         }
-        if not (categories or streams or wants_log):
+        if not (categories or streams or partitions or wants_log):
             return heads
         # One statement: in autocommit, without BEGIN and COMMIT around it.
         async with autocommitting(self._pool) as connection:
@@ -301,12 +339,17 @@ class PostgresHeadReader:
                     "categories": categories,
                     "stream_categories": [s.category for s in streams],
                     "streams": [s.stream for s in streams],
+                    "partition_categories": [p.category for p in partitions],
+                    "partition_indexes": [p.index for p in partitions],
+                    "partition_counts": [p.count for p in partitions],
                     "log": wants_log,
                 },
             )
             rows = await cursor.fetchall()
-        for kind, category, stream, head in rows:
+        for kind, category, stream, index, count, head in rows:
             match kind:
+                case "partition":
+                    heads[CategoryPartition(category, index, count)] = head
                 case "log":
                     heads[LogIdentifier()] = head
                 case "category":
@@ -318,25 +361,38 @@ class PostgresHeadReader:
 
 def _heads_query(table: str) -> sql.Composed:
     # The correlated max() subqueries keep each head an index probe; a GROUP BY
-    # over the table would read every event.
+    # over the table would read every event. A partition's head is a backward scan
+    # of its category's index up to the first event of the partition.
+    from .consumers.partitions import PARTITION_HASH_SQL
+
     return sql.SQL(
         """
-        SELECT 'category', c.category, NULL::text,
+        SELECT 'category', c.category, NULL::text, NULL::int, NULL::int,
                (SELECT max(e.sequence_number) FROM {table} e
                 WHERE e.category = c.category)
         FROM unnest(%(categories)s::text[]) AS c(category)
         UNION ALL
-        SELECT 'stream', s.category, s.stream,
+        SELECT 'stream', s.category, s.stream, NULL::int, NULL::int,
                (SELECT max(e.sequence_number) FROM {table} e
                 WHERE e.category = s.category AND e.stream = s.stream)
         FROM unnest(%(stream_categories)s::text[], %(streams)s::text[])
              AS s(category, stream)
         UNION ALL
-        SELECT 'log', NULL::text, NULL::text,
+        SELECT 'partition', p.category, NULL::text, p.index, p.count,
+               (SELECT max(e.sequence_number) FROM {table} e
+                WHERE e.category = p.category
+                  AND mod({hash}, p.count) = p.index)
+        FROM unnest(%(partition_categories)s::text[], %(partition_indexes)s::int[],
+                    %(partition_counts)s::int[]) AS p(category, index, count)
+        UNION ALL
+        SELECT 'log', NULL::text, NULL::text, NULL::int, NULL::int,
                (SELECT max(e.sequence_number) FROM {table} e)
         WHERE %(log)s
         """
-    ).format(table=sql.Identifier(table))
+    ).format(
+        table=sql.Identifier(table),
+        hash=sql.SQL(PARTITION_HASH_SQL.replace("stream", "e.stream")),
+    )
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from ..connections import autocommitting as _autocommitting
 from ..lag import PostgresHeadReader
 from .batch import Transaction
 from .claims import Claim, ClaimRecord, DeadLetter, Holder, claim_lost
+from .partitions import PARTITION_HASH_SQL, CategoryPartition
 from .stores import CheckpointStore, EventReader, check_readable
 
 _CLAIM = """
@@ -98,14 +99,32 @@ _EVENT_COLUMNS = (
     "id, name, stream, category, position, sequence_number, payload, "
     "observed_at, occurred_at"
 )
-_READ_CATEGORY = (
-    f"SELECT {_EVENT_COLUMNS} FROM events WHERE category = %s "
+_READ = (
+    f"SELECT {_EVENT_COLUMNS} FROM events WHERE {{where}} "
     "AND sequence_number > %s ORDER BY sequence_number LIMIT %s"
 )
-_READ_STREAM = (
-    f"SELECT {_EVENT_COLUMNS} FROM events WHERE category = %s AND stream = %s "
-    "AND sequence_number > %s ORDER BY sequence_number LIMIT %s"
-)
+
+
+def source_filter(source: EventSourceIdentifier) -> tuple[str, tuple[object, ...]]:
+    """The WHERE condition selecting ``source``'s events from ``events``, and its
+    parameters: the one place that says which rows a source is.
+
+    A partition is its category's rows whose stream hash (``PARTITION_HASH_SQL``,
+    computed per row) falls in it; the category index keeps them in order.
+    """
+    match source:
+        case StreamIdentifier(category=category, stream=stream):
+            return "category = %s AND stream = %s", (category, stream)
+        case CategoryIdentifier(category=category):
+            return "category = %s", (category,)
+        case CategoryPartition(category=category, index=index, count=count):
+            return (
+                f"category = %s AND mod({PARTITION_HASH_SQL}, %s) = %s",
+                (category, count, index),
+            )
+    check_readable(source)
+    raise AssertionError("unreachable")
+
 
 type Pool = AsyncConnectionPool[AsyncConnection[Any]]
 
@@ -145,15 +164,9 @@ class PostgresEventReader(EventReader):
         self, source: EventSourceIdentifier, *, after: int | None, limit: int
     ) -> Sequence[StoredEvent]:
         start = -1 if after is None else after
-        parameters: tuple[object, ...]
-        match source:
-            case StreamIdentifier(category=category, stream=stream):
-                query, parameters = _READ_STREAM, (category, stream, start, limit)
-            case CategoryIdentifier(category=category):
-                query, parameters = _READ_CATEGORY, (category, start, limit)
-            case _:
-                check_readable(source)
-                raise AssertionError("unreachable")
+        where, parameters = source_filter(source)
+        query = _READ.format(where=where)
+        parameters = (*parameters, start, limit)
         async with (
             _autocommitting(self._pool) as connection,
             connection.cursor(row_factory=class_row(StoredEvent)) as cursor,

@@ -23,6 +23,7 @@ from logicblocks.event.types import (
 
 from .batch import Transaction
 from .claims import Claim, ClaimRecord, DeadLetter, Holder, SourceRef, key_of
+from .partitions import CategoryPartition
 
 
 class EventReader(ABC):
@@ -54,10 +55,13 @@ class EventReader(ABC):
 
 
 def check_readable(source: EventSourceIdentifier) -> None:
-    if not isinstance(source, CategoryIdentifier | StreamIdentifier):
+    if not isinstance(
+        source, CategoryIdentifier | StreamIdentifier | CategoryPartition
+    ):
         raise ValueError(
-            f"a transactional consumer reads categories or streams, not "
-            f"{type(source).__name__}: request a CategoryIdentifier or StreamIdentifier"
+            f"a transactional consumer reads categories, streams or partitions, not "
+            f"{type(source).__name__}: request a CategoryIdentifier, a "
+            "StreamIdentifier or partitions_of(category, count)"
         )
 
 
@@ -78,9 +82,12 @@ class StoreEventReader(EventReader):
             )
         )
         iterator = self._iterate(source, wanted)
+        partition = source if isinstance(source, CategoryPartition) else None
         events: list[StoredEvent] = []
         try:
             async for event in iterator:
+                if partition is not None and not partition.holds(event.stream):
+                    continue
                 events.append(event)
                 if len(events) >= limit:
                     break
@@ -100,7 +107,10 @@ class StoreEventReader(EventReader):
                 return self._event_store.stream(
                     category=category, stream=stream
                 ).iterate(constraints=wanted)
-            case CategoryIdentifier(category=category):
+            case (
+                CategoryIdentifier(category=category)
+                | CategoryPartition(category=category)
+            ):
                 return self._event_store.category(category=category).iterate(
                     constraints=wanted
                 )

@@ -39,6 +39,7 @@ from ..metrics import NodeMetrics
 from ..retry import Backoff
 from .batch import BatchProcessor, ClaimLostError
 from .claims import Claim, DeadLetter, Holder
+from .partitions import CategoryPartition
 from .policies import PoisonPolicy
 from .stores import CheckpointStore, EventReader, check_readable
 from .subscription import source_key
@@ -88,7 +89,9 @@ class _Source:
 def _category_of(source: EventSourceIdentifier) -> str | None:
     match source:
         case (
-            CategoryIdentifier(category=category) | StreamIdentifier(category=category)
+            CategoryIdentifier(category=category)
+            | StreamIdentifier(category=category)
+            | CategoryPartition(category=category)
         ):
             return category
     return None

@@ -23,12 +23,12 @@ from logicblocks.event.projection import (
     ProjectionStore,
 )
 from logicblocks.event.store import EventStore
-from logicblocks.event.types import CategoryIdentifier, EventSourceIdentifier
+from logicblocks.event.types import EventSourceIdentifier
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from ..broker import BrokerRole, InMemoryClusterState
-from ..consumers import InMemoryCheckpointStore
+from ..consumers import InMemoryCheckpointStore, source_key
 from ..errors import EventCompositionError
 from ..node import EventNode
 from ..settings import EventCompositionSettings
@@ -294,7 +294,4 @@ async def _subscribed(view: ClusterView, group: str, expected: set[str]) -> bool
 
 
 def _names_of(sources: Sequence[EventSourceIdentifier]) -> list[str]:
-    return [
-        source.category if isinstance(source, CategoryIdentifier) else str(source)
-        for source in sources
-    ]
+    return [source_key(source) for source in sources]
