@@ -15,8 +15,6 @@ from typing import Any, Protocol
 
 from logicblocks.event.processing.broker.strategies.distributed import (
     EventSubscriberState,
-    PostgresEventSubscriberStateStore,
-    PostgresEventSubscriptionStateStore,
 )
 from logicblocks.event.projection import (
     InMemoryProjectionStorageAdapter,
@@ -28,6 +26,10 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from ..broker import BrokerRole, InMemoryClusterState
+from ..broker.stores import (
+    PartitionAwareSubscriberStateStore,
+    PartitionAwareSubscriptionStateStore,
+)
 from ..consumers import InMemoryCheckpointStore, source_key
 from ..errors import EventCompositionError
 from ..node import EventNode
@@ -76,7 +78,7 @@ class PostgresClusterView:
     pool: AsyncConnectionPool[AsyncConnection[Any]]
 
     async def _subscribers(self, group: str) -> list[EventSubscriberState]:
-        store = PostgresEventSubscriberStateStore(
+        store = PartitionAwareSubscriberStateStore(
             node_id="demo", connection_source=self.pool
         )
         return list(await store.list(subscriber_group=group))
@@ -90,7 +92,7 @@ class PostgresClusterView:
         # A subscription row names the node that wrote it (the coordinator); the
         # subscriber's row names the node it runs on.
         node_of = {s.id: s.node_id for s in await self._subscribers(group)}
-        store = PostgresEventSubscriptionStateStore(
+        store = PartitionAwareSubscriptionStateStore(
             node_id="demo", connection_source=self.pool
         )
         held: dict[str, list[EventSourceIdentifier]] = {}

@@ -183,3 +183,13 @@ def test_a_joining_subscriber_takes_partitions_from_the_most_loaded() -> None:
     settled = balanced(GroupState("g", subscribers, plan.holdings), move_budget=100)
     assert [len(settled.holdings[s]) for s in ("s0", "s1", "s2")] == [6, 5, 5]
     assert settled.moves == 0
+
+
+def test_the_settings_know_the_partition_counts() -> None:
+    # eventcomposition.settings keeps its own copies (importing this module would
+    # import logicblocks' event store into the settings).
+    from eventcomposition.consumers import partitions
+    from eventcomposition.settings import models
+
+    assert models.DEFAULT_PARTITION_COUNT == partitions.DEFAULT_PARTITION_COUNT
+    assert models.MAX_PARTITION_COUNT == partitions.MAX_PARTITION_COUNT
