@@ -30,6 +30,7 @@ BENCHMARKS: dict[str, str] = {
     "transactional": "benchmarks.transactional",
     "http-overhead": "benchmarks.http_overhead",
     "cli-startup": "benchmarks.cli_startup",
+    "partitions": "benchmarks.partitions",
 }
 
 

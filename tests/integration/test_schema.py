@@ -141,6 +141,8 @@ class TestMigrate:
             "consumer_claims",
             "consumer_checkpoints",
             "consumer_dead_letters",
+            "consumer_partitionings",
+            "consumer_partition_floors",
         )
         assert result.created_extensions == ("pg_trgm",)
         found = await relations(empty_connection)
@@ -176,6 +178,8 @@ class TestMigrate:
             "consumer_claims",
             "consumer_checkpoints",
             "consumer_dead_letters",
+            "consumer_partitionings",
+            "consumer_partition_floors",
         )
         assert await relations(empty_connection) == after_first
 
@@ -199,6 +203,8 @@ class TestMigrate:
                 "consumer_claims",
                 "consumer_checkpoints",
                 "consumer_dead_letters",
+                "consumer_partitionings",
+                "consumer_partition_floors",
             )
 
     async def test_nodes_migrating_at_once_do_not_race(
@@ -218,6 +224,8 @@ class TestMigrate:
             "consumer_claims",
             "consumer_checkpoints",
             "consumer_dead_letters",
+            "consumer_partitionings",
+            "consumer_partition_floors",
         )
 
     async def test_keeps_a_compatible_existing_table_and_adds_its_indexes(

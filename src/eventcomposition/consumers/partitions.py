@@ -37,6 +37,8 @@ from logicblocks.event.types import (
 )
 from logicblocks.event.types.identifier import event_sequence_identifier
 
+from ..errors import EventCompositionError
+
 DEFAULT_PARTITION_COUNT = 16
 """Partitions per category when a group declares none.
 
@@ -216,6 +218,38 @@ def repartition_starts(
         )
         starts[new] = PartitionStart(start, floors)
     return starts
+
+
+RETIRED_HOLDER = "(repartitioned)"
+"""The holder of a former partition's claim after a repartition: nobody."""
+
+
+class RepartitionError(EventCompositionError):
+    """A category cannot be repartitioned yet."""
+
+
+def check_caught_up(
+    group: str,
+    checkpoints: Mapping[str, int | None],
+    floors: Mapping[str, Sequence[Floor]],
+) -> None:
+    """Refuse to repartition partitions that still skip events of an earlier
+    repartition (their checkpoint is below one of their floors)."""
+    behind = sorted(
+        key
+        for key, own in floors.items()
+        if any(
+            (checkpoint := checkpoints.get(key)) is None
+            or floor.sequence_number > checkpoint
+            for floor in own
+        )
+    )
+    if behind:
+        raise RepartitionError(
+            f"group '{group}' cannot be repartitioned while {', '.join(behind)} "
+            "have not caught up with the previous repartition: deploy the previous "
+            "partition count until their lag is 0, then change it"
+        )
 
 
 def _gcd(a: int, b: int) -> int:

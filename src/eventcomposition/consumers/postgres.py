@@ -28,7 +28,15 @@ from ..connections import autocommitting as _autocommitting
 from ..lag import PostgresHeadReader
 from .batch import Transaction
 from .claims import Claim, ClaimRecord, DeadLetter, Holder, claim_lost
-from .partitions import PARTITION_HASH_SQL, CategoryPartition
+from .partitions import (
+    PARTITION_HASH_SQL,
+    RETIRED_HOLDER,
+    CategoryPartition,
+    Floor,
+    check_caught_up,
+    partitions_of,
+    repartition_starts,
+)
 from .stores import CheckpointStore, EventReader, check_readable
 
 _CLAIM = """
@@ -93,6 +101,62 @@ VALUES (%(group)s, %(source)s, %(sequence_number)s, %(event_id)s, %(error)s,
 ON CONFLICT ("group", source, sequence_number) DO UPDATE SET
     error = excluded.error, attempts = excluded.attempts,
     parked_at = excluded.parked_at
+"""
+
+_RETIRED_UNTIL = "9999-12-31 00:00:00+00"
+
+_PARTITIONING = """
+INSERT INTO consumer_partitionings ("group", category, count, changed_at)
+VALUES (%(group)s, %(category)s, %(count)s, now())
+ON CONFLICT ("group", category) DO NOTHING
+"""
+_LOCK_PARTITIONING = """
+SELECT count FROM consumer_partitionings
+WHERE "group" = %(group)s AND category = %(category)s FOR UPDATE
+"""
+_FLOORS = """
+SELECT source, former_index, former_count, sequence_number
+FROM consumer_partition_floors WHERE "group" = %(group)s AND source = ANY(%(sources)s)
+"""
+_LOCK_FORMER_CLAIMS = """
+SELECT source, NOT released AND lease_expires_at > now() FROM consumer_claims
+WHERE "group" = %(group)s AND source = ANY(%(sources)s) FOR UPDATE
+"""
+_CHECKPOINTS = """
+SELECT source, sequence_number FROM consumer_checkpoints
+WHERE "group" = %(group)s AND source = ANY(%(sources)s)
+"""
+# Nobody may claim a former partition again, nor commit under an earlier claim.
+_RETIRE = f"""
+INSERT INTO consumer_claims AS c
+    ("group", source, holder_node, holder_subscriber, epoch, lease_expires_at,
+     released, claimed_at)
+SELECT %(group)s, source, '{RETIRED_HOLDER}', '', 1, '{_RETIRED_UNTIL}', false, now()
+FROM unnest(%(sources)s::text[]) AS s(source)
+ON CONFLICT ("group", source) DO UPDATE SET
+    holder_node = excluded.holder_node,
+    holder_subscriber = excluded.holder_subscriber,
+    epoch = c.epoch + 1,
+    lease_expires_at = excluded.lease_expires_at,
+    released = false,
+    claimed_at = excluded.claimed_at
+"""
+# Claims left on the new partitions by an earlier generation: free, next epoch.
+_FREE = """
+UPDATE consumer_claims SET released = true, lease_expires_at = now(), epoch = epoch + 1
+WHERE "group" = %(group)s AND source = ANY(%(sources)s)
+"""
+_START = """
+INSERT INTO consumer_checkpoints ("group", source, sequence_number, updated_at)
+SELECT %(group)s, source, sequence_number, now()
+FROM unnest(%(sources)s::text[], %(positions)s::bigint[]) AS s(source, sequence_number)
+"""
+_SET_FLOORS = """
+INSERT INTO consumer_partition_floors
+    ("group", source, former_index, former_count, sequence_number)
+SELECT %(group)s, * FROM unnest(
+    %(sources)s::text[], %(indexes)s::int[], %(counts)s::int[], %(positions)s::bigint[]
+)
 """
 
 _EVENT_COLUMNS = (
@@ -323,6 +387,24 @@ class PostgresCheckpointStore(CheckpointStore):
         )
         await self.advance(transaction, claim, dead_letter.sequence_number, lease)
 
+    async def prepare_partition(
+        self, group: str, partition: CategoryPartition
+    ) -> tuple[Floor, ...] | None:
+        names = {"group": group, "category": partition.category}
+        async with self._pool.connection() as connection, connection.transaction():
+            await connection.execute(_PARTITIONING, {**names, "count": partition.count})
+            rows = await (
+                await connection.execute(_LOCK_PARTITIONING, names)
+            ).fetchall()
+            count = int(rows[0][0])
+            if count != partition.count:
+                formers = [p.key for p in partitions_of(partition.category, count)]
+                if not await _retire(connection, group, formers):
+                    return None
+                await _start(connection, group, partition, formers)
+            floors = await _floors_of(connection, group, [partition.key])
+        return floors.get(partition.key, ())
+
     async def dead_letters(self, group: str | None = None) -> Sequence[DeadLetter]:
         rows = await self._fetch(
             'SELECT "group", source, sequence_number, event_id, error, attempts, '
@@ -360,6 +442,95 @@ class PostgresCheckpointStore(CheckpointStore):
 
     def event_reader(self, event_store: EventStore) -> EventReader:
         return PostgresEventReader(self._pool)
+
+
+async def _floors_of(
+    connection: AsyncConnection[Any], group: str, sources: Sequence[str]
+) -> dict[str, tuple[Floor, ...]]:
+    rows = await (
+        await connection.execute(_FLOORS, {"group": group, "sources": list(sources)})
+    ).fetchall()
+    floors: dict[str, list[Floor]] = {}
+    for source, index, count, position in rows:
+        floors.setdefault(source, []).append(Floor(index, count, position))
+    return {source: tuple(own) for source, own in floors.items()}
+
+
+async def _retire(
+    connection: AsyncConnection[Any], group: str, formers: Sequence[str]
+) -> bool:
+    """Retire the former partitions' claims, unless one is still held."""
+    parameters = {"group": group, "sources": list(formers)}
+    held = await (await connection.execute(_LOCK_FORMER_CLAIMS, parameters)).fetchall()
+    if any(still_held for _, still_held in held):
+        return False
+    await connection.execute(_RETIRE, parameters)
+    return True
+
+
+async def _start(
+    connection: AsyncConnection[Any],
+    group: str,
+    partition: CategoryPartition,
+    formers: Sequence[str],
+) -> None:
+    """The new partitions' checkpoints and floors from the former ones', and the
+    new count."""
+    rows = await (
+        await connection.execute(_CHECKPOINTS, {"group": group, "sources": formers})
+    ).fetchall()
+    checkpoints: dict[str, int | None] = {key: None for key in formers}
+    checkpoints.update({source: int(position) for source, position in rows})
+    check_caught_up(group, checkpoints, await _floors_of(connection, group, formers))
+    starts = repartition_starts(
+        {index: checkpoints[key] for index, key in enumerate(formers)},
+        len(formers),
+        partition.count,
+    )
+    keys = {
+        index: CategoryPartition(partition.category, index, partition.count).key
+        for index in starts
+    }
+    everything = {"group": group, "sources": [*keys.values(), *formers]}
+    new = {"group": group, "sources": list(keys.values())}
+    await connection.execute(_FREE, new)
+    await connection.execute(
+        'DELETE FROM consumer_checkpoints WHERE "group" = %(group)s '
+        "AND source = ANY(%(sources)s)",
+        new,
+    )
+    await connection.execute(
+        'DELETE FROM consumer_partition_floors WHERE "group" = %(group)s '
+        "AND source = ANY(%(sources)s)",
+        everything,
+    )
+    begun = [
+        (keys[i], s.checkpoint) for i, s in starts.items() if s.checkpoint is not None
+    ]
+    await connection.execute(
+        _START,
+        {
+            "group": group,
+            "sources": [key for key, _ in begun],
+            "positions": [position for _, position in begun],
+        },
+    )
+    floors = [(keys[i], floor) for i, s in starts.items() for floor in s.floors]
+    await connection.execute(
+        _SET_FLOORS,
+        {
+            "group": group,
+            "sources": [key for key, _ in floors],
+            "indexes": [floor.index for _, floor in floors],
+            "counts": [floor.count for _, floor in floors],
+            "positions": [floor.sequence_number for _, floor in floors],
+        },
+    )
+    await connection.execute(
+        "UPDATE consumer_partitionings SET count = %(count)s, changed_at = now() "
+        'WHERE "group" = %(group)s AND category = %(category)s',
+        {"group": group, "category": partition.category, "count": partition.count},
+    )
 
 
 def _fence_parameters(claim: Claim) -> dict[str, Any]:

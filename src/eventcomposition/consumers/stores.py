@@ -23,7 +23,7 @@ from logicblocks.event.types import (
 
 from .batch import Transaction
 from .claims import Claim, ClaimRecord, DeadLetter, Holder, SourceRef, key_of
-from .partitions import CategoryPartition
+from .partitions import CategoryPartition, Floor
 
 
 class EventReader(ABC):
@@ -201,6 +201,26 @@ class CheckpointStore(ABC):
         lease: timedelta,
     ) -> None:
         """Keep ``dead_letter`` and move the checkpoint past it, fenced as ``advance``."""
+        raise NotImplementedError
+
+    # -- partitions ----------------------------------------------------------------
+
+    @abstractmethod
+    async def prepare_partition(
+        self, group: str, partition: CategoryPartition
+    ) -> tuple[Floor, ...] | None:
+        """Make sure ``group`` reads ``partition``'s category in
+        ``partition.count`` partitions, before the partition is claimed.
+
+        The first partition claimed records its count. A partition of another
+        count than the recorded one repartitions the category, once no subscriber
+        holds any former partition: in one transaction the former partitions'
+        claims are retired (no one can claim them or commit for them again), the
+        new partitions' checkpoints and floors are written from the former
+        checkpoints (``repartition_starts``) and the count changes. Returns the
+        partition's floors (events it must skip) when its count is the group's, or
+        ``None`` while former partitions are still held (try again later).
+        """
         raise NotImplementedError
 
     # -- dead letters ------------------------------------------------------------

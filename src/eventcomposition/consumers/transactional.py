@@ -39,7 +39,7 @@ from ..metrics import NodeMetrics
 from ..retry import Backoff
 from .batch import BatchProcessor, ClaimLostError
 from .claims import Claim, DeadLetter, Holder
-from .partitions import CategoryPartition
+from .partitions import CategoryPartition, Floor
 from .policies import PoisonPolicy
 from .stores import CheckpointStore, EventReader, check_readable
 from .subscription import source_key
@@ -83,6 +83,8 @@ class _Source:
     """The sequence number of the event that failed last, and how often it did."""
     transient_failures: int = 0
     retry_at: float = 0.0
+    floors: tuple[Floor, ...] = ()
+    """A partition's floors after a repartition: events applied before it."""
     log: Any = field(default=None, repr=False)
 
 
@@ -383,7 +385,7 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
         if not events:
             return False
         try:
-            applied = await self._apply(state, events)
+            applied = await self._apply_unless_floored(state, events)
         except ClaimLostError as error:
             await state.log.awarning("consumer.claim-lost", reason=str(error))
             state.claim = None
@@ -391,7 +393,52 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
             return False
         return applied and len(events) == self._batch_size
 
+    async def _apply_unless_floored(
+        self, state: _Source, events: Sequence[StoredEvent]
+    ) -> bool:
+        """``_apply`` the events a repartition's floors do not cover (those were
+        applied before it, in a former partition)."""
+        caught_up = state.position is not None and state.position >= max(
+            (f.sequence_number for f in state.floors), default=0
+        )
+        if caught_up:
+            state.floors = ()  # nothing more to skip
+        if not state.floors:
+            return await self._apply(state, events)
+        kept = [
+            e
+            for e in events
+            if not any(f.covers(e.stream, e.sequence_number) for f in state.floors)
+        ]
+        if kept:
+            return await self._apply(state, kept)
+        await self._skip_to(state, events[-1].sequence_number)
+        return True
+
+    async def _skip_to(self, state: _Source, sequence_number: int) -> None:
+        claim = state.claim
+        if claim is None:
+            raise AssertionError("skipping without a claim")
+        async with self._store.transaction() as transaction:
+            await self._store.advance(transaction, claim, sequence_number, self._lease)
+        state.position = sequence_number
+
+    async def _prepared(self, state: _Source) -> bool:
+        """Whether ``state``'s source may be claimed: a partition whose count is
+        not yet its group's waits for the repartition (see
+        ``CheckpointStore.prepare_partition``)."""
+        if not isinstance(state.identifier, CategoryPartition):
+            return True
+        floors = await self._store.prepare_partition(self.group, state.identifier)
+        if floors is None:
+            await state.log.adebug("consumer.partition-waiting-for-repartition")
+            return False
+        state.floors = floors
+        return True
+
     async def _claim(self, state: _Source) -> bool:
+        if not await self._prepared(state):
+            return False
         claim = await self._store.claim(
             self.group, state.key, self._holder, self._lease
         )

@@ -119,6 +119,30 @@ CREATE TABLE IF NOT EXISTS consumer_dead_letters (
     CONSTRAINT consumer_dead_letters_pkey PRIMARY KEY ("group", source, sequence_number)
 );
 
+-- Partitioned groups (eventcomposition.consumers.partitions): how many partitions a
+-- group reads a category in. Recorded by the first claim of one of its partitions,
+-- changed only by a repartition, which retires the former partitions' claims and
+-- starts the new ones from their checkpoints in the same transaction.
+CREATE TABLE IF NOT EXISTS consumer_partitionings (
+    "group"    text                     NOT NULL,
+    category   text                     NOT NULL,
+    count      integer                  NOT NULL,
+    changed_at timestamp with time zone NOT NULL,
+    CONSTRAINT consumer_partitionings_pkey PRIMARY KEY ("group", category)
+);
+
+-- After a repartition: a new partition skips the events of a former partition up
+-- to that former partition's checkpoint (events it had applied already).
+CREATE TABLE IF NOT EXISTS consumer_partition_floors (
+    "group"         text    NOT NULL,
+    source          text    NOT NULL,
+    former_index    integer NOT NULL,
+    former_count    integer NOT NULL,
+    sequence_number bigint  NOT NULL,
+    CONSTRAINT consumer_partition_floors_pkey
+        PRIMARY KEY ("group", source, former_count, former_index)
+);
+
 -- ---------------------------------------------------------------------------------
 -- Wake-ups: NOTIFY on the events table (eventcomposition.services.notify listens).
 --

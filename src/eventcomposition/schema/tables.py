@@ -136,6 +136,31 @@ OWNED_TABLES: tuple[ExpectedTable, ...] = (
         indexes=(),
         used_by=CONSUMERS,
     ),
+    ExpectedTable(
+        name="consumer_partitionings",
+        columns=(
+            ExpectedColumn("group", TEXT),
+            ExpectedColumn("category", TEXT),
+            ExpectedColumn("count", ("integer", "bigint")),
+            ExpectedColumn("changed_at", TIMESTAMPTZ),
+        ),
+        unique_key=frozenset({"group", "category"}),
+        indexes=(),
+        used_by=CONSUMERS,
+    ),
+    ExpectedTable(
+        name="consumer_partition_floors",
+        columns=(
+            ExpectedColumn("group", TEXT),
+            ExpectedColumn("source", TEXT),
+            ExpectedColumn("former_index", ("integer", "bigint")),
+            ExpectedColumn("former_count", ("integer", "bigint")),
+            ExpectedColumn("sequence_number", BIGINT),
+        ),
+        unique_key=frozenset({"group", "source", "former_count", "former_index"}),
+        indexes=(),
+        used_by=CONSUMERS,
+    ),
 )
 
 REQUIRED_EXTENSIONS: tuple[str, ...] = ("pg_trgm",)
