@@ -316,6 +316,8 @@ class PostgresHeadReader:
         categories = [s.category for s in sources if isinstance(s, CategoryIdentifier)]
         streams = [s for s in sources if isinstance(s, StreamIdentifier)]
         partitions = [s for s in sources if isinstance(s, CategoryPartition)]
+        bucketed = [(p, b) for p in partitions for b in p.buckets or ()]
+        others = [p for p in partitions if p.buckets is None]
         wants_log = any(isinstance(s, LogIdentifier) for s in sources)
         # Only the kinds this query reads; others stay unknown (left out).
         heads: dict[EventSourceIdentifier, int | None] = {
@@ -339,17 +341,24 @@ class PostgresHeadReader:
                     "categories": categories,
                     "stream_categories": [s.category for s in streams],
                     "streams": [s.stream for s in streams],
-                    "partition_categories": [p.category for p in partitions],
-                    "partition_indexes": [p.index for p in partitions],
-                    "partition_counts": [p.count for p in partitions],
+                    "partition_categories": [p.category for p, _ in bucketed],
+                    "partition_buckets": [bucket for _, bucket in bucketed],
+                    "partition_indexes": [p.index for p, _ in bucketed],
+                    "partition_counts": [p.count for p, _ in bucketed],
+                    "other_categories": [p.category for p in others],
+                    "other_indexes": [p.index for p in others],
+                    "other_counts": [p.count for p in others],
                     "log": wants_log,
                 },
             )
             rows = await cursor.fetchall()
         for kind, category, stream, index, count, head in rows:
             match kind:
-                case "partition":
-                    heads[CategoryPartition(category, index, count)] = head
+                case "partition" | "unbucketed":
+                    partition = CategoryPartition(category, index, count)
+                    latest = heads.get(partition)
+                    if head is not None and (latest is None or head > latest):
+                        heads[partition] = head
                 case "log":
                     heads[LogIdentifier()] = head
                 case "category":
@@ -361,9 +370,10 @@ class PostgresHeadReader:
 
 def _heads_query(table: str) -> sql.Composed:
     # The correlated max() subqueries keep each head an index probe; a GROUP BY
-    # over the table would read every event. A partition's head is a backward scan
-    # of its category's index up to the first event of the partition.
-    from .consumers.partitions import PARTITION_HASH_SQL
+    # over the table would read every event. A partition's head is the greatest of
+    # its buckets' heads (the bucket index), or, for a count that is no divisor or
+    # multiple of BUCKETS, a backward scan of its category's rows.
+    from .consumers.partitions import BUCKET_SQL, BUCKETS, PARTITION_HASH_SQL
 
     return sql.SQL(
         """
@@ -381,9 +391,18 @@ def _heads_query(table: str) -> sql.Composed:
         SELECT 'partition', p.category, NULL::text, p.index, p.count,
                (SELECT max(e.sequence_number) FROM {table} e
                 WHERE e.category = p.category
+                  AND {bucket} = p.bucket
+                  AND (p.count <= {buckets} OR mod({hash}, p.count) = p.index))
+        FROM unnest(%(partition_categories)s::text[], %(partition_buckets)s::int[],
+                    %(partition_indexes)s::int[], %(partition_counts)s::int[])
+             AS p(category, bucket, index, count)
+        UNION ALL
+        SELECT 'unbucketed', p.category, NULL::text, p.index, p.count,
+               (SELECT max(e.sequence_number) FROM {table} e
+                WHERE e.category = p.category
                   AND mod({hash}, p.count) = p.index)
-        FROM unnest(%(partition_categories)s::text[], %(partition_indexes)s::int[],
-                    %(partition_counts)s::int[]) AS p(category, index, count)
+        FROM unnest(%(other_categories)s::text[], %(other_indexes)s::int[],
+                    %(other_counts)s::int[]) AS p(category, index, count)
         UNION ALL
         SELECT 'log', NULL::text, NULL::text, NULL::int, NULL::int,
                (SELECT max(e.sequence_number) FROM {table} e)
@@ -392,6 +411,8 @@ def _heads_query(table: str) -> sql.Composed:
     ).format(
         table=sql.Identifier(table),
         hash=sql.SQL(PARTITION_HASH_SQL.replace("stream", "e.stream")),
+        bucket=sql.SQL(BUCKET_SQL.replace("stream", "e.stream")),
+        buckets=sql.Literal(BUCKETS),
     )
 
 

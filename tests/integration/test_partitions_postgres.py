@@ -11,7 +11,7 @@ from logicblocks.event.processing.broker.strategies.distributed import (
     COORDINATOR_LOCK_NAME,
 )
 from logicblocks.event.store import EventStore, PostgresEventStorageAdapter
-from logicblocks.event.types import NewEvent, StoredEvent
+from logicblocks.event.types import CategoryIdentifier, NewEvent, StoredEvent
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
@@ -25,6 +25,7 @@ from eventcomposition.broker.stores import (
 from eventcomposition.consumers import (
     BatchProcessor,
     PostgresCheckpointStore,
+    PostgresEventReader,
     Transaction,
     TransactionalConsumer,
     make_transactional_consumer,
@@ -214,3 +215,25 @@ class _Healed(InsertingProcessor):
                 "VALUES (%s, %s, %s, %s)",
                 [(e.id, e.stream, e.position, e.sequence_number) for e in events],
             )
+
+
+async def test_a_partition_reads_exactly_its_streams_events_in_order(
+    pool: Pool,
+) -> None:
+    await publish(pool, rounds=3)
+    reader = PostgresEventReader(pool)
+    everything = await reader.read(CategoryIdentifier("orders"), after=None, limit=999)
+    # Counts dividing the index's buckets, a multiple of them, and neither.
+    for count in (1, 2, 3, 16, 64, 128):
+        partitions = partitions_of("orders", count)
+        heads = await reader.heads(partitions)
+        for partition in partitions:
+            mine = [e for e in everything if partition.holds(e.stream)]
+            read = await reader.read(partition, after=None, limit=999)
+            assert [e.id for e in read] == [e.id for e in mine]
+            assert heads[partition] == (mine[-1].sequence_number if mine else None)
+            if len(mine) >= 4:  # from the middle, a batch at a time
+                batch = await reader.read(
+                    partition, after=mine[1].sequence_number, limit=2
+                )
+                assert [e.id for e in batch] == [e.id for e in mine[2:4]]

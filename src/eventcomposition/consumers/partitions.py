@@ -52,6 +52,15 @@ MAX_PARTITION_COUNT = 1024
 PARTITION_HASH_SQL = "('x' || left(md5(stream), 8))::bit(32)::bigint"
 """The stream hash in SQL, over a row's ``stream`` column: equals ``stream_hash``."""
 
+BUCKETS = 64
+"""The events table indexes each category's rows by ``stream_hash % BUCKETS``
+(``BUCKET_SQL``), in sequence-number order within a bucket. A partition of a count
+dividing ``BUCKETS`` is a union of whole buckets, read by merging their index
+ranges; of a multiple of it, a part of one bucket."""
+
+BUCKET_SQL = f"mod({PARTITION_HASH_SQL}, {BUCKETS})"
+"""The bucket of a row, exactly as the index expression in ``schema.sql`` says."""
+
 _KEY = re.compile(r"^(?P<category>.+)#(?P<index>\d+)/(?P<count>\d+)$")
 SERIALISED_TYPE = "category-hash-partition"
 
@@ -108,6 +117,17 @@ class CategoryPartition(EventSourceIdentifier):
     def key(self) -> str:
         """``category#index/count``, e.g. ``orders#3/16``."""
         return f"{self.category}#{self.index}/{self.count}"
+
+    @property
+    def buckets(self) -> tuple[int, ...] | None:
+        """The index buckets this partition's streams fall in; ``None`` when the
+        count neither divides nor is a multiple of ``BUCKETS`` (then every row of
+        the category is hashed as it is read)."""
+        if BUCKETS % self.count == 0:
+            return tuple(range(self.index, BUCKETS, self.count))
+        if self.count % BUCKETS == 0:
+            return (self.index % BUCKETS,)
+        return None
 
     def holds(self, stream: str) -> bool:
         """Whether ``stream`` of this partition's category belongs to it."""

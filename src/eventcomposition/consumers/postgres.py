@@ -29,6 +29,8 @@ from ..lag import PostgresHeadReader
 from .batch import Transaction
 from .claims import Claim, ClaimRecord, DeadLetter, Holder, claim_lost
 from .partitions import (
+    BUCKET_SQL,
+    BUCKETS,
     PARTITION_HASH_SQL,
     RETIRED_HOLDER,
     CategoryPartition,
@@ -163,31 +165,77 @@ _EVENT_COLUMNS = (
     "id, name, stream, category, position, sequence_number, payload, "
     "observed_at, occurred_at"
 )
-_READ = (
-    f"SELECT {_EVENT_COLUMNS} FROM events WHERE {{where}} "
-    "AND sequence_number > %s ORDER BY sequence_number LIMIT %s"
-)
+type Condition = tuple[str, tuple[object, ...]]
+"""A WHERE fragment over ``events`` and its parameters."""
 
 
-def source_filter(source: EventSourceIdentifier) -> tuple[str, tuple[object, ...]]:
-    """The WHERE condition selecting ``source``'s events from ``events``, and its
-    parameters: the one place that says which rows a source is.
+def source_conditions(source: EventSourceIdentifier) -> list[Condition]:
+    """The rows of ``source`` in ``events``, as alternatives (their union): the one
+    place that says which rows a source is. Each alternative is read in sequence
+    number order from one index range.
 
-    A partition is its category's rows whose stream hash (``PARTITION_HASH_SQL``,
-    computed per row) falls in it; the category index keeps them in order.
+    A partition whose count divides ``BUCKETS`` is the union of its buckets (the
+    ``events_category_bucket_sequence_number_idx`` index); of a multiple of
+    ``BUCKETS``, its rows within one bucket; of another count, the category's rows
+    whose stream hash falls in it (hashed as they are read: slower).
     """
     match source:
         case StreamIdentifier(category=category, stream=stream):
-            return "category = %s AND stream = %s", (category, stream)
+            return [("category = %s AND stream = %s", (category, stream))]
         case CategoryIdentifier(category=category):
-            return "category = %s", (category,)
+            return [("category = %s", (category,))]
         case CategoryPartition(category=category, index=index, count=count):
-            return (
-                f"category = %s AND mod({PARTITION_HASH_SQL}, %s) = %s",
-                (category, count, index),
-            )
+            return _partition_conditions(category, index, count)
     check_readable(source)
     raise AssertionError("unreachable")
+
+
+def _partition_conditions(category: str, index: int, count: int) -> list[Condition]:
+    hashed = f"mod({PARTITION_HASH_SQL}, %s) = %s"
+    if count == 1:
+        return [("category = %s", (category,))]
+    if BUCKETS % count == 0:
+        return [
+            (f"category = %s AND {BUCKET_SQL} = %s", (category, bucket))
+            for bucket in range(index, BUCKETS, count)
+        ]
+    if count % BUCKETS == 0:
+        return [
+            (
+                f"category = %s AND {BUCKET_SQL} = %s AND {hashed}",
+                (category, index % BUCKETS, count, index),
+            )
+        ]
+    return [(f"category = %s AND {hashed}", (category, count, index))]
+
+
+def read_query(
+    source: EventSourceIdentifier,
+    *,
+    after: int,
+    limit: int,
+    also: Condition | None = None,
+) -> tuple[str, tuple[object, ...]]:
+    """The query of up to ``limit`` events of ``source`` after ``after``, oldest
+    first (rows also meeting ``also``, when given): several alternatives are read
+    each from its own index range and merged in order."""
+    extra, extra_parameters = also if also is not None else ("", ())
+    extra = f" AND ({extra})" if extra else ""
+    branches = [
+        (
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE {where}{extra} "
+            "AND sequence_number > %s ORDER BY sequence_number LIMIT %s",
+            (*parameters, *extra_parameters, after, limit),
+        )
+        for where, parameters in source_conditions(source)
+    ]
+    if len(branches) == 1:
+        return branches[0]
+    union = " UNION ALL ".join(f"({query})" for query, _ in branches)
+    return (
+        f"SELECT * FROM ({union}) AS merged ORDER BY sequence_number LIMIT %s",
+        (*(p for _, parameters in branches for p in parameters), limit),
+    )
 
 
 type Pool = AsyncConnectionPool[AsyncConnection[Any]]
@@ -227,10 +275,9 @@ class PostgresEventReader(EventReader):
     async def read(
         self, source: EventSourceIdentifier, *, after: int | None, limit: int
     ) -> Sequence[StoredEvent]:
-        start = -1 if after is None else after
-        where, parameters = source_filter(source)
-        query = _READ.format(where=where)
-        parameters = (*parameters, start, limit)
+        query, parameters = read_query(
+            source, after=-1 if after is None else after, limit=limit
+        )
         async with (
             _autocommitting(self._pool) as connection,
             connection.cursor(row_factory=class_row(StoredEvent)) as cursor,

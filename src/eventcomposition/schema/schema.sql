@@ -34,6 +34,12 @@ CREATE INDEX IF NOT EXISTS events_category_sequence_number_idx
 -- Stream scans and the latest event of a stream (ORDER BY sequence_number DESC LIMIT 1).
 CREATE INDEX IF NOT EXISTS events_category_stream_sequence_number_idx
     ON events (category, stream, sequence_number);
+-- Partition reads (eventcomposition.consumers.partitions): a category's rows by the
+-- bucket of their stream (the first 32 bits of md5(stream) modulo 64), each bucket
+-- in sequence-number order; a partition reads its buckets' ranges merged.
+CREATE INDEX IF NOT EXISTS events_category_bucket_sequence_number_idx
+    ON events (category, mod(('x' || left(md5(stream), 8))::bit(32)::bigint, 64),
+               sequence_number);
 -- Latest event per stream in a category batch (ORDER BY category, stream, position DESC);
 -- unique, because a position is taken once in a stream.
 CREATE UNIQUE INDEX IF NOT EXISTS events_category_stream_position_key

@@ -55,6 +55,7 @@ OWNED_TABLES: tuple[ExpectedTable, ...] = (
             "events_category_sequence_number_idx",
             "events_category_stream_sequence_number_idx",
             "events_category_stream_position_key",
+            "events_category_bucket_sequence_number_idx",
         ),
     ),
     ExpectedTable(
