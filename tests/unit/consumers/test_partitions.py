@@ -2,11 +2,15 @@
 the allocation of partitions among subscribers."""
 
 import random
+from collections.abc import Sequence
 
 import pytest
+from logicblocks.event.store import EventStore, InMemoryEventStorageAdapter
 from logicblocks.event.types import (
     CategoryIdentifier,
     LogIdentifier,
+    NewEvent,
+    StoredEvent,
     StreamIdentifier,
 )
 
@@ -15,7 +19,15 @@ from eventcomposition.broker.allocation import (
     SubscriberRequest,
     balanced,
 )
-from eventcomposition.consumers import source_key, source_of
+from eventcomposition.broker.stores import event_source_factory
+from eventcomposition.consumers import (
+    BatchProcessor,
+    InMemoryCheckpointStore,
+    Transaction,
+    make_transactional_consumer,
+    source_key,
+    source_of,
+)
 from eventcomposition.consumers.partitions import (
     DEFAULT_PARTITION_COUNT,
     CategoryPartition,
@@ -193,3 +205,40 @@ def test_the_settings_know_the_partition_counts() -> None:
 
     assert models.DEFAULT_PARTITION_COUNT == partitions.DEFAULT_PARTITION_COUNT
     assert models.MAX_PARTITION_COUNT == partitions.MAX_PARTITION_COUNT
+
+
+async def test_a_notification_for_a_category_consumes_its_partitions() -> None:
+    adapter = InMemoryEventStorageAdapter()
+    store = EventStore(adapter=adapter)
+    for stream in STREAMS[:20]:
+        await store.stream(category="orders", stream=stream).publish(
+            events=[NewEvent(name="placed", payload={})]
+        )
+    await store.stream(category="payments", stream="p").publish(
+        events=[NewEvent(name="paid", payload={})]
+    )
+    applied: list[str] = []
+
+    class Recording(BatchProcessor):
+        async def process_batch(
+            self, events: Sequence[StoredEvent], transaction: Transaction
+        ) -> None:
+            names = [e.category for e in events]
+            transaction.on_commit(lambda: applied.extend(names))
+
+    sources = [*partitions_of("orders", 4), CategoryIdentifier("payments")]
+    consumer = make_transactional_consumer(
+        event_store=store,
+        checkpoint_store=InMemoryCheckpointStore(),
+        subscriber_group="g",
+        subscription_requests=sources,
+        processor=Recording(),
+    )
+    factory = event_source_factory(adapter)
+    for source in sources:
+        await consumer.accept(factory.construct(source))
+
+    await consumer.consume_categories(frozenset({"orders"}))
+
+    assert applied == ["orders"] * 20
+    assert set(consumer.claimed_sources) == set(partitions_of("orders", 4))
