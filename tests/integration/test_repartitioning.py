@@ -14,7 +14,12 @@ from logicblocks.event.store import (
     InMemoryEventStorageAdapter,
     PostgresEventStorageAdapter,
 )
-from logicblocks.event.types import NewEvent, StoredEvent
+from logicblocks.event.types import (
+    CategoryIdentifier,
+    EventSourceIdentifier,
+    NewEvent,
+    StoredEvent,
+)
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
@@ -30,7 +35,6 @@ from eventcomposition.consumers import (
     make_transactional_consumer,
 )
 from eventcomposition.consumers.partitions import (
-    CategoryPartition,
     RepartitionError,
     partitions_of,
 )
@@ -74,7 +78,7 @@ class World:
     async def consumer(
         self,
         name: str,
-        partitions: Sequence[CategoryPartition],
+        partitions: Sequence[EventSourceIdentifier],
         *,
         batch_size: int = 25,
         lease: timedelta = timedelta(seconds=10),
@@ -190,7 +194,28 @@ async def repartitioning_again_before_catching_up_is_refused(world: World) -> No
         await again.consume_all()
 
 
+async def a_group_reading_the_whole_category_goes_on_in_partitions(
+    world: World,
+) -> None:
+    await world.publish(3)
+    whole = await world.consumer("a", [CategoryIdentifier("orders")], batch_size=70)
+    (state,) = whole._sources.values()
+    assert await whole._take_turn(state, [])  # one batch: part of the category
+    await whole.release_claims()
+    await world.publish(1)
+
+    partitioned = await world.consumer("b", partitions_of("orders", 4))
+    await partitioned.consume_all()
+
+    world.check_exactly_once_in_order()
+    # The whole category cannot be claimed again: it was retired.
+    again = await world.consumer("c", [CategoryIdentifier("orders")])
+    await again.consume_all()
+    assert again.claimed_sources == ()
+
+
 SCENARIOS = [
+    a_group_reading_the_whole_category_goes_on_in_partitions,
     doubling_then_halving_applies_each_event_once_in_order,
     a_repartition_waits_for_the_former_partitions_to_be_released,
     a_stale_holder_cannot_commit_after_the_repartition,

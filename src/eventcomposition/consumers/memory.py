@@ -18,10 +18,11 @@ from .batch import Transaction, TransactionUnsupportedError
 from .claims import Claim, ClaimRecord, DeadLetter, Holder, claim_lost
 from .partitions import (
     RETIRED_HOLDER,
+    WHOLE_CATEGORY,
     CategoryPartition,
     Floor,
     check_caught_up,
-    partitions_of,
+    former_keys,
     repartition_starts,
 )
 from .stores import CheckpointStore
@@ -189,12 +190,14 @@ class InMemoryCheckpointStore(CheckpointStore):
     async def prepare_partition(
         self, group: str, partition: CategoryPartition
     ) -> tuple[Floor, ...] | None:
+        whole = (group, partition.category) in self._positions
         count = self._partitionings.setdefault(
-            (group, partition.category), partition.count
+            (group, partition.category),
+            WHOLE_CATEGORY if whole else partition.count,
         )
         if count != partition.count:
             now = self._clock()
-            formers = [p.key for p in partitions_of(partition.category, count)]
+            formers = former_keys(partition.category, count)
             for key in formers:
                 claim = self._claims.get((group, key))
                 if (
@@ -203,14 +206,13 @@ class InMemoryCheckpointStore(CheckpointStore):
                     and (claim.lease_expires_at > now)
                 ):
                     return None
-            self._repartition(group, partition, count, formers, now)
+            self._repartition(group, partition, formers, now)
         return self._floors.get((group, partition.key), ())
 
     def _repartition(
         self,
         group: str,
         partition: CategoryPartition,
-        former_count: int,
         formers: list[str],
         now: datetime,
     ) -> None:
@@ -222,7 +224,7 @@ class InMemoryCheckpointStore(CheckpointStore):
         )
         starts = repartition_starts(
             {index: checkpoints[key] for index, key in enumerate(formers)},
-            former_count,
+            len(formers),
             partition.count,
         )
         for key in formers:

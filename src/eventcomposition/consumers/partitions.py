@@ -240,6 +240,18 @@ def repartition_starts(
     return starts
 
 
+WHOLE_CATEGORY = 0
+"""The recorded count of a group that read the category whole before partitioning
+it: its one former source is the category (key ``orders``), as 1 partition."""
+
+
+def former_keys(category: str, count: int) -> list[str]:
+    """The keys of a category's sources at a recorded ``count``."""
+    if count == WHOLE_CATEGORY:
+        return [category]
+    return [partition.key for partition in partitions_of(category, count)]
+
+
 RETIRED_HOLDER = "(repartitioned)"
 """The holder of a former partition's claim after a repartition: nobody."""
 

@@ -33,10 +33,11 @@ from .partitions import (
     BUCKETS,
     PARTITION_HASH_SQL,
     RETIRED_HOLDER,
+    WHOLE_CATEGORY,
     CategoryPartition,
     Floor,
     check_caught_up,
-    partitions_of,
+    former_keys,
     repartition_starts,
 )
 from .stores import CheckpointStore, EventReader, check_readable
@@ -107,9 +108,16 @@ ON CONFLICT ("group", source, sequence_number) DO UPDATE SET
 
 _RETIRED_UNTIL = "9999-12-31 00:00:00+00"
 
-_PARTITIONING = """
+# At first use: the partitions' count, or, when the group has read the category
+# whole so far, WHOLE_CATEGORY (the partitions then start from its checkpoint).
+_PARTITIONING = f"""
 INSERT INTO consumer_partitionings ("group", category, count, changed_at)
-VALUES (%(group)s, %(category)s, %(count)s, now())
+SELECT %(group)s, %(category)s,
+       CASE WHEN EXISTS (
+           SELECT FROM consumer_checkpoints
+           WHERE "group" = %(group)s AND source = %(category)s
+       ) THEN {WHOLE_CATEGORY} ELSE %(count)s END,
+       now()
 ON CONFLICT ("group", category) DO NOTHING
 """
 _LOCK_PARTITIONING = """
@@ -445,7 +453,7 @@ class PostgresCheckpointStore(CheckpointStore):
             ).fetchall()
             count = int(rows[0][0])
             if count != partition.count:
-                formers = [p.key for p in partitions_of(partition.category, count)]
+                formers = former_keys(partition.category, count)
                 if not await _retire(connection, group, formers):
                     return None
                 await _start(connection, group, partition, formers)

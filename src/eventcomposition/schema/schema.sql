@@ -128,7 +128,8 @@ CREATE TABLE IF NOT EXISTS consumer_dead_letters (
 -- Partitioned groups (eventcomposition.consumers.partitions): how many partitions a
 -- group reads a category in. Recorded by the first claim of one of its partitions,
 -- changed only by a repartition, which retires the former partitions' claims and
--- starts the new ones from their checkpoints in the same transaction.
+-- starts the new ones from their checkpoints in the same transaction. A count of 0
+-- records a group that read the category whole before (its checkpoint goes on).
 CREATE TABLE IF NOT EXISTS consumer_partitionings (
     "group"    text                     NOT NULL,
     category   text                     NOT NULL,
