@@ -28,7 +28,7 @@ from eventcomposition import (
     make_event_broker,
 )
 from eventcomposition.broker.stores import (
-    PartitionAwareSubscriptionStateStore,
+    AutocommitSubscriptionStateStore,
     event_source_factory,
 )
 from eventcomposition.consumers import make_subscription_consumer, state_category_name
@@ -117,7 +117,7 @@ async def pool(
 async def held_sources(
     pool: AsyncConnectionPool[AsyncConnection[Any]], subscriber_id: str
 ) -> set[EventSourceIdentifier]:
-    store = PartitionAwareSubscriptionStateStore(node_id="test", connection_source=pool)
+    store = AutocommitSubscriptionStateStore(node_id="test", connection_pool=pool)
     return {
         source
         for subscription in await store.list()

@@ -79,7 +79,7 @@ async def pool(postgres_pool: Pool) -> Pool:
 
 
 async def publish(pool: Pool, rounds: int, poison: str | None = None) -> None:
-    store = EventStore(adapter=PostgresEventStorageAdapter(connection_pool=pool))
+    store = EventStore(adapter=PostgresEventStorageAdapter(connection_source=pool))
     for n in range(rounds):
         for stream in STREAMS:
             payload = {"n": n, "poison": stream == poison and n == 1}
@@ -96,7 +96,7 @@ async def rows(pool: Pool, query: str) -> list[tuple[Any, ...]]:
 def consumer(pool: Pool, name: str) -> TransactionalConsumer:
     return make_transactional_consumer(
         event_store=EventStore(
-            adapter=PostgresEventStorageAdapter(connection_pool=pool)
+            adapter=PostgresEventStorageAdapter(connection_source=pool)
         ),
         checkpoint_store=PostgresCheckpointStore(pool),
         subscriber_group=GROUP,
@@ -160,7 +160,7 @@ async def test_consumers_of_partitions_apply_each_event_once_in_stream_order(
     pool: Pool,
 ) -> None:
     await publish(pool, rounds=5, poison="customer-007")
-    adapter = PostgresEventStorageAdapter(connection_pool=pool)
+    adapter = PostgresEventStorageAdapter(connection_source=pool)
     sources = event_source_factory(adapter)
     consumers = [consumer(pool, name) for name in ("a", "b", "c")]
     for index, partition in enumerate(partitions_of("orders", 8)):

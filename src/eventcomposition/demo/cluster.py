@@ -27,8 +27,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from ..broker import BrokerRole, InMemoryClusterState
 from ..broker.stores import (
-    PartitionAwareSubscriberStateStore,
-    PartitionAwareSubscriptionStateStore,
+    AutocommitSubscriberStateStore,
+    AutocommitSubscriptionStateStore,
 )
 from ..consumers import InMemoryCheckpointStore, source_key
 from ..errors import EventCompositionError
@@ -78,8 +78,8 @@ class PostgresClusterView:
     pool: AsyncConnectionPool[AsyncConnection[Any]]
 
     async def _subscribers(self, group: str) -> list[EventSubscriberState]:
-        store = PartitionAwareSubscriberStateStore(
-            node_id="demo", connection_source=self.pool
+        store = AutocommitSubscriberStateStore(
+            node_id="demo", connection_pool=self.pool
         )
         return list(await store.list(subscriber_group=group))
 
@@ -92,8 +92,8 @@ class PostgresClusterView:
         # A subscription row names the node that wrote it (the coordinator); the
         # subscriber's row names the node it runs on.
         node_of = {s.id: s.node_id for s in await self._subscribers(group)}
-        store = PartitionAwareSubscriptionStateStore(
-            node_id="demo", connection_source=self.pool
+        store = AutocommitSubscriptionStateStore(
+            node_id="demo", connection_pool=self.pool
         )
         held: dict[str, list[EventSourceIdentifier]] = {}
         for subscription in await store.list():
