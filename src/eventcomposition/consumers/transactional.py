@@ -270,7 +270,7 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
                 lease_seconds=self._lease.total_seconds(),
             )
             return
-        await state.log.ainfo("consumer.source-released", epoch=claim.epoch)
+        await state.log.adebug("consumer.source-released", epoch=claim.epoch)
 
     # -- consumption ----------------------------------------------------------------
 
@@ -447,7 +447,7 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
         state.claim = claim
         state.renewed_at = self._clock()
         state.position_loaded = False
-        await state.log.ainfo("consumer.source-claimed", epoch=claim.epoch)
+        await state.log.adebug("consumer.source-claimed", epoch=claim.epoch)
         return True
 
     async def _renew_due_claims(self) -> None:
