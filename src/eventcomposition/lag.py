@@ -431,8 +431,8 @@ class PostgresEventCounter:
     """How many events each span holds, every span counted in one query.
 
     Each count walks the part of the index that ``PostgresHeadReader`` probes, so it
-    costs as many index entries as the span has events. Sources other than the log,
-    categories and streams (partitions) count as ``None``: not known here.
+    costs as many index entries as the span has events (a partition's: its buckets'
+    ranges). Other kinds of source count as ``None``: not known here.
     """
 
     def __init__(
@@ -443,44 +443,73 @@ class PostgresEventCounter:
 
     async def counts(self, spans: Sequence[SourceSpan]) -> list[int | None]:
         """The number of events in each span, in the order given."""
+        from .consumers.partitions import CategoryPartition
+
         counts: list[int | None] = [None] * len(spans)
         columns: dict[str, list[Any]] = {
             name: []
-            for name in ("index", "kind", "category", "stream", "after", "upto")
+            for name in (
+                "index",
+                "kind",
+                "category",
+                "stream",
+                "bucket",
+                "pindex",
+                "pcount",
+                "after",
+                "upto",
+            )
         }
         for index, span in enumerate(spans):
+            # (kind, category, stream, bucket): one row per range to count.
+            ranges: list[tuple[str, str, str, int]]
+            pindex = pcount = 0
             match span.source:
                 case LogIdentifier():
-                    kind, category, stream = "log", "", ""
+                    ranges = [("log", "", "", 0)]
                 case CategoryIdentifier(category=category):
-                    kind, stream = "category", ""
+                    ranges = [("category", category, "", 0)]
                 case StreamIdentifier(category=category, stream=stream):
-                    kind = "stream"
+                    ranges = [("stream", category, stream, 0)]
+                case CategoryPartition(category=category, index=pindex, count=pcount):
+                    buckets = span.source.buckets
+                    ranges = (
+                        [("hashed", category, "", 0)]
+                        if buckets is None
+                        else [("bucket", category, "", b) for b in buckets]
+                    )
                 case _:
                     continue
             if span.after is not None and span.after >= span.upto:
                 counts[index] = 0
                 continue
-            for name, value in (
-                ("index", index),
-                ("kind", kind),
-                ("category", category),
-                ("stream", stream),
-                ("after", -1 if span.after is None else span.after),
-                ("upto", span.upto),
-            ):
-                columns[name].append(value)
+            counts[index] = 0
+            for kind, category, stream, bucket in ranges:
+                for name, value in (
+                    ("index", index),
+                    ("kind", kind),
+                    ("category", category),
+                    ("stream", stream),
+                    ("bucket", bucket),
+                    ("pindex", pindex),
+                    ("pcount", pcount),
+                    ("after", -1 if span.after is None else span.after),
+                    ("upto", span.upto),
+                ):
+                    columns[name].append(value)
         if not columns["index"]:
             return counts
         async with self._pool.connection() as connection:
             cursor = await connection.execute(self._query, columns)
             rows = await cursor.fetchall()
         for index, count in rows:
-            counts[index] = count
+            counts[index] = (counts[index] or 0) + count
         return counts
 
 
 def _counts_query(table: str) -> sql.Composed:
+    from .consumers.partitions import BUCKET_SQL, BUCKETS, PARTITION_HASH_SQL
+
     # One branch per kind of source, so that each count is a range scan of the
     # index that kind has (a single OR'ed condition would plan as a scan of the
     # whole log's range).
@@ -489,8 +518,9 @@ def _counts_query(table: str) -> sql.Composed:
         WITH spans AS (
             SELECT * FROM unnest(
                 %(index)s::int[], %(kind)s::text[], %(category)s::text[],
-                %(stream)s::text[], %(after)s::bigint[], %(upto)s::bigint[]
-            ) AS s(index, kind, category, stream, after, upto)
+                %(stream)s::text[], %(bucket)s::int[], %(pindex)s::int[],
+                %(pcount)s::int[], %(after)s::bigint[], %(upto)s::bigint[]
+            ) AS s(index, kind, category, stream, bucket, pindex, pcount, after, upto)
         )
         SELECT s.index,
                (SELECT count(*) FROM {table} e
@@ -508,5 +538,23 @@ def _counts_query(table: str) -> sql.Composed:
                (SELECT count(*) FROM {table} e
                 WHERE e.sequence_number > s.after AND e.sequence_number <= s.upto)
         FROM spans s WHERE s.kind = 'log'
+        UNION ALL
+        SELECT s.index,
+               (SELECT count(*) FROM {table} e
+                WHERE e.category = s.category AND {bucket} = s.bucket
+                  AND (s.pcount <= {buckets} OR mod({hash}, s.pcount) = s.pindex)
+                  AND e.sequence_number > s.after AND e.sequence_number <= s.upto)
+        FROM spans s WHERE s.kind = 'bucket'
+        UNION ALL
+        SELECT s.index,
+               (SELECT count(*) FROM {table} e
+                WHERE e.category = s.category AND mod({hash}, s.pcount) = s.pindex
+                  AND e.sequence_number > s.after AND e.sequence_number <= s.upto)
+        FROM spans s WHERE s.kind = 'hashed'
         """
-    ).format(table=sql.Identifier(table))
+    ).format(
+        table=sql.Identifier(table),
+        hash=sql.SQL(PARTITION_HASH_SQL.replace("stream", "e.stream")),
+        bucket=sql.SQL(BUCKET_SQL.replace("stream", "e.stream")),
+        buckets=sql.Literal(BUCKETS),
+    )

@@ -38,7 +38,7 @@ from eventcomposition.consumers.partitions import (
     partitions_of,
     stream_hash,
 )
-from eventcomposition.lag import PostgresHeadReader
+from eventcomposition.lag import PostgresEventCounter, PostgresHeadReader, SourceSpan
 from eventcomposition.testing.capture import CapturingSubscriber
 from eventcomposition.testing.postgres import ConnectionInfo
 
@@ -223,10 +223,16 @@ async def test_a_partition_reads_exactly_its_streams_events_in_order(
     await publish(pool, rounds=3)
     reader = PostgresEventReader(pool)
     everything = await reader.read(CategoryIdentifier("orders"), after=None, limit=999)
+    counter = PostgresEventCounter(pool)
     # Counts dividing the index's buckets, a multiple of them, and neither.
     for count in (1, 2, 3, 16, 64, 128):
         partitions = partitions_of("orders", count)
         heads = await reader.heads(partitions)
+        last = everything[-1].sequence_number
+        spans = [SourceSpan(p, everything[3].sequence_number, last) for p in partitions]
+        assert await counter.counts(spans) == [
+            sum(1 for e in everything[4:] if p.holds(e.stream)) for p in partitions
+        ]
         for partition in partitions:
             mine = [e for e in everything if partition.holds(e.stream)]
             read = await reader.read(partition, after=None, limit=999)
