@@ -32,6 +32,7 @@ BENCHMARKS: dict[str, str] = {
     "cli-startup": "benchmarks.cli_startup",
     "writes": "benchmarks.writes",
     "rebuild": "benchmarks.rebuild",
+    "partitions": "benchmarks.partitions",
 }
 
 

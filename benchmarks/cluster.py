@@ -16,7 +16,9 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from eventcomposition.demo import SHARD_COUNT, DemoNames
+from eventcomposition.consumers import source_key
+from eventcomposition.consumers.partitions import source_identifier
+from eventcomposition.demo import DemoNames
 from eventcomposition.testing import ConnectionInfo
 from eventcomposition.testing.processes import (
     LogRecord,
@@ -29,7 +31,8 @@ from .common import PROJECT_ROOT, SETTINGS_DIR
 
 APP = "eventcomposition.containers.demo:DemoContainer"
 NAMES = DemoNames()
-ALL_CATEGORIES = frozenset(NAMES.category(shard) for shard in range(SHARD_COUNT))
+ALL_PARTITIONS = frozenset(source_key(p) for p in NAMES.partitions())
+"""Every partition (by key) of the demo's one category, in the default count."""
 START_TIMEOUT = 90.0
 
 HELD_SOURCES = """
@@ -115,9 +118,9 @@ class Cluster:
     async def sources_by_node(self) -> dict[str, set[str]]:
         held: dict[str, set[str]] = {}
         for node_id, sources in await self.fetch(HELD_SOURCES, NAMES.subscriber_group):
-            categories = {str(source["category"]) for source in sources}
-            if categories:
-                held.setdefault(str(node_id), set()).update(categories)
+            keys = {source_key(source_identifier(source)) for source in sources}
+            if keys:
+                held.setdefault(str(node_id), set()).update(keys)
         return held
 
     async def applied_orders(self) -> int:
@@ -183,8 +186,8 @@ def spread_over(observers: set[str]) -> Callable[[dict[str, set[str]]], bool]:
     def condition(held: dict[str, set[str]]) -> bool:
         return (
             set(held) == observers
-            and set().union(*held.values()) == ALL_CATEGORIES
-            and sum(len(v) for v in held.values()) == len(ALL_CATEGORIES)
+            and set().union(*held.values()) == ALL_PARTITIONS
+            and sum(len(v) for v in held.values()) == len(ALL_PARTITIONS)
         )
 
     return condition

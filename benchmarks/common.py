@@ -25,6 +25,11 @@ from logicblocks.event.processing import EventProcessor
 from logicblocks.event.store import EventStore, StreamPublishDefinition
 from logicblocks.event.types import JsonValue, StoredEvent
 
+from eventcomposition.consumers.partitions import (
+    DEFAULT_PARTITION_COUNT,
+    CategoryPartition,
+    partition_of,
+)
 from eventcomposition.demo import DemoNames, Order
 from eventcomposition.logs import configure_logging
 from eventcomposition.schema import migrate
@@ -242,6 +247,35 @@ def quiet_logging() -> None:
 # -- events ------------------------------------------------------------------------
 
 
+def partition_key(
+    stream: str, names: DemoNames, count: int = DEFAULT_PARTITION_COUNT
+) -> str:
+    """The key of the partition of the demo's category that holds ``stream``."""
+    return CategoryPartition(names.category, partition_of(stream, count), count).key
+
+
+def batch_partition(
+    record: Mapping[str, Any], count: int = DEFAULT_PARTITION_COUNT
+) -> str | None:
+    """The partition (key) of a ``demo.batch-applied`` log record: a batch is of one
+    partition, which its first stream tells."""
+    category, stream = record.get("category"), record.get("first_stream")
+    if not isinstance(category, str) or not isinstance(stream, str):
+        return None
+    return CategoryPartition(category, partition_of(stream, count), count).key
+
+
+def one_stream_per_partition(count: int, prefix: str = "warm") -> list[str]:
+    """A stream name in each partition of ``count``, by index."""
+    streams: dict[int, str] = {}
+    n = 0
+    while len(streams) < count:
+        name = f"{prefix}-{n}"
+        streams.setdefault(partition_of(name, count), name)
+        n += 1
+    return [streams[index] for index in range(count)]
+
+
 async def publish_by_category(
     event_store: EventStore,
     orders: Sequence[Order],
@@ -256,7 +290,7 @@ async def publish_by_category(
     """
     by_category: dict[str, list[Order]] = {}
     for order in orders:
-        by_category.setdefault(names.category_for(order.customer_id), []).append(order)
+        by_category.setdefault(names.category, []).append(order)
     published = 0
     for category, category_orders in by_category.items():
         for batch in batched(category_orders, batch_size, strict=False):

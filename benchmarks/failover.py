@@ -4,9 +4,9 @@ One coordinator-only and two observer-only ``eventcomposition run`` processes of
 the sample app, with the development settings on PostgreSQL. Each step signals an
 observer that holds sources (SIGKILL or SIGTERM, alternately) while another
 observer runs, then at once publishes one new order into each of the victim's
-categories. The hand-over time of a step runs from the signal until the last of
-the victim's categories has a new event processed on another node (the first
-``demo.batch-applied`` of that category in the other node's JSON log: the
+partitions. The hand-over time of a step runs from the signal until the last of
+the victim's partitions has a new event processed on another node (the first
+``demo.batch-applied`` of that partition in the other node's JSON log: the
 transactional consumer committed a batch of it). Before
 the next step a fresh standby observer is started, so there is always a node to
 hand over to.
@@ -36,12 +36,12 @@ from dataclasses import dataclass
 
 from logicblocks.event.store import EventStore, PostgresEventStorageAdapter
 
-from eventcomposition.demo import Order, shard_of
+from eventcomposition.demo import Order
 from eventcomposition.settings import load_settings
 from eventcomposition.testing.processes import LogRecord, NodeProcess, NodeProcesses
 
 from .cluster import (
-    ALL_CATEGORIES,
+    ALL_PARTITIONS,
     NAMES,
     Cluster,
     Pool,
@@ -57,6 +57,8 @@ from .common import (
     Json,
     PostgresUnavailable,
     Spread,
+    batch_partition,
+    partition_key,
     publish_by_category,
     say,
     table,
@@ -81,17 +83,18 @@ class Step:
     exit_code: int | None
 
 
-def orders_for(categories: set[str], step: int) -> list[Order]:
-    """One new order in each of ``categories`` (customers picked by their shard)."""
-    wanted = set(categories)
+def orders_for(partitions: set[str], step: int) -> list[Order]:
+    """One new order in each of ``partitions``, the partitions' keys (customers
+    picked by their partition)."""
+    wanted = set(partitions)
     orders: list[Order] = []
     n = 0
     while wanted:
         customer = f"failover-{step}-{n}"
         n += 1
-        category = NAMES.category(shard_of(customer))
-        if category in wanted:
-            wanted.discard(category)
+        partition = partition_key(customer, NAMES)
+        if partition in wanted:
+            wanted.discard(partition)
             orders.append(
                 Order(
                     order_id=f"{customer}-order", customer_id=customer, amount_cents=100
@@ -101,22 +104,21 @@ def orders_for(categories: set[str], step: int) -> list[Order]:
 
 
 def first_saves(
-    nodes: list[NodeProcess], categories: set[str], since: float
+    nodes: list[NodeProcess], partitions: set[str], since: float
 ) -> dict[str, float]:
-    """The first time each of ``categories`` had a batch committed on ``nodes``."""
+    """The first time each of ``partitions`` had a batch committed on ``nodes``."""
     first: dict[str, float] = {}
     for node in nodes:
         for record in node.logs(BATCH_APPLIED):
-            category = _category(record)
+            partition = _category(record)
             at = timestamp(record)
-            if category in categories and at >= since:
-                first[category] = min(at, first.get(category, at))
+            if partition in partitions and at >= since:
+                first[partition] = min(at, first.get(partition, at))
     return first
 
 
 def _category(record: LogRecord) -> str | None:
-    category = record.get("category")
-    return category if isinstance(category, str) else None
+    return batch_partition(record)
 
 
 async def one_step(
@@ -132,25 +134,25 @@ async def one_step(
         key=lambda node_id: len(held[node_id]),
     )
     victim = observers.pop(victim_id)
-    categories = held[victim_id]
+    partitions = held[victim_id]
     others = list(observers.values())
     signalled = time.time()
     if signal == "SIGKILL":
         victim.kill()
     else:
         victim.terminate()
-    await publish_by_category(store, orders_for(categories, step), names=NAMES)
+    await publish_by_category(store, orders_for(partitions, step), names=NAMES)
     allocated_at, _ = await cluster.wait_holdings(
-        lambda now: victim_id not in now and categories <= set().union(*now.values()),
+        lambda now: victim_id not in now and partitions <= set().union(*now.values()),
         timeout=HANDOVER_TIMEOUT,
         what=f"{victim_id}'s sources on another node",
     )
     await until(
-        lambda: _all_saved(others, categories, signalled),
+        lambda: _all_saved(others, partitions, signalled),
         timeout=HANDOVER_TIMEOUT,
-        what=f"new events of {sorted(categories)} processed elsewhere",
+        what=f"new events of {sorted(partitions)} processed elsewhere",
     )
-    saves = first_saves(others, categories, signalled)
+    saves = first_saves(others, partitions, signalled)
     exit_code = await victim.await_exit(30)
     exited = victim.logs("node.stopped")
     exit_seconds = timestamp(exited[0]) - signalled if exited else None
@@ -158,7 +160,7 @@ async def one_step(
         signal=signal,
         victim=victim_id,
         survivor_count=len(others),
-        sources=len(categories),
+        sources=len(partitions),
         handover_seconds=max(saves.values()) - signalled,
         first_source_seconds=min(saves.values()) - signalled,
         allocation_seconds=allocated_at - signalled,
@@ -168,9 +170,9 @@ async def one_step(
 
 
 async def _all_saved(
-    nodes: list[NodeProcess], categories: set[str], since: float
+    nodes: list[NodeProcess], partitions: set[str], since: float
 ) -> bool:
-    return set(first_saves(nodes, categories, since)) == categories
+    return set(first_saves(nodes, partitions, since)) == partitions
 
 
 async def run_steps(ctx: BenchContext, signals: list[str]) -> tuple[list[Step], Json]:
@@ -254,14 +256,14 @@ class Join:
 
 def fair_share(observers: set[str]) -> Callable[[dict[str, set[str]]], bool]:
     """Every source held, each of ``observers`` holding floor or ceil of its share."""
-    low, extra = divmod(len(ALL_CATEGORIES), len(observers))
+    low, extra = divmod(len(ALL_PARTITIONS), len(observers))
     high = low + (1 if extra else 0)
 
     def condition(held: dict[str, set[str]]) -> bool:
         return (
             set(held) == observers
-            and set().union(*held.values()) == ALL_CATEGORIES
-            and sum(len(v) for v in held.values()) == len(ALL_CATEGORIES)
+            and set().union(*held.values()) == ALL_PARTITIONS
+            and sum(len(v) for v in held.values()) == len(ALL_PARTITIONS)
             and all(low <= len(v) <= high for v in held.values())
         )
 
@@ -343,7 +345,7 @@ def report_rebalance(joins: list[Join], described: Json) -> Json:
     staged_verdict = "met" if from_heartbeat.maximum <= staged else "MISSED"
     say(
         table(
-            f"rebalance: a 3rd observer joins 2 holding {len(ALL_CATEGORIES)} "
+            f"rebalance: a 3rd observer joins 2 holding {len(ALL_PARTITIONS)} "
             "sources; seconds until it holds its fair share, min / median / max",
             [
                 "joins",

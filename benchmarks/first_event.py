@@ -107,7 +107,7 @@ def timed_subscription_consumer(
 class FirstEventContainer(EventRuntimeContainer):
     subscriber_group = providers.Object("first-event")
     processor = providers.Object(CountingProcessor(1))
-    categories = providers.Object(NAMES.categories())
+    categories = providers.Object(NAMES.partitions())
     consumer = providers.Singleton(
         timed_subscription_consumer,
         event_store=EventRuntimeContainer.event_store,

@@ -80,7 +80,7 @@ def _consumers(handler: providers.Provider[Any]) -> providers.List:
                 DemoContainer.transactional_consumer,
                 subscriber_group=DemoContainer.names.provided.subscriber_group,
                 subscription_requests=providers.Callable(
-                    DemoNames.categories, DemoContainer.names
+                    DemoNames.partitions, DemoContainer.names
                 ),
                 processor=handler,
             ),

@@ -129,7 +129,7 @@ class BatchConsumer(EventConsumer, EventSubscriber[StoredEvent]):
 
     @property
     def subscription_requests(self) -> Sequence[EventSourceIdentifier]:
-        return NAMES.categories()
+        return NAMES.partitions()
 
     def health(self) -> EventSubscriberHealth:
         return EventSubscriberHealth.HEALTHY
@@ -342,7 +342,7 @@ async def scrape_cost(storage: Storage, samples: int) -> dict[str, float]:
         )
         await pool.open(wait=True)
         heads = PostgresHeadReader(pool)
-    held = [HeldSource(GROUP, source) for source in NAMES.categories()]
+    held = [HeldSource(GROUP, source) for source in NAMES.partitions()]
 
     async def no_checkpoints(
         holdings: Sequence[HeldSource],
@@ -351,7 +351,7 @@ async def scrape_cost(storage: Storage, samples: int) -> dict[str, float]:
 
     reader = LagReader(held=lambda: held, checkpoints=no_checkpoints, heads=heads)
     metrics = PrometheusNodeMetrics()
-    for source in NAMES.categories():
+    for source in NAMES.partitions():
         metrics.batch_processed(GROUP, source, BATCH_SIZE, 0.01)
     try:
         await reader.holdings()  # warm: connection and plan

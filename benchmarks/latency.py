@@ -1,8 +1,8 @@
 """7. Latency and idle load: waking consumers with NOTIFY against polling.
 
 Per mode, one observer process (``eventcomposition run --role observer``, the
-``production`` settings profile) runs a transactional consumer over the demo's 8
-categories (``benchmarks/latency_app.py``), with a coordinator process beside it,
+``production`` settings profile) runs a transactional consumer over the 16
+partitions of the demo's category (``benchmarks/latency_app.py``), with a coordinator process beside it,
 each mode on its own database of one throwaway PostgreSQL server, in the same run:
 
 - ``notify`` (the default on PostgreSQL): the NOTIFY listener wakes the consumer;
@@ -13,7 +13,7 @@ each mode on its own database of one throwaway PostgreSQL server, in the same ru
   the idle load is the broker's.
 
 Latency: single events are published at a steady rate (50 per second) from this
-process, each in its own transaction, to a random category; an event's latency runs
+process, each in its own transaction, to a random one of 64 streams; an event's latency runs
 from just before its publish call to the moment its batch has committed in the
 observer (the processor logs the wall-clock time from the commit callback).
 Target with notify: p99 <= 50 ms.
@@ -57,7 +57,14 @@ from eventcomposition.testing.processes import (
     node_environment,
 )
 
-from .common import PROJECT_ROOT, BenchContext, Json, say, table
+from .common import (
+    PROJECT_ROOT,
+    BenchContext,
+    Json,
+    one_stream_per_partition,
+    say,
+    table,
+)
 from .latency_app import APP, COMMITTED, NAMES
 
 NAME = "latency"
@@ -160,21 +167,21 @@ async def running_node(
 
 
 async def held(node: Node) -> None:
-    """Until the observer has accepted every category."""
-    count = len(NAMES.categories())
+    """Until the observer has accepted every partition."""
+    count = len(NAMES.partitions())
     deadline = time.monotonic() + START_TIMEOUT
     while len(node.observer.logs(ACCEPTED)) < count:
         if time.monotonic() > deadline or not node.observer.running:
             raise RuntimeError(
-                f"{node.mode.name}: the observer did not hold every category\n"
+                f"{node.mode.name}: the observer did not hold every partition\n"
                 + node.observer.output_tail()
             )
         await asyncio.sleep(0.1)
 
 
-async def publish(node: Node, n: int, category: str) -> None:
+async def publish(node: Node, n: int, stream_name: str) -> None:
     event: NewEvent[str, JsonValue] = NewEvent(name="placed", payload={"n": n})
-    stream = node.store.stream(category=category, stream=f"s{n}")
+    stream = node.store.stream(category=NAMES.category, stream=stream_name)
     node.sent_at[n] = time.time()
     await stream.publish(events=[event])
 
@@ -192,16 +199,16 @@ async def committed(node: Node, numbers: set[int], timeout: float) -> None:  # n
 
 
 async def warm_up(node: Node) -> None:
-    """One event per category, so that every source is claimed before measuring."""
-    categories = [identifier.category for identifier in NAMES.categories()]
-    numbers = set(range(-len(categories), 0))
-    for n, category in zip(sorted(numbers), categories, strict=True):
-        await publish(node, n, category)
+    """One event per partition, so that every source is claimed before measuring."""
+    streams = one_stream_per_partition(len(NAMES.partitions()))
+    numbers = set(range(-len(streams), 0))
+    for n, stream in zip(sorted(numbers), streams, strict=True):
+        await publish(node, n, stream)
     await committed(node, numbers, timeout=60)
 
 
 async def publish_steadily(node: Node, seconds: float, seed: int) -> set[int]:
-    categories = [identifier.category for identifier in NAMES.categories()]
+    streams = [f"s{k}" for k in range(64)]
     chooser = random.Random(seed)
     count = int(seconds * RATE)
     started = time.perf_counter()
@@ -209,7 +216,7 @@ async def publish_steadily(node: Node, seconds: float, seed: int) -> set[int]:
         delay = started + n / RATE - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        await publish(node, n, chooser.choice(categories))
+        await publish(node, n, chooser.choice(streams))
     return set(range(count))
 
 
@@ -356,7 +363,7 @@ async def run(ctx: BenchContext) -> None:
     say("\n== 7. Latency and idle load: NOTIFY wake-ups against polling ==")
     say(
         "Per mode an observer process (eventcomposition run, production profile) "
-        "with a transactional consumer over 8 categories, and a coordinator "
+        "with a transactional consumer over 16 partitions of one category, and a coordinator "
         f"process; {RATE:g} single-event publishes per second for "
         f"{publish_seconds:g} s; idle load over {idle_seconds:g} s."
     )
@@ -568,7 +575,7 @@ def report(
                 "notify_idle_statements_per_second": TARGET_IDLE_PER_SECOND,
             },
             "node": "observer process (eventcomposition run, production profile), "
-            "transactional consumer over 8 categories, coordinator apart",
+            "transactional consumer over 16 partitions, coordinator apart",
             "cases": cases,
         },
     )

@@ -52,7 +52,7 @@ class LatencyApp(EventRuntimeContainer):
             consumer=providers.Factory(
                 EventRuntimeContainer.transactional_consumer,
                 subscriber_group=NAMES.subscriber_group,
-                subscription_requests=NAMES.categories(),
+                subscription_requests=NAMES.partitions(),
                 processor=providers.Factory(CommitTimes),
             ),
         )

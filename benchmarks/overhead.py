@@ -101,7 +101,7 @@ class BenchContainer(EventRuntimeContainer):
 
     subscriber_group = providers.Object("overhead")
     processor = providers.Object(CountingProcessor(0))
-    categories = providers.Object(NAMES.categories())
+    categories = providers.Object(NAMES.partitions())
 
     consumers = providers.List(
         providers.Factory(
@@ -259,7 +259,7 @@ async def run_hand_wired(
     subscriber = make_subscription_consumer(
         event_store=event_store,
         subscriber_group=tag,
-        subscription_requests=NAMES.categories(),
+        subscription_requests=NAMES.partitions(),
         event_processor=processor,
     )
     # 2. error handling around consume_all

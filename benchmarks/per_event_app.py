@@ -33,7 +33,7 @@ class PerEventDemoContainer(DemoContainer):
                 event_store=DemoContainer.event_store,
                 subscriber_group=DemoContainer.names.provided.subscriber_group,
                 subscription_requests=providers.Callable(
-                    DemoNames.categories, DemoContainer.names
+                    DemoNames.partitions, DemoContainer.names
                 ),
                 event_processor=per_event_processor,
             ),

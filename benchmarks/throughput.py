@@ -1,11 +1,11 @@
 """4. Throughput on PostgreSQL: 1, 2 and 4 observer processes against the raw read rate.
 
 The sample app end to end: ``eventcomposition run`` observer processes (and one
-coordinator-only process) project N stored orders over the demo's 8 shard
-categories into customer totals in PostgreSQL. Two paths:
+coordinator-only process) project N stored orders of the demo's one category (in 16 partitions) into
+customer totals in PostgreSQL. Two paths:
 
 - batched (the sample app, ``DemoContainer``): a transactional consumer reads up to
-  ``consumers.batch_size`` (500) events of a category after its checkpoint, adds
+  ``consumers.batch_size`` (500) events of a partition after its checkpoint, adds
   them up per customer and writes them with one upsert, in the transaction that
   moves the checkpoint; with 1, 2 and 4 observer processes.
 - per-event handlers (``benchmarks.handler_app``): the same transactional
@@ -36,12 +36,11 @@ from collections import Counter
 import psycopg
 from logicblocks.event.store import EventStore, PostgresEventStorageAdapter
 
-from eventcomposition.demo import generate_orders, shard_of
+from eventcomposition.demo import generate_orders
 from eventcomposition.testing import ConnectionInfo, create_database, drop_database
 from eventcomposition.testing.processes import NodeProcesses
 
 from .cluster import (
-    ALL_CATEGORIES,
     APP,
     NAMES,
     Cluster,
@@ -54,6 +53,7 @@ from .common import (
     Json,
     PostgresUnavailable,
     Spread,
+    partition_key,
     publish_by_category,
     say,
     table,
@@ -83,7 +83,7 @@ RUN_TIMEOUT = 600.0
 
 
 def raw_read_rate(database: ConnectionInfo, events: int) -> float:
-    categories = sorted(ALL_CATEGORIES)
+    categories = [NAMES.category]
     with psycopg.connect(database.conninfo) as connection:
         started = time.perf_counter()
         rows = connection.execute(RAW_QUERY, (categories,)).fetchall()
@@ -165,9 +165,9 @@ async def run(ctx: BenchContext) -> None:
         )
     finally:
         await pool.close()
-    per_shard = Counter(NAMES.category(shard_of(o.customer_id)) for o in orders)
+    per_shard = Counter(partition_key(o.customer_id, NAMES) for o in orders)
     say(
-        f"N = {events} orders ({CUSTOMERS} customers) over {len(per_shard)} categories "
+        f"N = {events} orders ({CUSTOMERS} customers) in one category, {len(per_shard)} partitions "
         f"(largest {max(per_shard.values())}, smallest {min(per_shard.values())}); "
         f"1 coordinator-only + K observer-only processes, development settings with "
         f"{SETTINGS}, logs at {LOG_LEVEL}; {reps} run(s) per K, {raw_reps} raw reads "
@@ -178,7 +178,7 @@ async def run(ctx: BenchContext) -> None:
     results: Json = {
         "events": events,
         "customers": CUSTOMERS,
-        "events_per_category": dict(per_shard),
+        "events_per_partition": dict(per_shard),
         "settings": SETTINGS,
         "log_level": LOG_LEVEL,
         "raw_query": RAW_QUERY,

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from logicblocks.event.store import EventStore, PostgresEventStorageAdapter
 from logicblocks.event.types import StoredEvent
 
+from eventcomposition.broker.stores import event_source_factory
 from eventcomposition.consumers import (
     BatchProcessor,
     EventHandler,
@@ -36,7 +37,7 @@ from eventcomposition.consumers import (
 from eventcomposition.demo import generate_orders
 from eventcomposition.testing import ConnectionInfo, create_database, drop_database
 
-from .cluster import ALL_CATEGORIES, NAMES, open_pool
+from .cluster import NAMES, open_pool
 from .common import (
     BenchContext,
     Json,
@@ -154,21 +155,21 @@ async def one_run(
     )
     pool = await open_pool(database)
     try:
-        event_store = EventStore(
-            adapter=PostgresEventStorageAdapter(connection_source=pool)
-        )
+        adapter = PostgresEventStorageAdapter(connection_source=pool)
+        event_store = EventStore(adapter=adapter)
         reader: EventReader | None = None if direct else StoreEventReader(event_store)
         consumer = make_transactional_consumer(
             event_store=event_store,
             checkpoint_store=PostgresCheckpointStore(pool),
             subscriber_group="bench",
-            subscription_requests=NAMES.categories(),
+            subscription_requests=NAMES.partitions(),
             processor=processor or TotalsBatchProcessor(),
             batch_size=BATCH_SIZE,
             event_reader=reader,
         )
-        for category in sorted(ALL_CATEGORIES):
-            await consumer.accept(event_store.category(category=category))
+        sources = event_source_factory(adapter)
+        for partition in NAMES.partitions():
+            await consumer.accept(sources.construct(partition))
         started = time.perf_counter()
         await consumer.consume_all()
         seconds = time.perf_counter() - started
@@ -206,8 +207,8 @@ async def run(ctx: BenchContext) -> None:
     finally:
         await pool.close()
     say(
-        f"N = {events} orders ({CUSTOMERS} customers) over {len(ALL_CATEGORIES)} "
-        f"categories; batches of {BATCH_SIZE}; {reps} runs each, interleaved."
+        f"N = {events} orders ({CUSTOMERS} customers) in one category, "
+        f"{len(NAMES.partitions())} partitions; batches of {BATCH_SIZE}; {reps} runs each, interleaved."
     )
     raw_rates: list[float] = []
     rates: dict[str, list[float]] = {

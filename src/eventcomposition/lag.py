@@ -27,7 +27,7 @@ events behind, and it is 0 exactly when the checkpoint is at the head.
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from logicblocks.event.store import EventStorageAdapter, InMemoryEventStorageAdapter
 from logicblocks.event.types import (
@@ -41,6 +41,12 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from .connections import autocommitting
+
+if TYPE_CHECKING:
+    from .consumers.partitions import CategoryPartition
+
+# The partitions module is imported where it is used: the consumers package, which
+# defines it, imports this module.
 
 
 @dataclass(frozen=True)
@@ -220,8 +226,8 @@ class LagReader:
 class EventStoreHeadReader:
     """Heads read through a storage adapter's ``latest``, one source at a time.
 
-    Log, category and stream sources have heads; other sources (partitions) are
-    left out (unknown).
+    Log, category, stream and partition sources have heads (a partition's found by
+    reading its category); other sources are left out (unknown).
     """
 
     def __init__(self, adapter: EventStorageAdapter) -> None:
@@ -230,6 +236,8 @@ class EventStoreHeadReader:
     async def heads(
         self, sources: Sequence[EventSourceIdentifier]
     ) -> Mapping[EventSourceIdentifier, int | None]:
+        from .consumers.partitions import CategoryPartition
+
         heads: dict[EventSourceIdentifier, int | None] = {}
         for source in sources:
             if isinstance(
@@ -237,6 +245,13 @@ class EventStoreHeadReader:
             ):
                 latest = await self._adapter.latest(target=source)
                 heads[source] = latest.sequence_number if latest is not None else None
+            elif isinstance(source, CategoryPartition):
+                heads[source] = None
+                async for event in self._adapter.scan(
+                    target=CategoryIdentifier(category=source.category)
+                ):
+                    if source.holds(event.stream):
+                        heads[source] = event.sequence_number
         return heads
 
 
@@ -255,6 +270,8 @@ class InMemoryHeadReader:
     async def heads(
         self, sources: Sequence[EventSourceIdentifier]
     ) -> Mapping[EventSourceIdentifier, int | None]:
+        from .consumers.partitions import CategoryPartition
+
         heads: dict[EventSourceIdentifier, int | None] = {}
         for source in sources:
             if isinstance(
@@ -262,7 +279,19 @@ class InMemoryHeadReader:
             ):
                 latest: StoredEvent | None = self._events.last_event(source)
                 heads[source] = latest.sequence_number if latest is not None else None
+            elif isinstance(source, CategoryPartition):
+                heads[source] = self._partition_head(source)
         return heads
+
+    def _partition_head(self, partition: "CategoryPartition") -> int | None:
+        index = self._events._select_index(
+            CategoryIdentifier(category=partition.category)
+        )
+        for sequence_number in reversed(index):
+            event: StoredEvent = self._events._events[sequence_number]
+            if partition.holds(event.stream):
+                return event.sequence_number
+        return None
 
 
 class PostgresHeadReader:
@@ -282,16 +311,27 @@ class PostgresHeadReader:
     async def heads(
         self, sources: Sequence[EventSourceIdentifier]
     ) -> Mapping[EventSourceIdentifier, int | None]:
+        from .consumers.partitions import CategoryPartition
+
         categories = [s.category for s in sources if isinstance(s, CategoryIdentifier)]
         streams = [s for s in sources if isinstance(s, StreamIdentifier)]
+        partitions = [s for s in sources if isinstance(s, CategoryPartition)]
+        bucketed = [(p, b) for p in partitions for b in p.buckets or ()]
+        others = [p for p in partitions if p.buckets is None]
         wants_log = any(isinstance(s, LogIdentifier) for s in sources)
         # Only the kinds this query reads; others stay unknown (left out).
         heads: dict[EventSourceIdentifier, int | None] = {
             source: None
             for source in sources
-            if isinstance(source, LogIdentifier | CategoryIdentifier | StreamIdentifier)
+            if isinstance(
+                source,
+                LogIdentifier
+                | CategoryIdentifier
+                | StreamIdentifier
+                | CategoryPartition,
+            )
         }
-        if not (categories or streams or wants_log):
+        if not (categories or streams or partitions or wants_log):
             return heads
         # One statement: in autocommit, without BEGIN and COMMIT around it.
         async with autocommitting(self._pool) as connection:
@@ -301,12 +341,24 @@ class PostgresHeadReader:
                     "categories": categories,
                     "stream_categories": [s.category for s in streams],
                     "streams": [s.stream for s in streams],
+                    "partition_categories": [p.category for p, _ in bucketed],
+                    "partition_buckets": [bucket for _, bucket in bucketed],
+                    "partition_indexes": [p.index for p, _ in bucketed],
+                    "partition_counts": [p.count for p, _ in bucketed],
+                    "other_categories": [p.category for p in others],
+                    "other_indexes": [p.index for p in others],
+                    "other_counts": [p.count for p in others],
                     "log": wants_log,
                 },
             )
             rows = await cursor.fetchall()
-        for kind, category, stream, head in rows:
+        for kind, category, stream, index, count, head in rows:
             match kind:
+                case "partition" | "unbucketed":
+                    partition = CategoryPartition(category, index, count)
+                    latest = heads.get(partition)
+                    if head is not None and (latest is None or head > latest):
+                        heads[partition] = head
                 case "log":
                     heads[LogIdentifier()] = head
                 case "category":
@@ -318,25 +370,50 @@ class PostgresHeadReader:
 
 def _heads_query(table: str) -> sql.Composed:
     # The correlated max() subqueries keep each head an index probe; a GROUP BY
-    # over the table would read every event.
+    # over the table would read every event. A partition's head is the greatest of
+    # its buckets' heads (the bucket index), or, for a count that is no divisor or
+    # multiple of BUCKETS, a backward scan of its category's rows.
+    from .consumers.partitions import BUCKET_SQL, BUCKETS, PARTITION_HASH_SQL
+
     return sql.SQL(
         """
-        SELECT 'category', c.category, NULL::text,
+        SELECT 'category', c.category, NULL::text, NULL::int, NULL::int,
                (SELECT max(e.sequence_number) FROM {table} e
                 WHERE e.category = c.category)
         FROM unnest(%(categories)s::text[]) AS c(category)
         UNION ALL
-        SELECT 'stream', s.category, s.stream,
+        SELECT 'stream', s.category, s.stream, NULL::int, NULL::int,
                (SELECT max(e.sequence_number) FROM {table} e
                 WHERE e.category = s.category AND e.stream = s.stream)
         FROM unnest(%(stream_categories)s::text[], %(streams)s::text[])
              AS s(category, stream)
         UNION ALL
-        SELECT 'log', NULL::text, NULL::text,
+        SELECT 'partition', p.category, NULL::text, p.index, p.count,
+               (SELECT max(e.sequence_number) FROM {table} e
+                WHERE e.category = p.category
+                  AND {bucket} = p.bucket
+                  AND (p.count <= {buckets} OR mod({hash}, p.count) = p.index))
+        FROM unnest(%(partition_categories)s::text[], %(partition_buckets)s::int[],
+                    %(partition_indexes)s::int[], %(partition_counts)s::int[])
+             AS p(category, bucket, index, count)
+        UNION ALL
+        SELECT 'unbucketed', p.category, NULL::text, p.index, p.count,
+               (SELECT max(e.sequence_number) FROM {table} e
+                WHERE e.category = p.category
+                  AND mod({hash}, p.count) = p.index)
+        FROM unnest(%(other_categories)s::text[], %(other_indexes)s::int[],
+                    %(other_counts)s::int[]) AS p(category, index, count)
+        UNION ALL
+        SELECT 'log', NULL::text, NULL::text, NULL::int, NULL::int,
                (SELECT max(e.sequence_number) FROM {table} e)
         WHERE %(log)s
         """
-    ).format(table=sql.Identifier(table))
+    ).format(
+        table=sql.Identifier(table),
+        hash=sql.SQL(PARTITION_HASH_SQL.replace("stream", "e.stream")),
+        bucket=sql.SQL(BUCKET_SQL.replace("stream", "e.stream")),
+        buckets=sql.Literal(BUCKETS),
+    )
 
 
 @dataclass(frozen=True)
@@ -354,8 +431,8 @@ class PostgresEventCounter:
     """How many events each span holds, every span counted in one query.
 
     Each count walks the part of the index that ``PostgresHeadReader`` probes, so it
-    costs as many index entries as the span has events. Sources other than the log,
-    categories and streams (partitions) count as ``None``: not known here.
+    costs as many index entries as the span has events (a partition's: its buckets'
+    ranges). Other kinds of source count as ``None``: not known here.
     """
 
     def __init__(
@@ -366,44 +443,73 @@ class PostgresEventCounter:
 
     async def counts(self, spans: Sequence[SourceSpan]) -> list[int | None]:
         """The number of events in each span, in the order given."""
+        from .consumers.partitions import CategoryPartition
+
         counts: list[int | None] = [None] * len(spans)
         columns: dict[str, list[Any]] = {
             name: []
-            for name in ("index", "kind", "category", "stream", "after", "upto")
+            for name in (
+                "index",
+                "kind",
+                "category",
+                "stream",
+                "bucket",
+                "pindex",
+                "pcount",
+                "after",
+                "upto",
+            )
         }
         for index, span in enumerate(spans):
+            # (kind, category, stream, bucket): one row per range to count.
+            ranges: list[tuple[str, str, str, int]]
+            pindex = pcount = 0
             match span.source:
                 case LogIdentifier():
-                    kind, category, stream = "log", "", ""
+                    ranges = [("log", "", "", 0)]
                 case CategoryIdentifier(category=category):
-                    kind, stream = "category", ""
+                    ranges = [("category", category, "", 0)]
                 case StreamIdentifier(category=category, stream=stream):
-                    kind = "stream"
+                    ranges = [("stream", category, stream, 0)]
+                case CategoryPartition(category=category, index=pindex, count=pcount):
+                    buckets = span.source.buckets
+                    ranges = (
+                        [("hashed", category, "", 0)]
+                        if buckets is None
+                        else [("bucket", category, "", b) for b in buckets]
+                    )
                 case _:
                     continue
             if span.after is not None and span.after >= span.upto:
                 counts[index] = 0
                 continue
-            for name, value in (
-                ("index", index),
-                ("kind", kind),
-                ("category", category),
-                ("stream", stream),
-                ("after", -1 if span.after is None else span.after),
-                ("upto", span.upto),
-            ):
-                columns[name].append(value)
+            counts[index] = 0
+            for kind, category, stream, bucket in ranges:
+                for name, value in (
+                    ("index", index),
+                    ("kind", kind),
+                    ("category", category),
+                    ("stream", stream),
+                    ("bucket", bucket),
+                    ("pindex", pindex),
+                    ("pcount", pcount),
+                    ("after", -1 if span.after is None else span.after),
+                    ("upto", span.upto),
+                ):
+                    columns[name].append(value)
         if not columns["index"]:
             return counts
         async with self._pool.connection() as connection:
             cursor = await connection.execute(self._query, columns)
             rows = await cursor.fetchall()
         for index, count in rows:
-            counts[index] = count
+            counts[index] = (counts[index] or 0) + count
         return counts
 
 
 def _counts_query(table: str) -> sql.Composed:
+    from .consumers.partitions import BUCKET_SQL, BUCKETS, PARTITION_HASH_SQL
+
     # One branch per kind of source, so that each count is a range scan of the
     # index that kind has (a single OR'ed condition would plan as a scan of the
     # whole log's range).
@@ -412,8 +518,9 @@ def _counts_query(table: str) -> sql.Composed:
         WITH spans AS (
             SELECT * FROM unnest(
                 %(index)s::int[], %(kind)s::text[], %(category)s::text[],
-                %(stream)s::text[], %(after)s::bigint[], %(upto)s::bigint[]
-            ) AS s(index, kind, category, stream, after, upto)
+                %(stream)s::text[], %(bucket)s::int[], %(pindex)s::int[],
+                %(pcount)s::int[], %(after)s::bigint[], %(upto)s::bigint[]
+            ) AS s(index, kind, category, stream, bucket, pindex, pcount, after, upto)
         )
         SELECT s.index,
                (SELECT count(*) FROM {table} e
@@ -431,5 +538,23 @@ def _counts_query(table: str) -> sql.Composed:
                (SELECT count(*) FROM {table} e
                 WHERE e.sequence_number > s.after AND e.sequence_number <= s.upto)
         FROM spans s WHERE s.kind = 'log'
+        UNION ALL
+        SELECT s.index,
+               (SELECT count(*) FROM {table} e
+                WHERE e.category = s.category AND {bucket} = s.bucket
+                  AND (s.pcount <= {buckets} OR mod({hash}, s.pcount) = s.pindex)
+                  AND e.sequence_number > s.after AND e.sequence_number <= s.upto)
+        FROM spans s WHERE s.kind = 'bucket'
+        UNION ALL
+        SELECT s.index,
+               (SELECT count(*) FROM {table} e
+                WHERE e.category = s.category AND mod({hash}, s.pcount) = s.pindex
+                  AND e.sequence_number > s.after AND e.sequence_number <= s.upto)
+        FROM spans s WHERE s.kind = 'hashed'
         """
-    ).format(table=sql.Identifier(table))
+    ).format(
+        table=sql.Identifier(table),
+        hash=sql.SQL(PARTITION_HASH_SQL.replace("stream", "e.stream")),
+        bucket=sql.SQL(BUCKET_SQL.replace("stream", "e.stream")),
+        buckets=sql.Literal(BUCKETS),
+    )

@@ -75,6 +75,11 @@ def source_label(source: EventSourceIdentifier) -> str:
             return f"category:{category}"
         case StreamIdentifier(category=category, stream=stream):
             return f"stream:{category}/{stream}"
+    # Imported here: the consumers package records its batches through this module.
+    from .consumers.partitions import CategoryPartition
+
+    if isinstance(source, CategoryPartition):
+        return f"partition:{source.key}"
     return repr(source)
 
 

@@ -31,8 +31,13 @@ from logicblocks.event.store import EventStore, PostgresEventStorageAdapter
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from eventcomposition.consumers import source_key
+from eventcomposition.consumers.partitions import (
+    CategoryPartition,
+    partition_of,
+    source_identifier,
+)
 from eventcomposition.demo import (
-    SHARD_COUNT,
     CustomerTotals,
     DemoNames,
     Order,
@@ -65,7 +70,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SETTINGS_DIR = PROJECT_ROOT / "settings"
 APP = "eventcomposition.containers.demo:DemoContainer"
 NAMES = DemoNames()
-ALL_CATEGORIES = frozenset(NAMES.category(shard) for shard in range(SHARD_COUNT))
+PARTITION_COUNT = 16  # the default: the demo's group names no count
+ALL_PARTITIONS = frozenset(source_key(p) for p in NAMES.partitions(PARTITION_COUNT))
 
 # Generous bounds: nodes are Python processes that import a lot on start, and the
 # machines running this may have two cores.
@@ -76,7 +82,7 @@ STOP_TIMEOUT = 5.0
 
 COORDINATOR_RUNNING = "event.processing.broker.coordinator.running"
 COORDINATOR_STARTING = "event.processing.broker.coordinator.starting"
-# The demo's processor logs each batch it committed, with its category and orders,
+# The demo's processor logs each batch it committed, with its category, first stream and orders,
 # at DEBUG: the tests that follow the batches run their nodes at that level.
 BATCH_APPLIED = "demo.batch-applied"
 ACCEPTING_SOURCE = "consumer.source-accepted"
@@ -165,16 +171,16 @@ class Cluster:
             return {str(row[0]) for row in await cursor.fetchall()}
 
     async def sources_by_node(self) -> dict[str, set[str]]:
-        """The categories each node's subscribers hold now (empty holdings left
-        out)."""
+        """The partitions (by key) each node's subscribers hold now (empty
+        holdings left out)."""
         async with self.pool.connection() as connection:
             cursor = await connection.execute(HELD_SOURCES, (NAMES.subscriber_group,))
             rows = await cursor.fetchall()
         held: dict[str, set[str]] = {}
         for node_id, sources in rows:
-            categories = {str(source["category"]) for source in sources}
-            if categories:
-                held.setdefault(str(node_id), set()).update(categories)
+            keys = {source_key(source_identifier(source)) for source in sources}
+            if keys:
+                held.setdefault(str(node_id), set()).update(keys)
         return held
 
     async def wait_for_holdings(
@@ -200,17 +206,17 @@ class Cluster:
     async def wait_until_spread(
         self, observers: Sequence[NodeProcess]
     ) -> dict[str, set[str]]:
-        """Every category allocated, each observer holding some, none twice; and
+        """Every partition allocated, each observer holding some, none twice; and
         each observer consuming what it holds."""
         names = {observer.name for observer in observers}
         held = await self.wait_for_holdings(
             lambda held: (
                 set(held) == names
-                and set().union(*held.values()) == ALL_CATEGORIES
-                and sum(len(v) for v in held.values()) == len(ALL_CATEGORIES)
+                and set().union(*held.values()) == ALL_PARTITIONS
+                and sum(len(v) for v in held.values()) == len(ALL_PARTITIONS)
             ),
             timeout=START_TIMEOUT,
-            description=f"every category allocated over {', '.join(sorted(names))}",
+            description=f"every partition allocated over {', '.join(sorted(names))}",
         )
         await wait_until(
             lambda: all(
@@ -218,7 +224,7 @@ class Cluster:
                 for observer in observers
             ),
             timeout=START_TIMEOUT,
-            description="each observer accepting the categories it holds",
+            description="each observer accepting the partitions it holds",
         )
         return held
 
@@ -294,13 +300,31 @@ async def migrated_database(server: ThrowawayPostgres) -> ConnectionInfo:
 
 
 def accepted_since(node: NodeProcess, mark: int) -> set[str]:
-    """The categories ``node``'s subscriber accepted after record ``mark``."""
+    """The partitions ``node``'s subscriber accepted after record ``mark``."""
     return {str(record["source"]) for record in node.logs(ACCEPTING_SOURCE, after=mark)}
 
 
-def saved_categories(node: NodeProcess) -> set[str]:
-    """The categories whose events ``node`` projected (from its logs)."""
-    return {str(record["category"]) for record in node.logs(BATCH_APPLIED)}
+def partition_key(stream: str) -> str:
+    return source_key(
+        CategoryPartition(
+            NAMES.category, partition_of(stream, PARTITION_COUNT), PARTITION_COUNT
+        )
+    )
+
+
+def saved_partitions(node: NodeProcess) -> set[str]:
+    """The partitions whose events ``node`` projected (from its logs: a batch is
+    of one partition, which its first stream tells)."""
+    return {
+        source_key(
+            CategoryPartition(
+                str(record["category"]),
+                partition_of(str(record["first_stream"]), PARTITION_COUNT),
+                PARTITION_COUNT,
+            )
+        )
+        for record in node.logs(BATCH_APPLIED)
+    }
 
 
 def applied_orders(node: NodeProcess) -> int:
@@ -380,9 +404,9 @@ async def test_a_coordinator_and_two_observers_process_every_event(
     await cluster.wait_for_projection(orders)
 
     for observer in observers:
-        # Each observer projected events, only of the categories it holds.
-        assert saved_categories(observer), f"{observer.name} processed nothing"
-        assert saved_categories(observer) <= held[observer.name]
+        # Each observer projected events, only of the partitions it holds.
+        assert saved_partitions(observer), f"{observer.name} processed nothing"
+        assert saved_partitions(observer) <= held[observer.name]
     # No event was projected twice: the committed batches hold each order once.
     assert sum(applied_orders(o) for o in observers) == len(orders)
     assert not coordinator.logs(BATCH_APPLIED)
@@ -410,9 +434,9 @@ async def test_a_killed_observers_sources_move_to_the_survivor(
     # After coordinator_subscriber_max_time_since_last_seen (3 s) the victim's
     # subscriber is ignored and its sources are allocated to the survivor.
     await cluster.wait_for_holdings(
-        lambda now: now == {"observer-2": set(ALL_CATEGORIES)},
+        lambda now: now == {"observer-2": set(ALL_PARTITIONS)},
         timeout=30,
-        description="every category held by observer-2",
+        description="every partition held by observer-2",
     )
 
     # The survivor's observer starts consuming them at its next synchronisation.
@@ -424,7 +448,10 @@ async def test_a_killed_observers_sources_move_to_the_survivor(
     # The survivor starts from the victim's last committed checkpoint, once the
     # victim's claims have expired (consumers.claim_lease).
     await cluster.wait_for_projection(orders)
-    assert saved_categories(survivor) >= held["observer-1"]
+    # Every partition of the victim's with orders published after the kill.
+    published_late = {partition_key(order.customer_id) for order in rest}
+    assert saved_partitions(survivor) >= held["observer-1"] & published_late
+    assert held["observer-1"] & published_late
 
 
 async def test_a_terminated_observer_leaves_and_its_sources_move_at_once(
@@ -466,9 +493,9 @@ async def test_a_terminated_observer_leaves_and_its_sources_move_at_once(
     # other observer picks them up within a synchronisation interval (0.3 s):
     # allow a few seconds for slow machines, far below the 30 s of expiry.
     await cluster.wait_for_holdings(
-        lambda now: now == {"observer-2": set(ALL_CATEGORIES)},
+        lambda now: now == {"observer-2": set(ALL_PARTITIONS)},
         timeout=5,
-        description="every category held by observer-2 within 5 s of the exit",
+        description="every partition held by observer-2 within 5 s of the exit",
     )
     await wait_until(
         lambda: accepted_since(staying, marker) >= held["observer-1"],
@@ -503,9 +530,9 @@ async def test_a_standby_coordinator_takes_over_from_a_killed_leader(
     victim.kill()
     assert await victim.await_exit(10) == -9
     await cluster.wait_for_holdings(
-        lambda now: now == {"observer-2": set(ALL_CATEGORIES)},
+        lambda now: now == {"observer-2": set(ALL_PARTITIONS)},
         timeout=30,
-        description="every category allocated to observer-2 by coordinator-2",
+        description="every partition allocated to observer-2 by coordinator-2",
     )
     orders = generate_orders(200, seed=4)
     await cluster.publish(orders)
@@ -716,9 +743,9 @@ async def test_a_malformed_order_is_logged_with_its_position_and_skipped(
     node = cluster.start("full", "full-1", migrate=True)
     await node.await_log(COORDINATOR_RUNNING, START_TIMEOUT)
     await cluster.wait_for_holdings(
-        lambda held: held == {"full-1": set(ALL_CATEGORIES)},
+        lambda held: held == {"full-1": set(ALL_PARTITIONS)},
         timeout=START_TIMEOUT,
-        description="every category held by full-1",
+        description="every partition held by full-1",
     )
     first = generate_orders(100, malformed=3, seed=6)
     later = generate_orders(50, seed=7)

@@ -7,7 +7,8 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from eventcomposition.demo import SHARD_COUNT, DemoNames
+from eventcomposition.consumers import source_key
+from eventcomposition.demo import DemoNames
 from eventcomposition.testing.postgres import ConnectionInfo
 from eventcomposition.testing.processes import (
     NodeProcesses,
@@ -24,7 +25,7 @@ NAMES = DemoNames()
 type Pool = AsyncConnectionPool[AsyncConnection[Any]]
 
 
-async def allocated_categories(pool: Pool) -> int:
+async def allocated_sources(pool: Pool) -> int:
     async with pool.connection() as connection:
         cursor = await connection.execute(
             "SELECT coalesce(sum(jsonb_array_length(event_sources)), 0) "
@@ -54,7 +55,7 @@ async def test_status_waits_for_a_starting_node_then_shows_its_work_stale_once(
         await wait_until(
             lambda: _all_allocated(postgres_pool),
             timeout=60,
-            description="every demo category allocated",
+            description="every partition of the demo category allocated",
         )
         node.terminate()
         assert await node.await_exit(STOP_TIMEOUT) == 0
@@ -66,12 +67,12 @@ async def test_status_waits_for_a_starting_node_then_shows_its_work_stale_once(
     assert "no live nodes" in report
     assert "no live work allocated yet" in report
     assert "stale allocations of departed nodes" in report
-    for shard in range(SHARD_COUNT):
-        assert report.count(f"{NAMES.category(shard)}") == 1, report
+    for partition in NAMES.partitions():
+        assert report.count(source_key(partition)) == 1, report
 
 
 async def _all_allocated(pool: Pool) -> bool:
-    return await allocated_categories(pool) == SHARD_COUNT
+    return await allocated_sources(pool) == len(NAMES.partitions())
 
 
 def test_waiting_in_vain_ends_with_status_1(

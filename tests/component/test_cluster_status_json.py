@@ -10,6 +10,7 @@ from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from eventcomposition.consumers.partitions import CategoryPartition, partition_of
 from eventcomposition.settings.variables import environment_variable
 from eventcomposition.testing.postgres import ConnectionInfo
 from eventcomposition.testing.processes import node_environment, run_to_completion
@@ -19,16 +20,15 @@ STATUS = [sys.executable, "-m", "eventcomposition", "cluster", "status"]
 type Pool = AsyncConnectionPool[AsyncConnection[Any]]
 
 
-def category(name: str) -> dict[str, str]:
-    return {"type": "category", "category": name}
-
-
-ORDERS = [category(f"orders-{n}") for n in range(4)]
+# One category in four partitions, as the broker's tables store them.
+ORDERS = [CategoryPartition("orders", n, 4).serialise() for n in range(4)]
+STREAM_OF_PARTITION_0 = "o-22"  # partition_of("o-22", 4) == 0
 
 
 async def test_json_shows_holdings_with_lag_moving_sources_and_dead_letters(
     postgres_database: ConnectionInfo, postgres_pool: Pool
 ) -> None:
+    assert partition_of(STREAM_OF_PARTITION_0, 4) == 0
     now = datetime.now(UTC)
     async with postgres_pool.connection() as connection:
         # Two live subscribers and one whose heartbeat aged out long ago.
@@ -50,12 +50,12 @@ async def test_json_shows_holdings_with_lag_moving_sources_and_dead_letters(
                 "INSERT INTO subscriptions VALUES ('totals', %s, %s, %s)",
                 [subscriber, node, Jsonb(sources)],
             )
-        # orders-2 went to sub-b while sub-a has not released it yet; orders-3's
+        # orders#2/4 went to sub-b while sub-a has not released it yet; orders#3/4's
         # holder departed without releasing it.
         for source, node, subscriber in [
-            ("orders-0", "node-a", "sub-a"),
-            ("orders-2", "node-a", "sub-a"),
-            ("orders-3", "node-gone", "sub-old"),
+            ("orders#0/4", "node-a", "sub-a"),
+            ("orders#2/4", "node-a", "sub-a"),
+            ("orders#3/4", "node-gone", "sub-old"),
         ]:
             await connection.execute(
                 "INSERT INTO consumer_claims VALUES "
@@ -67,21 +67,21 @@ async def test_json_shows_holdings_with_lag_moving_sources_and_dead_letters(
             cursor = await connection.execute(
                 "INSERT INTO events (id, name, stream, category, position, payload, "
                 "observed_at, occurred_at) VALUES "
-                "(%s, 'placed', 'o-1', 'orders-0', %s, '{}', now(), now()) "
+                "(%s, 'placed', %s, 'orders', %s, '{}', now(), now()) "
                 "RETURNING sequence_number",
-                [f"e-{position}", position],
+                [f"e-{position}", STREAM_OF_PARTITION_0, position],
             )
             row = await cursor.fetchone()
             assert row is not None
             sequence.append(row[0])
         await connection.execute(
-            "INSERT INTO consumer_checkpoints VALUES ('totals', 'orders-0', %s, now())",
+            "INSERT INTO consumer_checkpoints VALUES ('totals', 'orders#0/4', %s, now())",
             [sequence[2]],
         )
         for group, number in [("totals", 1), ("totals", 2), ("archive", 1)]:
             await connection.execute(
                 "INSERT INTO consumer_dead_letters VALUES "
-                "(%s, 'orders-0', %s, %s, 'boom', 3, now())",
+                "(%s, 'orders#0/4', %s, %s, 'boom', 3, now())",
                 [group, number, f"e-{number}"],
             )
 
@@ -113,7 +113,7 @@ async def test_json_shows_holdings_with_lag_moving_sources_and_dead_letters(
         {
             "node_id": "node-a",
             "subscriber": "sub-a",
-            "source": "orders-0",
+            "source": "orders#0/4",
             "checkpoint": sequence[2],
             "head": sequence[4],
             "lag": sequence[4] - sequence[2],
@@ -121,7 +121,7 @@ async def test_json_shows_holdings_with_lag_moving_sources_and_dead_letters(
         {
             "node_id": "node-a",
             "subscriber": "sub-a",
-            "source": "orders-1",
+            "source": "orders#1/4",
             "checkpoint": None,
             "head": None,
             "lag": 0,
@@ -129,30 +129,30 @@ async def test_json_shows_holdings_with_lag_moving_sources_and_dead_letters(
         {
             "node_id": "node-b",
             "subscriber": "sub-b",
-            "source": "orders-2",
+            "source": "orders#2/4",
             "checkpoint": None,
             "head": None,
             "lag": 0,
         },
     ]
     assert totals["moving"] == [
-        {"source": "orders-2", "claimed_by": "node-a/sub-a", "to": "node-b/sub-b"},
-        {"source": "orders-3", "claimed_by": "node-gone/sub-old", "to": None},
+        {"source": "orders#2/4", "claimed_by": "node-a/sub-a", "to": "node-b/sub-b"},
+        {"source": "orders#3/4", "claimed_by": "node-gone/sub-old", "to": None},
     ]
     assert document["stale"] == [
         {
             "node_id": "node-gone",
             "group": "totals",
             "subscriber": "sub-old",
-            "sources": ["orders-3"],
+            "sources": ["orders#3/4"],
         }
     ]
 
     tables = run_to_completion(STATUS, env=environment)
     assert tables.returncode == 0, tables.stderr
     rows = [line.split() for line in tables.stdout]
-    assert ["node-a", "sub-a", "orders-0", str(sequence[2]), str(sequence[4])] in [
+    assert ["node-a", "sub-a", "orders#0/4", str(sequence[2]), str(sequence[4])] in [
         row[:5] for row in rows
     ]
-    assert ["orders-3", "node-gone/sub-old", "-"] in rows
+    assert ["orders#3/4", "node-gone/sub-old", "-"] in rows
     assert any("2 dead letters" in line for line in tables.stdout)

@@ -21,8 +21,8 @@ from logicblocks.event.store import EventStore, PostgresEventStorageAdapter
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from eventcomposition.consumers import source_key
 from eventcomposition.demo import (
-    SHARD_COUNT,
     DemoNames,
     generate_orders,
     publish_orders,
@@ -39,8 +39,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 WATCH = [sys.executable, "-m", "eventcomposition", "cluster", "status", "--watch"]
 APP = "eventcomposition.demo:DemoContainer"
 NAMES = DemoNames()
-# The demo's categories: orders-0 ... orders-7.
-CATEGORIES = NAMES.category(0).removesuffix("0")
+# The demo's sources: the partitions of its one category, orders#0/16 ... #15/16.
+PARTITIONS = sorted(source_key(partition) for partition in NAMES.partitions())
+SOURCE_PREFIX = f"{NAMES.category}#"
 COLUMNS, LINES = 160, 60
 EXIT_TIMEOUT = 10.0
 SETTLE_SECONDS = 0.15
@@ -141,12 +142,12 @@ def held_rows(screen: str) -> list[list[str]]:
     return [
         cells
         for line in screen.splitlines()
-        if len(cells := line.split()) == 7 and cells[2].startswith(CATEGORIES)
+        if len(cells := line.split()) == 7 and cells[2].startswith(SOURCE_PREFIX)
     ]
 
 
 def holders(screen: str) -> set[str]:
-    """The nodes holding demo categories on the screen."""
+    """The nodes holding partitions of the demo category on the screen."""
     return {cells[0] for cells in held_rows(screen)}
 
 
@@ -177,15 +178,15 @@ async def test_the_view_redraws_as_events_flow_and_an_observer_joins(
         with terminal(WATCH, environment) as watch:
             await wait_until(
                 lambda: (
-                    len(held_rows(watch.screen())) == SHARD_COUNT
+                    len(held_rows(watch.screen())) == len(PARTITIONS)
                     and "leading coordinator: full-1" in watch.screen()
                 ),
                 timeout=60,
-                description="the full node holding the demo categories, leading",
+                description="the full node holding the demo partitions, leading",
             )
             before = watch.settled_screen()
             assert holders(before) == {"full-1"}, before
-            assert len(held_rows(before)) == SHARD_COUNT, before
+            assert len(held_rows(before)) == len(PARTITIONS), before
             assert "events/s" in before
             assert not rows_of(before, "observer-1")
 
@@ -203,7 +204,7 @@ async def test_the_view_redraws_as_events_flow_and_an_observer_joins(
             await wait_until(
                 lambda: (
                     holders(watch.screen()) == {"full-1", "observer-1"}
-                    and len(held_rows(watch.screen())) == SHARD_COUNT
+                    and len(held_rows(watch.screen())) == len(PARTITIONS)
                 ),
                 timeout=60,
                 description="the observer's holdings on screen beside the full node's",
@@ -211,9 +212,7 @@ async def test_the_view_redraws_as_events_flow_and_an_observer_joins(
             after = watch.settled_screen()
             assert rows_of(after, "observer-1"), after
             rows = held_rows(after)
-            assert sorted(cells[2] for cells in rows) == [
-                NAMES.category(shard) for shard in range(SHARD_COUNT)
-            ], after
+            assert sorted(cells[2] for cells in rows) == PARTITIONS, after
             assert holders(after) == {"full-1", "observer-1"}, after
 
             watch.interrupt()

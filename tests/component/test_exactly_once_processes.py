@@ -20,6 +20,13 @@ from logicblocks.event.types import NewEvent
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from eventcomposition.consumers import source_key
+from eventcomposition.consumers.partitions import (
+    CategoryPartition,
+    partition_of,
+    partitions_of,
+    source_identifier,
+)
 from eventcomposition.testing import ConnectionInfo
 from eventcomposition.testing.processes import (
     NodeProcess,
@@ -33,7 +40,9 @@ SETTINGS_DIR = PROJECT_ROOT / "settings"
 APP = "tests.component.apps.plain_insert:PlainInsertApp"
 # As the application names them (its module is imported by the nodes, not here).
 GROUP = "plain-insert"
-CATEGORIES = [f"plain-{n}" for n in range(6)]
+CATEGORY = "plain"
+PARTITIONS = 16  # the default count: the application's group names none
+STREAMS = [f"s-{n}" for n in range(48)]  # in every one of the 16 partitions
 BATCH_STARTED = "plain.batch-started"
 
 START_TIMEOUT = 60.0
@@ -87,21 +96,21 @@ async def fetch(pool: Pool, query: str, *params: object) -> list[tuple[Any, ...]
 async def holders(pool: Pool) -> dict[str, set[str]]:
     held: dict[str, set[str]] = {}
     for node_id, sources in await fetch(pool, HELD_SOURCES, GROUP):
-        categories = {str(source["category"]) for source in sources}
-        if categories:
-            held.setdefault(str(node_id), set()).update(categories)
+        keys = {source_key(source_identifier(source)) for source in sources}
+        if keys:
+            held.setdefault(str(node_id), set()).update(keys)
     return held
 
 
 async def publish(store: EventStore, first: int, last: int) -> None:
-    """Events ``first`` to ``last - 1``, round robin over the categories, a few
+    """Events ``first`` to ``last - 1``, round robin over the streams, a few
     per call, as an application publishing while the cluster works."""
     for start in range(first, last, 10):
         numbers = range(start, min(start + 10, last))
-        for index, category in enumerate(CATEGORIES):
-            mine = [n for n in numbers if n % len(CATEGORIES) == index]
+        for index, stream in enumerate(STREAMS):
+            mine = [n for n in numbers if n % len(STREAMS) == index]
             if mine:
-                await store.stream(category=category, stream=f"s-{index}").publish(
+                await store.stream(category=CATEGORY, stream=stream).publish(
                     events=[NewEvent(name="happened", payload={"n": n}) for n in mine]
                 )
 
@@ -147,7 +156,7 @@ async def test_one_row_per_event_after_a_kill_mid_batch_and_a_stop(
     await wait_until(
         lambda: _spread(postgres_pool),
         timeout=START_TIMEOUT,
-        description="every category allocated, to all three observers",
+        description="every partition allocated, to all three observers",
     )
     store = EventStore(
         adapter=PostgresEventStorageAdapter(connection_source=postgres_pool)
@@ -161,7 +170,10 @@ async def test_one_row_per_event_after_a_kill_mid_batch_and_a_stop(
     )
     victim.kill()
     assert await victim.await_exit(10) == -9
-    checkpoint = await fetch(postgres_pool, CHECKPOINT, GROUP, batch["category"])
+    source = CategoryPartition(
+        CATEGORY, partition_of(batch["first_stream"], PARTITIONS), PARTITIONS
+    )
+    checkpoint = await fetch(postgres_pool, CHECKPOINT, GROUP, source.key)
     committed = checkpoint[0][0] if checkpoint else -1
     assert committed < batch["first_sequence_number"], (
         "the killed batch had committed: the kill did not land mid-batch"
@@ -194,8 +206,8 @@ async def test_one_row_per_event_after_a_kill_mid_batch_and_a_stop(
     missing = await fetch(
         postgres_pool,
         "SELECT e.id FROM events e LEFT JOIN plain_rows r ON r.event_id = e.id "
-        "WHERE e.category = ANY(%s) AND r.event_id IS NULL",
-        CATEGORIES,
+        "WHERE e.category = %s AND r.event_id IS NULL",
+        CATEGORY,
     )
     assert missing == []
     assert staying.running
@@ -207,7 +219,7 @@ async def _spread(pool: Pool) -> bool:
     held = await holders(pool)
     return set(held) == {"observer-1", "observer-2", "observer-3"} and set().union(
         *held.values()
-    ) == set(CATEGORIES)
+    ) == {p.key for p in partitions_of(CATEGORY, PARTITIONS)}
 
 
 async def _rows(pool: Pool, expected: int) -> bool:

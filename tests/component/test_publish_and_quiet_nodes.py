@@ -164,7 +164,7 @@ async def test_a_running_node_projects_published_orders_with_a_quiet_info_log(
             [*PUBLISH, "--demo-orders", str(orders)], env=environment
         )
         assert completed.returncode == 0, completed.stderr
-        assert completed.stdout == ["published 1000 orders in orders-0 .. orders-7"]
+        assert completed.stdout == ["published 1000 orders in category orders"]
 
         store = ProjectionStore(
             adapter=PostgresProjectionStorageAdapter(connection_source=postgres_pool)

@@ -11,9 +11,6 @@ from logicblocks.event.processing import (
     EventBrokerType,
     ServiceManager,
 )
-from logicblocks.event.processing.broker.strategies.distributed import (
-    PostgresEventSubscriptionStateStore,
-)
 from logicblocks.event.projection import (
     PostgresProjectionStorageAdapter,
     ProjectionStore,
@@ -29,6 +26,10 @@ from eventcomposition import (
     EventConsumerSettings,
     EventRuntime,
     make_event_broker,
+)
+from eventcomposition.broker.stores import (
+    AutocommitSubscriptionStateStore,
+    event_source_factory,
 )
 from eventcomposition.consumers import make_subscription_consumer, state_category_name
 from eventcomposition.demo.orders import (
@@ -46,6 +47,7 @@ DISTRIBUTION = timedelta(milliseconds=300)
 SYNCHRONISATION = timedelta(milliseconds=300)
 # Long, so that a hand-over within a few intervals can only come from a clean stop.
 SUBSCRIBER_TIMEOUT = timedelta(seconds=30)
+PARTITIONS = 8
 NAMES = DemoNames()
 GROUP = NAMES.subscriber_group
 
@@ -91,7 +93,7 @@ class Node:
         self.subscriber = make_subscription_consumer(
             event_store=self.store,
             subscriber_group=GROUP,
-            subscription_requests=NAMES.categories(),
+            subscription_requests=NAMES.partitions(PARTITIONS),
             event_processor=self.processor,
             state_persistence_interval=1000,
         )
@@ -115,7 +117,7 @@ async def pool(
 async def held_sources(
     pool: AsyncConnectionPool[AsyncConnection[Any]], subscriber_id: str
 ) -> set[EventSourceIdentifier]:
-    store = PostgresEventSubscriptionStateStore(node_id="test", connection_source=pool)
+    store = AutocommitSubscriptionStateStore(node_id="test", connection_pool=pool)
     return {
         source
         for subscription in await store.list()
@@ -150,8 +152,9 @@ async def test_events_flow_and_projection_and_state_are_persisted(
         projection_store, NAMES.projection_name
     ) == expected_totals(orders)
     # Each source's consumer state ends at the last event of that source.
-    for source in NAMES.categories():
-        last_event = await observer.store.category(category=source.category).latest()
+    sources = event_source_factory(PostgresEventStorageAdapter(connection_source=pool))
+    for source in NAMES.partitions(PARTITIONS):
+        last_event = await sources.construct(source).latest()
         if last_event is None:
             continue
         state = await observer.store.category(
@@ -202,7 +205,7 @@ async def test_after_a_graceful_stop_another_node_takes_the_sources_over(
     coordinator = Node("coordinator", BrokerRole.COORDINATOR, postgres_database, pool)
     leaving = Node("leaving", BrokerRole.OBSERVER, postgres_database, pool)
     staying = Node("staying", BrokerRole.OBSERVER, postgres_database, pool)
-    all_sources = set(NAMES.categories())
+    all_sources = set(NAMES.partitions(PARTITIONS))
     loop_time = asyncio.get_running_loop().time
 
     await leaving.start()

@@ -2,7 +2,6 @@
 PostgreSQL), the per-event idempotent processor, malformed input, and whole nodes
 processing orders in memory and on PostgreSQL."""
 
-import zlib
 from collections.abc import Mapping, Sequence
 from itertools import batched, groupby
 from pathlib import Path
@@ -27,11 +26,12 @@ from eventcomposition.consumers import (
     CheckpointStore,
     InMemoryCheckpointStore,
     PostgresCheckpointStore,
+    source_key,
 )
+from eventcomposition.consumers.partitions import DEFAULT_PARTITION_COUNT
 from eventcomposition.containers import resolve
 from eventcomposition.containers.demo import DemoContainer, demo_node
 from eventcomposition.demo import (
-    SHARD_COUNT,
     CustomerTotals,
     CustomerTotalsProcessor,
     DemoCluster,
@@ -41,7 +41,6 @@ from eventcomposition.demo import (
     generate_orders,
     publish_orders,
     read_totals,
-    shard_of,
 )
 from eventcomposition.demo.batches import (
     CustomerTotalsBatchProcessor,
@@ -69,15 +68,10 @@ def in_memory_store() -> EventStore:
 
 
 async def stored_events(store: EventStore, names: DemoNames) -> list[StoredEvent]:
-    """Every published order event, in each category's order."""
-    events: list[StoredEvent] = []
-    for category in names.categories():
-        events.extend(
-            [
-                event
-                async for event in store.category(category=category.category).iterate()
-            ]
-        )
+    """Every published order event, in the category's order."""
+    events: list[StoredEvent] = [
+        event async for event in store.category(category=names.category).iterate()
+    ]
     return events
 
 
@@ -123,44 +117,35 @@ async def project(
         await processor.process_event(event)
 
 
-# Sharding
+# One category, read in partitions
 
 
-def test_a_customer_always_lands_in_the_same_shard() -> None:
-    # Pinned: crc32 is the same in every process and Python version, unlike hash().
-    assert [shard_of(f"customer-{n:04d}") for n in range(10)] == [
-        2,
-        4,
-        6,
-        0,
-        3,
-        5,
-        7,
-        1,
-        0,
-        6,
-    ]
-    assert shard_of("customer-0042") == zlib.crc32(b"customer-0042") % SHARD_COUNT
-
-
-def test_customers_spread_over_every_category() -> None:
+def test_customers_spread_over_every_partition_of_the_one_category() -> None:
     orders = generate_orders(500, customers=50)
 
-    categories = {NAMES.category_for(order.customer_id) for order in orders}
+    partitions = {
+        partition
+        for order in orders
+        for partition in NAMES.partitions(8)
+        if partition.holds(order.customer_id)
+    }
 
-    assert categories == {identifier.category for identifier in NAMES.categories()}
-    assert len(NAMES.categories()) == SHARD_COUNT
+    assert partitions == set(NAMES.partitions(8))
+    assert {partition.category for partition in partitions} == {"orders"}
+    assert len(NAMES.partitions()) == DEFAULT_PARTITION_COUNT
 
 
 def test_a_run_id_scopes_every_name() -> None:
     names = DemoNames(run_id="r1")
 
-    assert names.category(3) == "orders-r1-3"
+    assert names.category == "orders-r1"
     assert names.subscriber_group == "customer-totals-r1"
     assert names.projection_name == "customer-totals-r1"
-    assert DemoNames().category(3) == "orders-3"
-    with pytest.raises(ValueError, match="shard"):
-        names.category(SHARD_COUNT)
+    assert DemoNames().category == "orders"
+    assert [source_key(p) for p in names.partitions(2)] == [
+        "orders-r1#0/2",
+        "orders-r1#1/2",
+    ]
 
 
 # Publishing
@@ -211,12 +196,12 @@ async def test_orders_are_published_to_their_customers_streams_in_order() -> Non
     events = await stored_events(store, NAMES)
     assert len(events) == 250
     for event in events:
-        assert event.category == NAMES.category_for(event.stream)
+        assert event.category == NAMES.category
     customer = orders[0].customer_id
     in_stream = [
         order_id_of(event)
         async for event in store.stream(
-            category=NAMES.category_for(customer), stream=customer
+            category=NAMES.category, stream=customer
         ).iterate()
     ]
     assert in_stream == [o.order_id for o in orders if o.customer_id == customer]
@@ -311,7 +296,7 @@ async def test_malformed_events_are_logged_with_their_position_and_skipped() -> 
 
 async def test_the_batch_processor_ignores_events_of_other_names() -> None:
     store = in_memory_store()
-    await store.stream(category=NAMES.category(0), stream="c1").publish(
+    await store.stream(category=NAMES.category, stream="c1").publish(
         events=[
             Order("o1", "c1", 100).event(),
             NewEvent(name="order-cancelled", payload={"order_id": "o1"}),
@@ -438,10 +423,10 @@ async def test_the_per_event_processor_logs_and_skips_malformed_events() -> None
 
 async def test_the_per_event_processor_ignores_events_of_other_names() -> None:
     store = in_memory_store()
-    await store.stream(category=NAMES.category(0), stream="c1").publish(
+    await store.stream(category=NAMES.category, stream="c1").publish(
         events=[Order("o1", "c1", 100).event()]
     )
-    await store.stream(category=NAMES.category(0), stream="c1").publish(
+    await store.stream(category=NAMES.category, stream="c1").publish(
         events=[NewEvent(name="order-cancelled", payload={"order_id": "o1"})]
     )
     projections = projection_store()
@@ -507,10 +492,10 @@ async def test_a_full_node_records_its_batches_in_the_node_metrics() -> None:
     processed = [
         metrics.registry.get_sample_value(
             "eventcomposition_events_processed_total",
-            {"group": NAMES.subscriber_group, "source": f"category:{category}"},
+            {"group": NAMES.subscriber_group, "source": f"partition:{key}"},
         )
         or 0
-        for category in (identifier.category for identifier in NAMES.categories())
+        for key in map(source_key, NAMES.partitions())
     ]
     assert sum(processed) == len(orders)
 
@@ -542,7 +527,9 @@ async def test_a_coordinator_and_observers_in_memory_share_the_work() -> None:
 
     assert totals == expected_totals(orders)
     observers = [summaries["observer-1"], summaries["observer-2"]]
-    assert all(len(observer.sources) == SHARD_COUNT // 2 for observer in observers)
+    assert all(
+        len(observer.sources) == DEFAULT_PARTITION_COUNT // 2 for observer in observers
+    )
     assert set(observers[0].sources).isdisjoint(observers[1].sources)
     assert all(observer.applied > 0 for observer in observers)
     coordinator = summaries["coordinator-1"]

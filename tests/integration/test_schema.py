@@ -142,6 +142,8 @@ class TestMigrate:
             "consumer_checkpoints",
             "consumer_dead_letters",
             "projection_versions",
+            "consumer_partitionings",
+            "consumer_partition_floors",
         )
         assert result.created_extensions == ("pg_trgm",)
         found = await relations(empty_connection)
@@ -178,6 +180,8 @@ class TestMigrate:
             "consumer_checkpoints",
             "consumer_dead_letters",
             "projection_versions",
+            "consumer_partitionings",
+            "consumer_partition_floors",
         )
         assert await relations(empty_connection) == after_first
 
@@ -202,6 +206,8 @@ class TestMigrate:
                 "consumer_checkpoints",
                 "consumer_dead_letters",
                 "projection_versions",
+                "consumer_partitionings",
+                "consumer_partition_floors",
             )
 
     async def test_nodes_migrating_at_once_do_not_race(
@@ -222,6 +228,8 @@ class TestMigrate:
             "consumer_checkpoints",
             "consumer_dead_letters",
             "projection_versions",
+            "consumer_partitionings",
+            "consumer_partition_floors",
         )
 
     async def test_keeps_a_compatible_existing_table_and_adds_its_indexes(

@@ -46,7 +46,6 @@ from logicblocks.event.processing.broker.subscribers import (
 )
 from logicblocks.event.store import (
     EventStorageAdapter,
-    EventStoreEventSourceFactory,
     PostgresEventStorageAdapter,
 )
 from logicblocks.event.types import StoredEvent
@@ -60,7 +59,11 @@ from .coordination import CoordinatorFactory, leader_checking_coordinator
 from .leadership import CheckedPostgresLockManager
 from .memory import InMemoryClusterState
 from .role import BrokerRole
-from .stores import AutocommitSubscriberStateStore, AutocommitSubscriptionStateStore
+from .stores import (
+    AutocommitSubscriberStateStore,
+    AutocommitSubscriptionStateStore,
+    event_source_factory,
+)
 
 
 @dataclass(frozen=True)
@@ -143,9 +146,7 @@ class InMemoryDistributedEventBrokerBuilder(_RoleAwareBuilder[(InMemoryClusterSt
     ) -> DistributedEventBrokerDependencies:
         return DistributedEventBrokerDependencies(
             lock_manager=state.lock_manager,
-            event_source_factory=EventStoreEventSourceFactory(
-                adapter=gap_safe(state.adapter)
-            ),
+            event_source_factory=event_source_factory(gap_safe(state.adapter)),
             event_subscriber_state_store=state.subscriber_state_store(self.node_id),
             event_subscription_state_store=state.subscription_state_store(self.node_id),
         )
@@ -180,7 +181,7 @@ class PostgresDistributedEventBrokerBuilder(
             lock_manager=CheckedPostgresLockManager(
                 connection_settings, node_id=self.node_id
             ),
-            event_source_factory=EventStoreEventSourceFactory(adapter=gap_safe(events)),
+            event_source_factory=event_source_factory(gap_safe(events)),
             event_subscriber_state_store=AutocommitSubscriberStateStore(
                 node_id=self.node_id, connection_pool=connection_pool
             ),

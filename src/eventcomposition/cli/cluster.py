@@ -18,13 +18,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from logicblocks.event.types import EventSourceIdentifier
-from logicblocks.event.types.identifier import event_sequence_identifier
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from ..broker import CoordinatorLeader, leading_coordinator
 from ..broker.allocation import SubscriberRequest, target_requests
 from ..consumers import source_key
+from ..consumers.partitions import source_identifier
 from ..consumers.subscription import (
     STATE_STREAM,
     position_in_state,
@@ -435,9 +435,7 @@ def _leader_name(leader: CoordinatorLeader | None) -> str | None:
 
 
 def _identifier(serialised: Any) -> EventSourceIdentifier:
-    identifier = event_sequence_identifier(serialised)
-    assert isinstance(identifier, EventSourceIdentifier)
-    return identifier
+    return source_identifier(serialised)
 
 
 async def _rows(

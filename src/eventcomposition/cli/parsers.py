@@ -375,7 +375,7 @@ def add_publish_parser(
         "--demo-orders",
         type=int,
         metavar="N",
-        help="N orders of the sample application, in its categories",
+        help="N orders of the sample application, in its category",
     )
     parser.add_argument("--category", help="the category of the one event")
     parser.add_argument("--stream", help="the stream of the one event")

@@ -77,10 +77,7 @@ async def publish_demo_orders(args: argparse.Namespace) -> int:
         load_settings(args.env, settings_dir=args.settings_dir)
     ) as store:
         published = await publish_orders(store, orders, names=names)
-    print(
-        f"published {published} orders in {names.category(0)} .. "
-        f"{names.category(len(names.categories()) - 1)}"
-    )
+    print(f"published {published} orders in category {names.category}")
     return 0
 
 

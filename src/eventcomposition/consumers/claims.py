@@ -16,19 +16,24 @@ from logicblocks.event.types import (
 )
 
 from .batch import ClaimLostError
+from .partitions import CategoryPartition, partition_from_key
 from .subscription import source_key
 
 type SourceRef = EventSourceIdentifier | str
-"""A source, by identifier or by its ``source_key`` (``category`` or
-``category/stream``)."""
+"""A source, by identifier or by its ``source_key`` (``category``,
+``category/stream`` or ``category#index/count``)."""
 
 
 def key_of(source: SourceRef) -> str:
     return source if isinstance(source, str) else source_key(source)
 
 
-def source_of(key: str) -> CategoryIdentifier | StreamIdentifier:
-    """The identifier a ``source_key`` names (``category`` or ``category/stream``)."""
+def source_of(key: str) -> CategoryIdentifier | StreamIdentifier | CategoryPartition:
+    """The identifier a ``source_key`` names (``category``, ``category/stream`` or
+    a partition, ``category#index/count``)."""
+    partition = partition_from_key(key)
+    if partition is not None:
+        return partition
     category, slash, stream = key.partition("/")
     if slash:
         return StreamIdentifier(category=category, stream=stream)

@@ -16,7 +16,18 @@ from psycopg import AsyncConnection
 
 from .batch import Transaction, TransactionUnsupportedError
 from .claims import Claim, ClaimRecord, DeadLetter, Holder, claim_lost
+from .partitions import (
+    RETIRED_HOLDER,
+    WHOLE_CATEGORY,
+    CategoryPartition,
+    Floor,
+    check_caught_up,
+    former_keys,
+    repartition_starts,
+)
 from .stores import CheckpointStore, ParkedStreamsChangedError
+
+_RETIRED_UNTIL = datetime(9999, 12, 31, tzinfo=UTC)
 
 
 def _utc_now() -> datetime:
@@ -63,6 +74,8 @@ class InMemoryCheckpointStore(CheckpointStore):
         self._claims: dict[tuple[str, str], _StoredClaim] = {}
         self._positions: dict[tuple[str, str], int] = {}
         self._dead_letters: dict[tuple[str, str, int], DeadLetter] = {}
+        self._partitionings: dict[tuple[str, str], int] = {}
+        self._floors: dict[tuple[str, str], tuple[Floor, ...]] = {}
 
     async def now(self) -> datetime:
         return self._clock()
@@ -207,6 +220,66 @@ class InMemoryCheckpointStore(CheckpointStore):
 
     async def parked_streams(self, group: str, source: str) -> set[str]:
         return self._streams_with_letters(group, source)
+
+    async def prepare_partition(
+        self, group: str, partition: CategoryPartition
+    ) -> tuple[Floor, ...] | None:
+        whole = (group, partition.category) in self._positions
+        count = self._partitionings.setdefault(
+            (group, partition.category),
+            WHOLE_CATEGORY if whole else partition.count,
+        )
+        if count != partition.count:
+            now = self._clock()
+            formers = former_keys(partition.category, count)
+            for key in formers:
+                claim = self._claims.get((group, key))
+                if (
+                    claim is not None
+                    and not claim.released
+                    and (claim.lease_expires_at > now)
+                ):
+                    return None
+            self._repartition(group, partition, formers, now)
+        return self._floors.get((group, partition.key), ())
+
+    def _repartition(
+        self,
+        group: str,
+        partition: CategoryPartition,
+        formers: list[str],
+        now: datetime,
+    ) -> None:
+        checkpoints = {key: self._positions.get((group, key)) for key in formers}
+        check_caught_up(
+            group,
+            checkpoints,
+            {key: self._floors.get((group, key), ()) for key in formers},
+        )
+        starts = repartition_starts(
+            {index: checkpoints[key] for index, key in enumerate(formers)},
+            len(formers),
+            partition.count,
+        )
+        for key in formers:
+            current = self._claims.get((group, key))
+            epoch = 1 if current is None else current.epoch + 1
+            self._claims[(group, key)] = _StoredClaim(
+                Holder(RETIRED_HOLDER, ""), epoch, _RETIRED_UNTIL, False
+            )
+            self._floors.pop((group, key), None)
+        for index, start in starts.items():
+            key = CategoryPartition(partition.category, index, partition.count).key
+            current = self._claims.get((group, key))
+            if current is not None:
+                current.released, current.lease_expires_at = True, now
+                current.epoch += 1
+            if start.checkpoint is None:
+                self._positions.pop((group, key), None)
+            else:
+                self._positions[(group, key)] = start.checkpoint
+            self._floors[(group, key)] = start.floors
+        self._partitionings[(group, partition.category)] = partition.count
 
     async def dead_letters(self, group: str | None = None) -> Sequence[DeadLetter]:
         return sorted(

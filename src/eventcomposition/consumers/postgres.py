@@ -30,6 +30,18 @@ from ..lag import PostgresHeadReader
 from .batch import Transaction
 from .claims import Claim, ClaimRecord, DeadLetter, Holder, claim_lost
 from .decoding import fast_json_loads
+from .partitions import (
+    BUCKET_SQL,
+    BUCKETS,
+    PARTITION_HASH_SQL,
+    RETIRED_HOLDER,
+    WHOLE_CATEGORY,
+    CategoryPartition,
+    Floor,
+    check_caught_up,
+    former_keys,
+    repartition_starts,
+)
 from .stores import (
     CheckpointStore,
     EventReader,
@@ -130,35 +142,144 @@ _DEAD_LETTER_COLUMNS = (
     "stream, waiting"
 )
 
+_RETIRED_UNTIL = "9999-12-31 00:00:00+00"
+
+# At first use: the partitions' count, or, when the group has read the category
+# whole so far, WHOLE_CATEGORY (the partitions then start from its checkpoint).
+_PARTITIONING = f"""
+INSERT INTO consumer_partitionings ("group", category, count, changed_at)
+SELECT %(group)s, %(category)s,
+       CASE WHEN EXISTS (
+           SELECT FROM consumer_checkpoints
+           WHERE "group" = %(group)s AND source = %(category)s
+       ) THEN {WHOLE_CATEGORY} ELSE %(count)s END,
+       now()
+ON CONFLICT ("group", category) DO NOTHING
+"""
+_LOCK_PARTITIONING = """
+SELECT count FROM consumer_partitionings
+WHERE "group" = %(group)s AND category = %(category)s FOR UPDATE
+"""
+_FLOORS = """
+SELECT source, former_index, former_count, sequence_number
+FROM consumer_partition_floors WHERE "group" = %(group)s AND source = ANY(%(sources)s)
+"""
+_LOCK_FORMER_CLAIMS = """
+SELECT source, NOT released AND lease_expires_at > now() FROM consumer_claims
+WHERE "group" = %(group)s AND source = ANY(%(sources)s) FOR UPDATE
+"""
+_CHECKPOINTS = """
+SELECT source, sequence_number FROM consumer_checkpoints
+WHERE "group" = %(group)s AND source = ANY(%(sources)s)
+"""
+# Nobody may claim a former partition again, nor commit under an earlier claim.
+_RETIRE = f"""
+INSERT INTO consumer_claims AS c
+    ("group", source, holder_node, holder_subscriber, epoch, lease_expires_at,
+     released, claimed_at)
+SELECT %(group)s, source, '{RETIRED_HOLDER}', '', 1, '{_RETIRED_UNTIL}', false, now()
+FROM unnest(%(sources)s::text[]) AS s(source)
+ON CONFLICT ("group", source) DO UPDATE SET
+    holder_node = excluded.holder_node,
+    holder_subscriber = excluded.holder_subscriber,
+    epoch = c.epoch + 1,
+    lease_expires_at = excluded.lease_expires_at,
+    released = false,
+    claimed_at = excluded.claimed_at
+"""
+# Claims left on the new partitions by an earlier generation: free, next epoch.
+_FREE = """
+UPDATE consumer_claims SET released = true, lease_expires_at = now(), epoch = epoch + 1
+WHERE "group" = %(group)s AND source = ANY(%(sources)s)
+"""
+_START = """
+INSERT INTO consumer_checkpoints ("group", source, sequence_number, updated_at)
+SELECT %(group)s, source, sequence_number, now()
+FROM unnest(%(sources)s::text[], %(positions)s::bigint[]) AS s(source, sequence_number)
+"""
+_SET_FLOORS = """
+INSERT INTO consumer_partition_floors
+    ("group", source, former_index, former_count, sequence_number)
+SELECT %(group)s, * FROM unnest(
+    %(sources)s::text[], %(indexes)s::int[], %(counts)s::int[], %(positions)s::bigint[]
+)
+"""
+
 _EVENT_COLUMNS = (
     "id, name, stream, category, position, sequence_number, payload, "
     "observed_at, occurred_at"
 )
+type Condition = tuple[str, tuple[object, ...]]
+"""A WHERE fragment over ``events`` and its parameters."""
 
 
-def event_filter(
-    source: EventSourceIdentifier, *, after: int, upto: int | None
-) -> tuple[str, dict[str, Any]]:
-    """The WHERE condition (and its named parameters) selecting ``source``'s events
-    with a sequence number above ``after`` and, unless ``upto`` is None, at most
-    ``upto`` (the visibility horizon). Conditions of other kinds of source join here.
+def source_conditions(source: EventSourceIdentifier) -> list[Condition]:
+    """The rows of ``source`` in ``events``, as alternatives (their union): the one
+    place that says which rows a source is. Each alternative is read in sequence
+    number order from one index range.
+
+    A partition whose count divides ``BUCKETS`` is the union of its buckets (the
+    ``events_category_bucket_sequence_number_idx`` index); of a multiple of
+    ``BUCKETS``, its rows within one bucket; of another count, the category's rows
+    whose stream hash falls in it (hashed as they are read: slower).
     """
-    conditions = ["sequence_number > %(after)s"]
-    parameters: dict[str, Any] = {"after": after}
     match source:
         case StreamIdentifier(category=category, stream=stream):
-            conditions[:0] = ["category = %(category)s", "stream = %(stream)s"]
-            parameters |= {"category": category, "stream": stream}
+            return [("category = %s AND stream = %s", (category, stream))]
         case CategoryIdentifier(category=category):
-            conditions[:0] = ["category = %(category)s"]
-            parameters["category"] = category
-        case _:
-            check_readable(source)
-            raise AssertionError("unreachable")
-    if upto is not None:
-        conditions.append("sequence_number <= %(upto)s")
-        parameters["upto"] = upto
-    return " AND ".join(conditions), parameters
+            return [("category = %s", (category,))]
+        case CategoryPartition(category=category, index=index, count=count):
+            return _partition_conditions(category, index, count)
+    check_readable(source)
+    raise AssertionError("unreachable")
+
+
+def _partition_conditions(category: str, index: int, count: int) -> list[Condition]:
+    hashed = f"mod({PARTITION_HASH_SQL}, %s) = %s"
+    if count == 1:
+        return [("category = %s", (category,))]
+    if BUCKETS % count == 0:
+        return [
+            (f"category = %s AND {BUCKET_SQL} = %s", (category, bucket))
+            for bucket in range(index, BUCKETS, count)
+        ]
+    if count % BUCKETS == 0:
+        return [
+            (
+                f"category = %s AND {BUCKET_SQL} = %s AND {hashed}",
+                (category, index % BUCKETS, count, index),
+            )
+        ]
+    return [(f"category = %s AND {hashed}", (category, count, index))]
+
+
+def read_query(
+    source: EventSourceIdentifier,
+    *,
+    after: int,
+    limit: int,
+    also: Condition | None = None,
+) -> tuple[str, tuple[object, ...]]:
+    """The query of up to ``limit`` events of ``source`` after ``after``, oldest
+    first (rows also meeting ``also``, when given): several alternatives are read
+    each from its own index range and merged in order."""
+    extra, extra_parameters = also if also is not None else ("", ())
+    extra = f" AND ({extra})" if extra else ""
+    branches = [
+        (
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE {where}{extra} "
+            "AND sequence_number > %s ORDER BY sequence_number LIMIT %s",
+            (*parameters, *extra_parameters, after, limit),
+        )
+        for where, parameters in source_conditions(source)
+    ]
+    if len(branches) == 1:
+        return branches[0]
+    union = " UNION ALL ".join(f"({query})" for query, _ in branches)
+    return (
+        f"SELECT * FROM ({union}) AS merged ORDER BY sequence_number LIMIT %s",
+        (*(p for _, parameters in branches for p in parameters), limit),
+    )
 
 
 type Pool = AsyncConnectionPool[AsyncConnection[Any]]
@@ -235,36 +356,36 @@ class PostgresEventReader(EventReader):
         if self._horizon is None:
             await self.refresh()
         assert self._horizon is not None
-        condition, parameters = event_filter(
-            source, after=-1 if after is None else after, upto=self._horizon.safe
-        )
-        query = (
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE {condition} "
-            "ORDER BY sequence_number LIMIT %(limit)s"
+        query, parameters = read_query(
+            source,
+            after=-1 if after is None else after,
+            limit=limit,
+            also=("sequence_number <= %s", (self._horizon.safe,)),
         )
         async with (
             autocommitting(self._pool) as connection,
             connection.cursor(row_factory=class_row(StoredEvent)) as cursor,
         ):
             set_json_loads(fast_json_loads, cursor)
-            await cursor.execute(query, parameters | {"limit": limit})
+            await cursor.execute(query, parameters)
             return await cursor.fetchall()
 
     async def read_one(
         self, source: EventSourceIdentifier, sequence_number: int
     ) -> StoredEvent | None:
         # A parked event lies below its checkpoint, so below any horizon.
-        condition, parameters = event_filter(
-            source, after=sequence_number - 1, upto=sequence_number
+        query, parameters = read_query(
+            source,
+            after=sequence_number - 1,
+            limit=1,
+            also=("sequence_number = %s", (sequence_number,)),
         )
         async with (
             autocommitting(self._pool) as connection,
             connection.cursor(row_factory=class_row(StoredEvent)) as cursor,
         ):
             set_json_loads(fast_json_loads, cursor)
-            await cursor.execute(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE {condition}", parameters
-            )
+            await cursor.execute(query, parameters)
             return await cursor.fetchone()
 
 
@@ -466,6 +587,24 @@ class PostgresCheckpointStore(CheckpointStore):
         )
         return {row[0] for row in rows}
 
+    async def prepare_partition(
+        self, group: str, partition: CategoryPartition
+    ) -> tuple[Floor, ...] | None:
+        names = {"group": group, "category": partition.category}
+        async with self._pool.connection() as connection, connection.transaction():
+            await connection.execute(_PARTITIONING, {**names, "count": partition.count})
+            rows = await (
+                await connection.execute(_LOCK_PARTITIONING, names)
+            ).fetchall()
+            count = int(rows[0][0])
+            if count != partition.count:
+                formers = former_keys(partition.category, count)
+                if not await _retire(connection, group, formers):
+                    return None
+                await _start(connection, group, partition, formers)
+            floors = await _floors_of(connection, group, [partition.key])
+        return floors.get(partition.key, ())
+
     async def dead_letters(self, group: str | None = None) -> Sequence[DeadLetter]:
         rows = await self._fetch(
             f"SELECT {_DEAD_LETTER_COLUMNS} FROM consumer_dead_letters "
@@ -514,6 +653,95 @@ def _dead_letter(
         parked_at=parked_at,
         stream=stream,
         waiting=bool(waiting),
+    )
+
+
+async def _floors_of(
+    connection: AsyncConnection[Any], group: str, sources: Sequence[str]
+) -> dict[str, tuple[Floor, ...]]:
+    rows = await (
+        await connection.execute(_FLOORS, {"group": group, "sources": list(sources)})
+    ).fetchall()
+    floors: dict[str, list[Floor]] = {}
+    for source, index, count, position in rows:
+        floors.setdefault(source, []).append(Floor(index, count, position))
+    return {source: tuple(own) for source, own in floors.items()}
+
+
+async def _retire(
+    connection: AsyncConnection[Any], group: str, formers: Sequence[str]
+) -> bool:
+    """Retire the former partitions' claims, unless one is still held."""
+    parameters = {"group": group, "sources": list(formers)}
+    held = await (await connection.execute(_LOCK_FORMER_CLAIMS, parameters)).fetchall()
+    if any(still_held for _, still_held in held):
+        return False
+    await connection.execute(_RETIRE, parameters)
+    return True
+
+
+async def _start(
+    connection: AsyncConnection[Any],
+    group: str,
+    partition: CategoryPartition,
+    formers: Sequence[str],
+) -> None:
+    """The new partitions' checkpoints and floors from the former ones', and the
+    new count."""
+    rows = await (
+        await connection.execute(_CHECKPOINTS, {"group": group, "sources": formers})
+    ).fetchall()
+    checkpoints: dict[str, int | None] = {key: None for key in formers}
+    checkpoints.update({source: int(position) for source, position in rows})
+    check_caught_up(group, checkpoints, await _floors_of(connection, group, formers))
+    starts = repartition_starts(
+        {index: checkpoints[key] for index, key in enumerate(formers)},
+        len(formers),
+        partition.count,
+    )
+    keys = {
+        index: CategoryPartition(partition.category, index, partition.count).key
+        for index in starts
+    }
+    everything = {"group": group, "sources": [*keys.values(), *formers]}
+    new = {"group": group, "sources": list(keys.values())}
+    await connection.execute(_FREE, new)
+    await connection.execute(
+        'DELETE FROM consumer_checkpoints WHERE "group" = %(group)s '
+        "AND source = ANY(%(sources)s)",
+        new,
+    )
+    await connection.execute(
+        'DELETE FROM consumer_partition_floors WHERE "group" = %(group)s '
+        "AND source = ANY(%(sources)s)",
+        everything,
+    )
+    begun = [
+        (keys[i], s.checkpoint) for i, s in starts.items() if s.checkpoint is not None
+    ]
+    await connection.execute(
+        _START,
+        {
+            "group": group,
+            "sources": [key for key, _ in begun],
+            "positions": [position for _, position in begun],
+        },
+    )
+    floors = [(keys[i], floor) for i, s in starts.items() for floor in s.floors]
+    await connection.execute(
+        _SET_FLOORS,
+        {
+            "group": group,
+            "sources": [key for key, _ in floors],
+            "indexes": [floor.index for _, floor in floors],
+            "counts": [floor.count for _, floor in floors],
+            "positions": [floor.sequence_number for _, floor in floors],
+        },
+    )
+    await connection.execute(
+        "UPDATE consumer_partitionings SET count = %(count)s, changed_at = now() "
+        'WHERE "group" = %(group)s AND category = %(category)s',
+        {"group": group, "category": partition.category, "count": partition.count},
     )
 
 

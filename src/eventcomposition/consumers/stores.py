@@ -24,6 +24,7 @@ from logicblocks.event.types import (
 from ..errors import EventCompositionError
 from .batch import Transaction
 from .claims import Claim, ClaimRecord, DeadLetter, Holder, SourceRef, key_of
+from .partitions import CategoryPartition, Floor
 from .visibility import (
     Horizon,
     VisibilityHorizon,
@@ -89,10 +90,13 @@ class EventReader(ABC):
 
 
 def check_readable(source: EventSourceIdentifier) -> None:
-    if not isinstance(source, CategoryIdentifier | StreamIdentifier):
+    if not isinstance(
+        source, CategoryIdentifier | StreamIdentifier | CategoryPartition
+    ):
         raise ValueError(
-            f"a transactional consumer reads categories or streams, not "
-            f"{type(source).__name__}: request a CategoryIdentifier or StreamIdentifier"
+            f"a transactional consumer reads categories, streams or partitions, not "
+            f"{type(source).__name__}: request a CategoryIdentifier, a "
+            "StreamIdentifier or partitions_of(category, count)"
         )
 
 
@@ -132,9 +136,12 @@ class StoreEventReader(EventReader):
             )
         )
         iterator = self._iterate(source, wanted)
+        partition = source if isinstance(source, CategoryPartition) else None
         events: list[StoredEvent] = []
         try:
             async for event in iterator:
+                if partition is not None and not partition.holds(event.stream):
+                    continue
                 if self._unordered:
                     events.append(event)
                     continue
@@ -161,7 +168,10 @@ class StoreEventReader(EventReader):
                 return self._event_store.stream(
                     category=category, stream=stream
                 ).iterate(constraints=wanted)
-            case CategoryIdentifier(category=category):
+            case (
+                CategoryIdentifier(category=category)
+                | CategoryPartition(category=category)
+            ):
                 return self._event_store.category(category=category).iterate(
                     constraints=wanted
                 )
@@ -288,6 +298,26 @@ class CheckpointStore(ABC):
             for letter in await self.dead_letters(group)
             if letter.source == source and letter.stream
         }
+
+    # -- partitions ----------------------------------------------------------------
+
+    @abstractmethod
+    async def prepare_partition(
+        self, group: str, partition: CategoryPartition
+    ) -> tuple[Floor, ...] | None:
+        """Make sure ``group`` reads ``partition``'s category in
+        ``partition.count`` partitions, before the partition is claimed.
+
+        The first partition claimed records its count. A partition of another
+        count than the recorded one repartitions the category, once no subscriber
+        holds any former partition: in one transaction the former partitions'
+        claims are retired (no one can claim them or commit for them again), the
+        new partitions' checkpoints and floors are written from the former
+        checkpoints (``repartition_starts``) and the count changes. Returns the
+        partition's floors (events it must skip) when its count is the group's, or
+        ``None`` while former partitions are still held (try again later).
+        """
+        raise NotImplementedError
 
     # -- dead letters ------------------------------------------------------------
 

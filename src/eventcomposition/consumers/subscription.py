@@ -42,13 +42,17 @@ from logicblocks.event.types import (
 )
 
 from ..metrics import NodeMetrics
+from .partitions import CategoryPartition
 
 logger = structlog.get_logger("eventcomposition.consumers")
 
 
 def source_key(identifier: EventSourceIdentifier) -> str:
-    """A short readable name for an event source: ``category`` or ``category/stream``."""
+    """A short readable name for an event source: ``category``,
+    ``category/stream`` or, for a partition, ``category#index/count``."""
     match identifier:
+        case CategoryPartition():
+            return identifier.key
         case StreamIdentifier(category=category, stream=stream):
             return f"{category}/{stream}"
         case CategoryIdentifier(category=category):

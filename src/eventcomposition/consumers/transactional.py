@@ -44,6 +44,7 @@ from ..retry import Backoff
 from .batch import TRANSIENT_ERRORS, BatchProcessor, ClaimLostError, EventFailedError
 from .claims import Claim, DeadLetter, Holder, stream_key
 from .handlers import Processor, as_batch_processor
+from .partitions import CategoryPartition, Floor
 from .policies import PoisonOrder, PoisonPolicy
 from .stores import (
     CheckpointStore,
@@ -99,13 +100,17 @@ class _Source:
     checkpoint; their later events are parked behind them."""
     transient_failures: int = 0
     retry_at: float = 0.0
+    floors: tuple[Floor, ...] = ()
+    """A partition's floors after a repartition: events applied before it."""
     log: Any = field(default=None, repr=False)
 
 
 def _category_of(source: EventSourceIdentifier) -> str | None:
     match source:
         case (
-            CategoryIdentifier(category=category) | StreamIdentifier(category=category)
+            CategoryIdentifier(category=category)
+            | StreamIdentifier(category=category)
+            | CategoryPartition(category=category)
         ):
             return category
     return None
@@ -303,7 +308,7 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
                 lease_seconds=self._lease.total_seconds(),
             )
             return
-        await state.log.ainfo("consumer.source-released", epoch=claim.epoch)
+        await state.log.adebug("consumer.source-released", epoch=claim.epoch)
 
     # -- consumption ----------------------------------------------------------------
 
@@ -482,7 +487,7 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
         if not events:
             return False
         try:
-            applied = await self._apply(state, events)
+            applied = await self._apply_unless_floored(state, events)
         except ClaimLostError as error:
             await state.log.awarning("consumer.claim-lost", reason=str(error))
             state.claim = None
@@ -490,7 +495,52 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
             return False
         return applied and len(events) == self._batch_size
 
+    async def _apply_unless_floored(
+        self, state: _Source, events: Sequence[StoredEvent]
+    ) -> bool:
+        """``_apply`` the events a repartition's floors do not cover (those were
+        applied before it, in a former partition)."""
+        caught_up = state.position is not None and state.position >= max(
+            (f.sequence_number for f in state.floors), default=0
+        )
+        if caught_up:
+            state.floors = ()  # nothing more to skip
+        if not state.floors:
+            return await self._apply(state, events)
+        kept = [
+            e
+            for e in events
+            if not any(f.covers(e.stream, e.sequence_number) for f in state.floors)
+        ]
+        if kept:
+            return await self._apply(state, kept)
+        await self._skip_to(state, events[-1].sequence_number)
+        return True
+
+    async def _skip_to(self, state: _Source, sequence_number: int) -> None:
+        claim = state.claim
+        if claim is None:
+            raise AssertionError("skipping without a claim")
+        async with self._store.transaction() as transaction:
+            await self._store.advance(transaction, claim, sequence_number, self._lease)
+        state.position = sequence_number
+
+    async def _prepared(self, state: _Source) -> bool:
+        """Whether ``state``'s source may be claimed: a partition whose count is
+        not yet its group's waits for the repartition (see
+        ``CheckpointStore.prepare_partition``)."""
+        if not isinstance(state.identifier, CategoryPartition):
+            return True
+        floors = await self._store.prepare_partition(self.group, state.identifier)
+        if floors is None:
+            await state.log.adebug("consumer.partition-waiting-for-repartition")
+            return False
+        state.floors = floors
+        return True
+
     async def _claim(self, state: _Source) -> bool:
+        if not await self._prepared(state):
+            return False
         claim = await self._store.claim(
             self.group, state.key, self._holder, self._lease
         )
@@ -499,7 +549,7 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
         state.claim = claim
         state.renewed_at = self._clock()
         state.position_loaded = False
-        await state.log.ainfo("consumer.source-claimed", epoch=claim.epoch)
+        await state.log.adebug("consumer.source-claimed", epoch=claim.epoch)
         return True
 
     async def _renew_due_claims(self) -> None:

@@ -18,6 +18,7 @@ from logicblocks.event.projection import (
     ProjectionStore,
 )
 
+from ..consumers.partitions import CategoryPartition
 from ..demo.batches import InMemoryCustomerTotals, PostgresCustomerTotals
 from ..demo.cluster import DemoNode, SharedMemory
 from ..demo.orders import DemoNames
@@ -25,6 +26,13 @@ from ..runtime import SubscriptionConsumerRegistration
 from ..settings import EventCompositionSettings
 from . import build_container, resolve
 from .declarations import EventRuntimeContainer
+
+
+def demo_partitions(
+    names: DemoNames, settings: EventCompositionSettings
+) -> list[CategoryPartition]:
+    """The order category in as many partitions as the settings give its group."""
+    return names.partitions(settings.consumers.partition_count(names.subscriber_group))
 
 
 class DemoContainer(EventRuntimeContainer):
@@ -70,7 +78,9 @@ class DemoContainer(EventRuntimeContainer):
             consumer=providers.Factory(
                 EventRuntimeContainer.transactional_consumer,
                 subscriber_group=names.provided.subscriber_group,
-                subscription_requests=providers.Callable(DemoNames.categories, names),
+                subscription_requests=providers.Callable(
+                    demo_partitions, names, EventRuntimeContainer.settings
+                ),
                 processor=processor,
             ),
         )

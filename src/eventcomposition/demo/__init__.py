@@ -1,7 +1,8 @@
 """The sample application: orders projected into totals per customer.
 
-- ``orders``: the "order-placed" events, sharded over ``SHARD_COUNT`` categories by
-  customer; a deterministic publisher; the totals the projection must reach.
+- ``orders``: the "order-placed" events, one stream per customer in one ``orders``
+  category that the subscriber group reads in partitions; a deterministic
+  publisher; the totals the projection must reach.
 - ``batches``: the batch processors its transactional consumer uses
   (``PostgresCustomerTotals``: one statement per batch; ``InMemoryCustomerTotals``:
   on commit), with no idempotency of their own; malformed events are logged and
@@ -31,21 +32,18 @@ from .cluster import (
 )
 from .orders import (
     ORDER_PLACED,
-    SHARD_COUNT,
     DemoNames,
     Order,
     expected_totals,
     generate_orders,
     publish_in_batches,
     publish_orders,
-    shard_of,
 )
 from .processor import CustomerTotalsProcessor, MalformedOrderError, amount_of
 from .totals import AppliedPosition, CustomerTotals, read_totals
 
 __all__ = [
     "ORDER_PLACED",
-    "SHARD_COUNT",
     "AppliedPosition",
     "CustomerTotals",
     "CustomerTotalsBatchProcessor",
@@ -67,7 +65,6 @@ __all__ = [
     "publish_in_batches",
     "publish_orders",
     "read_totals",
-    "shard_of",
 ]
 
 

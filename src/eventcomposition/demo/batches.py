@@ -56,8 +56,9 @@ class Rejection:
 class CustomerTotalsBatchProcessor(BatchProcessor):
     """Adds a batch of order-placed events to their customers' totals.
 
-    Each committed batch is logged at DEBUG (``demo.batch-applied``: its category
-    and how many orders it applied and rejected). A malformed event is logged once its
+    Each committed batch is logged at DEBUG (``demo.batch-applied``: its category,
+    its first event's stream, which tells its partition, and how many orders it
+    applied and rejected). A malformed event is logged once its
     batch commits (one error line with its
     category, stream, position, sequence number and the reason, never the
     payload), counted and skipped; its customer still gets (possibly zero)
@@ -110,6 +111,7 @@ class CustomerTotalsBatchProcessor(BatchProcessor):
             logger.debug(
                 "demo.batch-applied",
                 category=events[0].category,
+                first_stream=events[0].stream,
                 orders=applied + len(rejections),
                 applied=applied,
                 malformed=len(rejections),

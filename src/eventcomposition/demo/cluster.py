@@ -15,20 +15,22 @@ from typing import Any, Protocol
 
 from logicblocks.event.processing.broker.strategies.distributed import (
     EventSubscriberState,
-    PostgresEventSubscriberStateStore,
-    PostgresEventSubscriptionStateStore,
 )
 from logicblocks.event.projection import (
     InMemoryProjectionStorageAdapter,
     ProjectionStore,
 )
 from logicblocks.event.store import EventStore
-from logicblocks.event.types import CategoryIdentifier, EventSourceIdentifier
+from logicblocks.event.types import EventSourceIdentifier
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from ..broker import BrokerRole, InMemoryClusterState
-from ..consumers import InMemoryCheckpointStore
+from ..broker.stores import (
+    AutocommitSubscriberStateStore,
+    AutocommitSubscriptionStateStore,
+)
+from ..consumers import InMemoryCheckpointStore, source_key
 from ..errors import EventCompositionError
 from ..node import EventNode
 from ..settings import EventCompositionSettings
@@ -76,8 +78,8 @@ class PostgresClusterView:
     pool: AsyncConnectionPool[AsyncConnection[Any]]
 
     async def _subscribers(self, group: str) -> list[EventSubscriberState]:
-        store = PostgresEventSubscriberStateStore(
-            node_id="demo", connection_source=self.pool
+        store = AutocommitSubscriberStateStore(
+            node_id="demo", connection_pool=self.pool
         )
         return list(await store.list(subscriber_group=group))
 
@@ -90,8 +92,8 @@ class PostgresClusterView:
         # A subscription row names the node that wrote it (the coordinator); the
         # subscriber's row names the node it runs on.
         node_of = {s.id: s.node_id for s in await self._subscribers(group)}
-        store = PostgresEventSubscriptionStateStore(
-            node_id="demo", connection_source=self.pool
+        store = AutocommitSubscriptionStateStore(
+            node_id="demo", connection_pool=self.pool
         )
         held: dict[str, list[EventSourceIdentifier]] = {}
         for subscription in await store.list():
@@ -294,7 +296,4 @@ async def _subscribed(view: ClusterView, group: str, expected: set[str]) -> bool
 
 
 def _names_of(sources: Sequence[EventSourceIdentifier]) -> list[str]:
-    return [
-        source.category if isinstance(source, CategoryIdentifier) else str(source)
-        for source in sources
-    ]
+    return [source_key(source) for source in sources]

@@ -1,25 +1,27 @@
-"""The sample application's events: orders placed by customers, sharded by customer.
+"""The sample application's events: orders placed by customers, in one category.
 
-Every "order-placed" event goes to the stream of its customer, in one of
-``SHARD_COUNT`` categories chosen by a stable hash of the customer id, so that the
-coordinator can spread the categories over the observers while each customer's
-orders stay in order in one stream.
+Every "order-placed" event goes to the stream of its customer in the one ``orders``
+category. The subscriber group requests that category split into partitions (by a
+stable hash of the stream name, see ``consumers.partitions``), so that the
+coordinator can spread it over the observers while each customer's orders stay in
+order in one stream. Writers know nothing of the partitions.
 """
 
 import random
-import zlib
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import batched
 from typing import Literal
 
 from logicblocks.event.store import EventStore
-from logicblocks.event.types import CategoryIdentifier, JsonValue, NewEvent
+from logicblocks.event.types import JsonValue, NewEvent
 
+from ..consumers.partitions import (
+    DEFAULT_PARTITION_COUNT,
+    CategoryPartition,
+    partitions_of,
+)
 from .totals import CustomerTotals
-
-SHARD_COUNT = 8
-"""How many categories the orders are spread over: the unit of work distribution."""
 
 ORDER_PLACED = "order-placed"
 DEFAULT_CUSTOMERS = 50
@@ -29,21 +31,13 @@ type Defect = Literal["missing-amount", "non-integer-amount"]
 """How a malformed order is broken."""
 
 
-def shard_of(customer_id: str) -> int:
-    """The shard of a customer: stable across processes and Python versions.
-
-    (``hash()`` is salted per process, so nodes would disagree.)
-    """
-    return zlib.crc32(customer_id.encode("utf-8")) % SHARD_COUNT
-
-
 @dataclass(frozen=True)
 class DemoNames:
     """The names one run of the sample application uses.
 
-    A ``run_id`` scopes every name (categories, subscriber group, projection), so
+    A ``run_id`` scopes every name (category, subscriber group, projection), so
     runs sharing one database do not see each other's events, consumer state or
-    projections. Without one the names are the plain ``orders-<shard>``,
+    projections. Without one the names are the plain ``orders``,
     ``customer-totals`` and ``customer-totals``.
     """
 
@@ -64,20 +58,17 @@ class DemoNames:
         """A node's id in this run: on a shared database, apart from other clusters."""
         return self._scoped(base)
 
-    def category(self, shard: int) -> str:
-        if not 0 <= shard < SHARD_COUNT:
-            raise ValueError(f"shard must be in 0..{SHARD_COUNT - 1}, got {shard}")
-        return f"{self._scoped('orders')}-{shard}"
+    @property
+    def category(self) -> str:
+        """The one category every order is published to."""
+        return self._scoped("orders")
 
-    def category_for(self, customer_id: str) -> str:
-        return self.category(shard_of(customer_id))
-
-    def categories(self) -> list[CategoryIdentifier]:
-        """Every order category: what the sample subscriber group requests."""
-        return [
-            CategoryIdentifier(category=self.category(shard))
-            for shard in range(SHARD_COUNT)
-        ]
+    def partitions(
+        self, count: int = DEFAULT_PARTITION_COUNT
+    ) -> list[CategoryPartition]:
+        """The order category split ``count`` ways: what the subscriber group
+        requests."""
+        return partitions_of(self.category, count)
 
 
 @dataclass(frozen=True)
@@ -165,7 +156,7 @@ async def publish_in_batches(
             by_customer.setdefault(order.customer_id, []).append(order)
         for customer_id, customer_orders in by_customer.items():
             await event_store.stream(
-                category=names.category_for(customer_id), stream=customer_id
+                category=names.category, stream=customer_id
             ).publish(events=[order.event() for order in customer_orders])
         published += len(batch)
         yield published

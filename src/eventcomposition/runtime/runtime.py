@@ -20,10 +20,8 @@ from logicblocks.event.processing import (
 from logicblocks.event.processing.broker import EventSubscriberHealth
 from logicblocks.event.sources import EventSource
 from logicblocks.event.types import (
-    CategoryIdentifier,
     EventSourceIdentifier,
     StoredEvent,
-    StreamIdentifier,
 )
 
 from ..broker import BrokerRole
@@ -528,15 +526,12 @@ def _holds_any(consumer: EventConsumer, categories: Collection[str]) -> bool:
     if not isinstance(consumer, ExposesSources):
         return True
     for source in consumer.sources:
-        match source:
-            case (
-                CategoryIdentifier(category=category)
-                | StreamIdentifier(category=category)
-            ):
-                if category in categories:
-                    return True
-            case _:  # the whole log, or a kind of source we do not know
-                return True
+        # Categories, their streams and their partitions all name their category.
+        category = getattr(source, "category", None)
+        if not isinstance(category, str):  # the whole log, or a source we do not know
+            return True
+        if category in categories:
+            return True
     return False
 
 

@@ -34,6 +34,12 @@ CREATE INDEX IF NOT EXISTS events_category_sequence_number_idx
 -- Stream scans and the latest event of a stream (ORDER BY sequence_number DESC LIMIT 1).
 CREATE INDEX IF NOT EXISTS events_category_stream_sequence_number_idx
     ON events (category, stream, sequence_number);
+-- Partition reads (eventcomposition.consumers.partitions): a category's rows by the
+-- bucket of their stream (the first 32 bits of md5(stream) modulo 64), each bucket
+-- in sequence-number order; a partition reads its buckets' ranges merged.
+CREATE INDEX IF NOT EXISTS events_category_bucket_sequence_number_idx
+    ON events (category, mod(('x' || left(md5(stream), 8))::bit(32)::bigint, 64),
+               sequence_number);
 -- Latest event per stream in a category batch (ORDER BY category, stream, position DESC);
 -- unique, because a position is taken once in a stream.
 CREATE UNIQUE INDEX IF NOT EXISTS events_category_stream_position_key
@@ -170,6 +176,31 @@ BEGIN
     END IF;
 END
 $migration$;
+
+-- Partitioned groups (eventcomposition.consumers.partitions): how many partitions a
+-- group reads a category in. Recorded by the first claim of one of its partitions,
+-- changed only by a repartition, which retires the former partitions' claims and
+-- starts the new ones from their checkpoints in the same transaction. A count of 0
+-- records a group that read the category whole before (its checkpoint goes on).
+CREATE TABLE IF NOT EXISTS consumer_partitionings (
+    "group"    text                     NOT NULL,
+    category   text                     NOT NULL,
+    count      integer                  NOT NULL,
+    changed_at timestamp with time zone NOT NULL,
+    CONSTRAINT consumer_partitionings_pkey PRIMARY KEY ("group", category)
+);
+
+-- After a repartition: a new partition skips the events of a former partition up
+-- to that former partition's checkpoint (events it had applied already).
+CREATE TABLE IF NOT EXISTS consumer_partition_floors (
+    "group"         text    NOT NULL,
+    source          text    NOT NULL,
+    former_index    integer NOT NULL,
+    former_count    integer NOT NULL,
+    sequence_number bigint  NOT NULL,
+    CONSTRAINT consumer_partition_floors_pkey
+        PRIMARY KEY ("group", source, former_count, former_index)
+);
 
 -- ---------------------------------------------------------------------------------
 -- Wake-ups: NOTIFY on the events table (eventcomposition.services.notify listens).

@@ -58,6 +58,7 @@ OWNED_TABLES: tuple[ExpectedTable, ...] = (
             "events_category_sequence_number_idx",
             "events_category_stream_sequence_number_idx",
             "events_category_stream_position_key",
+            "events_category_bucket_sequence_number_idx",
         ),
     ),
     ExpectedTable(
@@ -164,6 +165,31 @@ OWNED_TABLES: tuple[ExpectedTable, ...] = (
         ),
         used_by=CONSUMERS,
     ),
+    ExpectedTable(
+        name="consumer_partitionings",
+        columns=(
+            ExpectedColumn("group", TEXT),
+            ExpectedColumn("category", TEXT),
+            ExpectedColumn("count", ("integer", "bigint")),
+            ExpectedColumn("changed_at", TIMESTAMPTZ),
+        ),
+        unique_key=frozenset({"group", "category"}),
+        indexes=(),
+        used_by=CONSUMERS,
+    ),
+    ExpectedTable(
+        name="consumer_partition_floors",
+        columns=(
+            ExpectedColumn("group", TEXT),
+            ExpectedColumn("source", TEXT),
+            ExpectedColumn("former_index", ("integer", "bigint")),
+            ExpectedColumn("former_count", ("integer", "bigint")),
+            ExpectedColumn("sequence_number", BIGINT),
+        ),
+        unique_key=frozenset({"group", "source", "former_count", "former_index"}),
+        indexes=(),
+        used_by=CONSUMERS,
+    ),
 )
 
 REQUIRED_EXTENSIONS: tuple[str, ...] = ("pg_trgm",)
@@ -180,4 +206,6 @@ NODE_PRIVILEGES: dict[str, tuple[str, ...]] = {
     "consumer_claims": _READ_WRITE,
     "consumer_checkpoints": _READ_WRITE,
     "consumer_dead_letters": _READ_WRITE,
+    "consumer_partitionings": _READ_WRITE,
+    "consumer_partition_floors": _READ_WRITE,
 }

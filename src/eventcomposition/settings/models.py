@@ -221,6 +221,14 @@ class BrokerSettings(_Section):
         return self
 
 
+# As eventcomposition.consumers.partitions says (a test pins them equal); not
+# imported from there, which would import logicblocks' event store.
+DEFAULT_PARTITION_COUNT = 16
+MAX_PARTITION_COUNT = 1024
+
+type PartitionCount = Annotated[int, Field(ge=1, le=MAX_PARTITION_COUNT)]
+
+
 class ConsumerSettings(_Section):
     """Defaults for every consumer the runtime starts."""
 
@@ -240,6 +248,14 @@ class ConsumerSettings(_Section):
     # notify_poll_interval as a safety net) or "poll" (every poll_interval).
     wake: Annotated[WakeMode, BeforeValidator(_lower)] = "notify"
     notify_poll_interval: Interval = timedelta(seconds=10)
+    # Partitioned subscriptions: a group's partition count when it names none in
+    # partition_counts (by subscriber group).
+    partitions: PartitionCount = DEFAULT_PARTITION_COUNT
+    partition_counts: dict[str, PartitionCount] = Field(default_factory=dict)
+
+    def partition_count(self, group: str) -> int:
+        """How many partitions ``group`` splits each category it partitions into."""
+        return self.partition_counts.get(group, self.partitions)
 
     @model_validator(mode="after")
     def _retry_delays_are_ordered(self) -> Self:

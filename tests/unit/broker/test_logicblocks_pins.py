@@ -23,6 +23,7 @@ from logicblocks.event.types import CategoryIdentifier, NewEvent, StoredEvent
 
 from eventcomposition import InMemoryClusterState
 from eventcomposition.broker.leadership import COORDINATOR_LOCK_KEY
+from eventcomposition.consumers.partitions import CategoryPartition, partition_of
 
 
 async def test_the_coordinator_distributes_through_its_public_distribute() -> None:
@@ -127,13 +128,64 @@ async def test_in_memory_adapter_keeps_its_events_in_db_with_last_event() -> Non
         CategoryIdentifier(category="nothing"),
         StreamIdentifier(category="orders", stream="o-2"),
         StreamIdentifier(category="orders", stream="o-9"),
+        # Of 4 partitions, o-1 is in 3 and o-2 in 1; 0 is empty.
+        CategoryPartition("orders", partition_of("o-1", 4), 4),
+        CategoryPartition("orders", partition_of("o-2", 4), 4),
+        CategoryPartition("orders", 0, 4),
     ]
 
     in_place = await InMemoryHeadReader(adapter).heads(sources)
 
     assert callable(adapter._db.last_event)
+    assert callable(adapter._db._select_index)
     assert in_place == await EventStoreHeadReader(adapter).heads(sources)
-    assert list(in_place.values()) == [3, 2, None, 1, None]
+    assert list(in_place.values()) == [3, 2, None, 1, None, 2, 1, None]
+
+
+def test_postgres_state_stores_read_back_only_log_category_and_stream() -> None:
+    # eventcomposition.broker.stores reads the subscribers and subscriptions tables
+    # itself: logicblocks' stores deserialise with event_sequence_identifier, which
+    # refuses any other source, and its own CategoryPartitionIdentifier drops the
+    # category when serialised.
+    from logicblocks.event.processing.broker.strategies.distributed.subscribers.stores.state import (
+        postgres as subscribers,
+    )
+    from logicblocks.event.processing.broker.strategies.distributed.subscriptions.stores.state import (
+        postgres as subscriptions,
+    )
+    from logicblocks.event.types.identifier import (
+        CategoryPartitionIdentifier,
+        StreamNamePrefixPartitionIdentifier,
+        event_sequence_identifier,
+    )
+
+    for module in (subscribers, subscriptions):
+        assert vars(module)["event_sequence_identifier"] is event_sequence_identifier
+    with pytest.raises(ValueError, match="Invalid serialised"):
+        event_sequence_identifier(
+            CategoryPartition("orders", 1, 4).serialise()  # type: ignore[arg-type]
+        )
+    theirs = CategoryPartitionIdentifier(
+        category="orders", partition=StreamNamePrefixPartitionIdentifier("o-")
+    ).serialise()
+    assert isinstance(theirs, dict)
+    assert "category" not in theirs
+
+
+def test_the_event_source_factory_maps_identifier_types_to_constructors() -> None:
+    # eventcomposition.broker.stores.event_source_factory registers partitions.
+    from logicblocks.event.store import EventStoreEventSourceFactory
+
+    from eventcomposition.broker.stores import event_source_factory
+    from eventcomposition.consumers.partitions import PartitionEventSource
+
+    adapter = InMemoryEventStorageAdapter()
+    partition = CategoryPartition("orders", 1, 4)
+    with pytest.raises(KeyError):
+        EventStoreEventSourceFactory(adapter=adapter).construct(partition)
+    source = event_source_factory(adapter).construct(partition)
+    assert isinstance(source, PartitionEventSource)
+    assert source.identifier == partition
 
 
 def test_the_settings_name_every_isolation_mode_of_logicblocks() -> None:

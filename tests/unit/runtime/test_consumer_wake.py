@@ -25,6 +25,7 @@ from logicblocks.event.types import (
 from pytest_mock import MockerFixture
 
 from eventcomposition import Backoff, EventConsumerSettings, EventRuntime
+from eventcomposition.consumers.partitions import CategoryPartition
 from eventcomposition.runtime import ConsumerService, ConsumesCategories
 from eventcomposition.testing.waiting import wait_until
 
@@ -292,6 +293,7 @@ async def test_wake_consumers_wakes_the_holders_of_the_categories(
     consumers = {
         "orders": SourcedConsumer(CategoryIdentifier(category="orders")),
         "a-stream": SourcedConsumer(StreamIdentifier(category="payments", stream="1")),
+        "a-partition": SourcedConsumer(CategoryPartition("invoices", 1, 4)),
         "the-log": SourcedConsumer(LogIdentifier()),
         "nothing-held": SourcedConsumer(),
         "opaque": GatedConsumer(),
@@ -312,15 +314,20 @@ async def test_wake_consumers_wakes_the_holders_of_the_categories(
         assert polled() == {"a-stream", "the-log", "opaque"}
 
         assert runtime.wake_consumers({"unheld"}) == 2
-        assert runtime.wake_consumers() == 5
+        assert runtime.wake_consumers() == 6
         await settle()
         assert {name: c.polls for name, c in consumers.items()} == {
             "orders": 2,
             "a-stream": 3,
+            "a-partition": 2,
             "the-log": 3,
             "nothing-held": 2,
             "opaque": 3,
         }
+        # A category's notification wakes the holders of its partitions.
+        assert runtime.wake_consumers({"invoices"}) == 3
+        await settle()
+        assert consumers["a-partition"].polls == 3
 
 
 async def test_wake_consumers_passes_the_categories_on(mocker: MockerFixture) -> None:
