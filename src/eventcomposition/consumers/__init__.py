@@ -8,6 +8,8 @@
   the source's checkpoint, fenced by claims: exactly once in effect
   (``transactional``, ``handlers``), with checkpoint stores in PostgreSQL and
   memory that also keep the claims and the dead letters.
+- ``partitions_of``: a category split into partitions by a stable hash of the
+  stream name, each an ordinary source (``partitions``).
 """
 
 from typing import TYPE_CHECKING
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
     from .dead_letters import RetryResult, retry_dead_letters
     from .handlers import EventHandler, EventHandlerBatches, Processor
     from .memory import InMemoryCheckpointStore, InMemoryTransaction
+    from .partitions import CategoryPartition, partition_of, partitions_of
     from .policies import PoisonOrder, PoisonPolicy
     from .postgres import (
         PostgresCheckpointStore,
@@ -51,6 +54,7 @@ if TYPE_CHECKING:
 __all__ = [
     "TRANSIENT_ERRORS",
     "BatchProcessor",
+    "CategoryPartition",
     "CheckpointStore",
     "Claim",
     "ClaimLostError",
@@ -82,6 +86,8 @@ __all__ = [
     "checkpoint_reader",
     "make_subscription_consumer",
     "make_transactional_consumer",
+    "partition_of",
+    "partitions_of",
     "retry_dead_letters",
     "source_key",
     "source_of",
