@@ -1,10 +1,12 @@
 """Opening a PostgreSQL connection pool, retrying while the server is unreachable."""
 
 import asyncio
+import math
 import time
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -31,6 +33,65 @@ _AUTHENTICATION_MESSAGES = (
     "authentication failed",
 )
 _FATAL_MESSAGES = (*_AUTHENTICATION_MESSAGES, "does not exist")
+
+
+def _milliseconds(interval: timedelta) -> int:
+    return max(1, math.ceil(interval.total_seconds() * 1000))
+
+
+def _whole_seconds(interval: timedelta) -> int:
+    return max(1, math.ceil(interval.total_seconds()))
+
+
+@dataclass(frozen=True)
+class ConnectionTimeouts:
+    """How long a lost client or a lost server can hold anything up.
+
+    Without them a node cut off from PostgreSQL (a partition, a frozen process)
+    between a statement and its COMMIT leaves its backend ``idle in transaction``
+    with its row locks (a claim's, say) until the server's TCP gives up, minutes
+    to hours later; and the node's own calls wait as long for an answer that
+    cannot come.
+
+    - ``idle_in_transaction``: the server ends a session idle that long inside a
+      transaction (``idle_in_transaction_session_timeout``), rolling it back and
+      freeing its locks. Keep it at most the claim lease. ``None``: no limit.
+    - ``tcp_user_timeout``: both ends drop a connection whose sent data stays
+      unacknowledged that long (libpq's and the server's ``tcp_user_timeout``).
+    - ``keepalives_idle``, ``keepalives_interval``, ``keepalives_count``: TCP
+      keepalives on both ends, so a connection waiting for an answer from a peer
+      that is gone fails after about idle + interval * count.
+    """
+
+    idle_in_transaction: timedelta | None = timedelta(seconds=5)
+    tcp_user_timeout: timedelta = timedelta(seconds=5)
+    keepalives_idle: timedelta = timedelta(seconds=2)
+    keepalives_interval: timedelta = timedelta(seconds=1)
+    keepalives_count: int = 3
+
+    def connection_kwargs(self) -> dict[str, Any]:
+        """libpq connection parameters: the client's side, and the server's side
+        as ``options`` (settings every user may change for their own session)."""
+        idle = _whole_seconds(self.keepalives_idle)
+        interval = _whole_seconds(self.keepalives_interval)
+        server = {
+            "tcp_user_timeout": _milliseconds(self.tcp_user_timeout),
+            "tcp_keepalives_idle": idle,
+            "tcp_keepalives_interval": interval,
+            "tcp_keepalives_count": self.keepalives_count,
+        }
+        if self.idle_in_transaction is not None:
+            server["idle_in_transaction_session_timeout"] = _milliseconds(
+                self.idle_in_transaction
+            )
+        return {
+            "keepalives": 1,
+            "keepalives_idle": idle,
+            "keepalives_interval": interval,
+            "keepalives_count": self.keepalives_count,
+            "tcp_user_timeout": _milliseconds(self.tcp_user_timeout),
+            "options": " ".join(f"-c {name}={value}" for name, value in server.items()),
+        }
 
 
 class DatabaseUnavailableError(EventCompositionError):
@@ -213,7 +274,10 @@ class PostgresDatabase:
         connect_timeout: int = 5,
         attempts: int = 5,
         required_privileges: Mapping[str, Sequence[str]] | None = None,
+        timeouts: ConnectionTimeouts | None = None,
     ) -> None:
+        """``timeouts`` bound what a lost peer holds up (``ConnectionTimeouts()``
+        by default); they apply to every pooled connection."""
         self._conninfo = conninfo
         self._required_privileges = required_privileges or {}
         self.where = where
@@ -225,7 +289,10 @@ class PostgresDatabase:
             conninfo,
             min_size=min_size,
             max_size=max_size,
-            kwargs={"connect_timeout": connect_timeout},
+            kwargs={
+                "connect_timeout": connect_timeout,
+                **(timeouts or ConnectionTimeouts()).connection_kwargs(),
+            },
             # After a server restart the pooled connections are dead: check the
             # ones that sat idle before handing them out, so nodes carry on
             # instead of failing once per connection.
@@ -271,6 +338,7 @@ async def connection_pool(
     max_size: int = 10,
     connect_timeout: int = 5,
     attempts: int = 5,
+    timeouts: ConnectionTimeouts | None = None,
 ) -> AsyncIterator[AsyncConnectionPool[AsyncConnection[Any]]]:
     """An open pool, once the server answers; closed on exit."""
     database = PostgresDatabase(
@@ -280,6 +348,7 @@ async def connection_pool(
         max_size=max_size,
         connect_timeout=connect_timeout,
         attempts=attempts,
+        timeouts=timeouts,
     )
     async with database as pool:
         yield pool

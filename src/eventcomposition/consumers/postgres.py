@@ -5,7 +5,8 @@ are created by ``eventcomposition.schema.migrate``. Leases are measured with the
 database's clock, so nodes need not agree on the time. The checkpoint write renews
 the lease and checks the claim in one statement: it waits for, or fails against, a
 concurrent claim of the source by another subscriber, so a stale subscriber's batch
-rolls back.
+rolls back. A claim never waits for a holder's open batch: it takes nothing this
+time and is tried again at the next poll.
 """
 
 from collections.abc import AsyncIterator, Mapping, Sequence, Set
@@ -50,12 +51,25 @@ from .stores import (
 )
 from .visibility import Horizon, PostgresVisibilityHorizon
 
+# A claim never waits on the claim row: when another transaction has it locked
+# (a holder between its checkpoint statement and COMMIT, perhaps cut off from
+# the server and idle in that transaction until the server ends it), the claim
+# takes nothing this time and is tried again at the next poll.
 _CLAIM = """
+WITH present AS (
+    SELECT 1 FROM consumer_claims
+    WHERE "group" = %(group)s AND source = %(source)s
+), unlocked AS (
+    SELECT 1 FROM consumer_claims
+    WHERE "group" = %(group)s AND source = %(source)s
+    FOR UPDATE SKIP LOCKED
+)
 INSERT INTO consumer_claims AS c
     ("group", source, holder_node, holder_subscriber, epoch, lease_expires_at,
      released, claimed_at)
-VALUES (%(group)s, %(source)s, %(node)s, %(subscriber)s, 1, now() + %(lease)s,
-        false, now())
+SELECT %(group)s, %(source)s, %(node)s, %(subscriber)s, 1, now() + %(lease)s,
+       false, now()
+WHERE EXISTS (SELECT 1 FROM unlocked) OR NOT EXISTS (SELECT 1 FROM present)
 ON CONFLICT ("group", source) DO UPDATE SET
     holder_node = excluded.holder_node,
     holder_subscriber = excluded.holder_subscriber,
