@@ -1,0 +1,58 @@
+"""The table a fault-injection run prints: faults by kind, and what the checker
+found."""
+
+from collections import defaultdict
+
+from ...cli.tables import add_plain_row, new_table, render
+from .checker import Recovery, Report, p99
+
+_COLUMNS = ("fault", "count", "max recovery s", "p99 recovery s", "bound s")
+
+
+def _seconds(value: float | None) -> str:
+    return "never" if value is None else f"{value:.1f}"
+
+
+def render_report(report: Report, *, seed: int, minutes: float) -> str:
+    """The run's table and verdict, as plain text."""
+    by_kind: dict[str, list[Recovery]] = defaultdict(list)
+    for recovery in report.recoveries:
+        by_kind[str(recovery.fault.kind)].append(recovery)
+    faults = new_table(*_COLUMNS, numeric=_COLUMNS[1:])
+    for kind, measured in sorted(by_kind.items()):
+        seconds = [r.seconds for r in measured]
+        never = any(value is None for value in seconds)
+        known = [value for value in seconds if value is not None]
+        add_plain_row(
+            faults,
+            kind,
+            str(len(measured)),
+            "never" if never else _seconds(max(known, default=0.0)),
+            "never" if never else _seconds(p99(known) if known else 0.0),
+            _seconds(max(r.bound for r in measured)),
+        )
+    totals = new_table(
+        "events",
+        "lost",
+        "duplicated",
+        "out of order",
+        "violations",
+        numeric=("events", "lost", "duplicated", "out of order", "violations"),
+    )
+    add_plain_row(
+        totals,
+        str(report.events),
+        str(len(report.lost)),
+        str(len(report.duplicated)),
+        str(len(report.out_of_order)),
+        str(len(report.violations)),
+    )
+    verdict = (
+        f"PASSED: seed {seed}, {minutes:g} minutes"
+        if report.passed
+        else f"FAILED: seed {seed} reproduces it (--seed {seed} --minutes {minutes:g})"
+    )
+    lines = [f"  {violation}" for violation in report.violations[:50]]
+    if len(report.violations) > 50:
+        lines.append(f"  ... and {len(report.violations) - 50} more")
+    return render(faults, "", totals, "", *lines, verdict)
