@@ -73,7 +73,7 @@ def test_a_gap_is_caught() -> None:
 
     report = check(history(records), no_bound)
 
-    assert report.lost == ["e2"]
+    assert report.lost == ["e2 (orders s position 2)"]
 
 
 def test_a_reorder_is_caught() -> None:

@@ -98,7 +98,11 @@ def lost_and_duplicated(
 ) -> tuple[list[str], list[str]]:
     """Published events never applied, and events applied more than once."""
     counts = Counter(record.event_id for record in applied)
-    lost = sorted(event_id for event_id in published if counts[event_id] == 0)
+    lost = sorted(
+        _described(event_id, published[event_id])
+        for event_id in published
+        if counts[event_id] == 0
+    )
     duplicated = sorted(
         f"{event_id} applied {count} times"
         for event_id, count in counts.items()
@@ -107,6 +111,13 @@ def lost_and_duplicated(
     unknown = sorted(event_id for event_id in counts if event_id not in published)
     duplicated += [f"{event_id} applied but never published" for event_id in unknown]
     return lost, duplicated
+
+
+def _described(event_id: str, where: object) -> str:
+    if isinstance(where, tuple) and len(where) == 3:
+        source, stream, position = where
+        return f"{event_id} ({source} {stream} position {position})"
+    return event_id
 
 
 def out_of_order(applied: Sequence[Applied]) -> list[str]:

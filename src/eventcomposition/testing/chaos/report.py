@@ -3,8 +3,11 @@ found."""
 
 from collections import defaultdict
 
+from rich.console import RenderableType
+
 from ...cli.tables import add_plain_row, new_table, render
 from .checker import Recovery, Report, p99
+from .history import History
 
 _COLUMNS = ("fault", "count", "max recovery s", "p99 recovery s", "bound s")
 
@@ -13,7 +16,36 @@ def _seconds(value: float | None) -> str:
     return "never" if value is None else f"{value:.1f}"
 
 
-def render_report(report: Report, *, seed: int, minutes: float) -> str:
+def _readiness_table(history: History) -> list[RenderableType]:
+    if not history.readiness:
+        return []
+    table = new_table(
+        "partitioned node",
+        "not ready after s",
+        "ready again after heal s",
+        numeric=("not ready after s", "ready again after heal s"),
+    )
+    for probe in history.readiness:
+        add_plain_row(
+            table,
+            probe.node,
+            _seconds(
+                None
+                if probe.not_ready_at is None
+                else probe.not_ready_at - probe.cut_at
+            ),
+            _seconds(
+                None
+                if probe.ready_again_at is None
+                else probe.ready_again_at - probe.healed_at
+            ),
+        )
+    return [table, ""]
+
+
+def render_report(
+    report: Report, *, seed: int, minutes: float, history: History | None = None
+) -> str:
     """The run's table and verdict, as plain text."""
     by_kind: dict[str, list[Recovery]] = defaultdict(list)
     for recovery in report.recoveries:
@@ -55,4 +87,5 @@ def render_report(report: Report, *, seed: int, minutes: float) -> str:
     lines = [f"  {violation}" for violation in report.violations[:50]]
     if len(report.violations) > 50:
         lines.append(f"  ... and {len(report.violations) - 50} more")
-    return render(faults, "", totals, "", *lines, verdict)
+    readiness = _readiness_table(history) if history is not None else []
+    return render(faults, "", totals, "", *readiness, *lines, verdict)
