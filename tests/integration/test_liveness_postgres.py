@@ -24,6 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from eventcomposition.consumers import (
     BatchProcessor,
+    ClaimLostError,
     Holder,
     PostgresCheckpointStore,
     Transaction,
@@ -226,3 +227,58 @@ async def _lease_left(pool: Pool, source: str) -> float:
         row = await cursor.fetchone()
     assert row is not None, f"no claim of {source}"
     return float(row[0])
+
+
+class RecordingProcessor(BatchProcessor):
+    async def process_batch(
+        self, events: Sequence[StoredEvent], transaction: Transaction
+    ) -> None:
+        async with transaction.connection.cursor() as cursor:
+            await cursor.executemany(
+                "INSERT INTO applied_once (event_id) VALUES (%s)",
+                [(event.id,) for event in events],
+            )
+
+
+async def test_a_commit_the_server_lost_does_not_make_the_consumer_skip_events(
+    postgres_pool: Pool,
+) -> None:
+    """A server that acknowledges commits before they are durable
+    (``synchronous_commit = off``, a failover to a lagging replica) can lose an
+    acknowledged batch in a crash. The consumer must not carry on from the
+    position it remembers, over the events of the lost batch."""
+    async with postgres_pool.connection() as connection:
+        await connection.execute("CREATE TABLE applied_once (event_id text)")
+    store = EventStore(
+        adapter=PostgresEventStorageAdapter(connection_source=postgres_pool)
+    )
+    consumer = make_transactional_consumer(
+        event_store=store,
+        checkpoint_store=PostgresCheckpointStore(postgres_pool),
+        subscriber_group=GROUP,
+        subscription_requests=[CategoryIdentifier(category="orders")],
+        processor=RecordingProcessor(),
+        claim_lease=LEASE,
+    )
+    await consumer.accept(store.category(category="orders"))
+    for _ in range(2):
+        await _publish(store, "orders")
+    await consumer.consume_all()  # both applied, checkpoint at the second
+    # The crash: that batch's commit is gone (its rows and its checkpoint).
+    async with postgres_pool.connection() as connection:
+        await connection.execute("DELETE FROM applied_once")
+        await connection.execute("DELETE FROM consumer_checkpoints")
+    await _publish(store, "orders")
+
+    with contextlib.suppress(ClaimLostError):
+        await consumer.consume_all()
+    await consumer.consume_all()
+
+    async with postgres_pool.connection() as connection:
+        cursor = await connection.execute(
+            "SELECT e.id, count(a.event_id) FROM events e "
+            "LEFT JOIN applied_once a ON a.event_id = e.id "
+            "WHERE e.category = 'orders' GROUP BY e.id"
+        )
+        counts = [count for _, count in await cursor.fetchall()]
+    assert counts == [1, 1, 1]

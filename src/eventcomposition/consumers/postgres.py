@@ -29,7 +29,14 @@ from psycopg_pool import AsyncConnectionPool
 from ..connections import autocommitting
 from ..lag import PostgresHeadReader
 from .batch import Transaction
-from .claims import Claim, ClaimRecord, DeadLetter, Holder, claim_lost
+from .claims import (
+    Claim,
+    ClaimRecord,
+    DeadLetter,
+    Holder,
+    checkpoint_moved,
+    claim_lost,
+)
 from .decoding import fast_json_loads
 from .partitions import (
     BUCKET_SQL,
@@ -47,6 +54,7 @@ from .stores import (
     CheckpointStore,
     EventReader,
     ParkedStreamsChangedError,
+    Unchecked,
     check_readable,
 )
 from .visibility import Horizon, PostgresVisibilityHorizon
@@ -104,18 +112,32 @@ UPDATE consumer_claims SET released = true, lease_expires_at = now()
 WHERE {_HELD}
 """
 
-# The fence, the lease renewal and the checkpoint in one statement.
+# The fence, the lease renewal and the checkpoint in one statement. When
+# %(checked)s, the checkpoint moves only from %(expected)s (NULL: none yet).
+# Returns whether the claim held, and whether the checkpoint moved.
 _ADVANCE = f"""
 WITH fence AS (
     UPDATE consumer_claims SET lease_expires_at = now() + %(lease)s
     WHERE {_HELD}
     RETURNING 1
+), moved AS (
+    INSERT INTO consumer_checkpoints ("group", source, sequence_number, updated_at)
+    SELECT %(group)s, %(source)s, %(sequence_number)s, now() FROM fence
+    WHERE NOT %(checked)s OR %(expected)s::bigint IS NULL OR EXISTS (
+        SELECT 1 FROM consumer_checkpoints
+        WHERE "group" = %(group)s AND source = %(source)s
+    )
+    ON CONFLICT ("group", source) DO UPDATE SET
+        sequence_number = excluded.sequence_number,
+        updated_at = excluded.updated_at
+    WHERE NOT %(checked)s
+       OR consumer_checkpoints.sequence_number
+          IS NOT DISTINCT FROM %(expected)s::bigint
+    RETURNING 1
 )
-INSERT INTO consumer_checkpoints ("group", source, sequence_number, updated_at)
-SELECT %(group)s, %(source)s, %(sequence_number)s, now() FROM fence
-ON CONFLICT ("group", source) DO UPDATE SET
-    sequence_number = excluded.sequence_number,
-    updated_at = excluded.updated_at
+SELECT (SELECT count(*) FROM fence), (SELECT count(*) FROM moved),
+    (SELECT sequence_number FROM consumer_checkpoints
+     WHERE "group" = %(group)s AND source = %(source)s)
 """
 
 _PARK = """
@@ -519,17 +541,29 @@ class PostgresCheckpointStore(CheckpointStore):
         claim: Claim,
         sequence_number: int,
         lease: timedelta,
+        *,
+        expected: int | Unchecked | None = Unchecked.ANY,
     ) -> None:
+        checked = not isinstance(expected, Unchecked)
+        expected_at = None if isinstance(expected, Unchecked) else expected
         cursor = await _connection_of(transaction).execute(
             _ADVANCE,
             {
                 **_fence_parameters(claim),
                 "lease": lease,
                 "sequence_number": sequence_number,
+                "checked": checked,
+                "expected": expected_at,
             },
         )
-        if cursor.rowcount != 1:
+        row = await cursor.fetchone()
+        held, moved, found = row if row is not None else (0, 0, None)
+        if not held:
             raise claim_lost(claim)
+        if not moved:
+            # The statement's snapshot predates its own write: ``found`` is the
+            # checkpoint it found, not the one it would have written.
+            raise checkpoint_moved(claim, expected_at, found)
 
     async def park(
         self,

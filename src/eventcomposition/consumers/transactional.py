@@ -676,7 +676,11 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
                     if applied:
                         await self._processor.process_batch(applied, transaction)
                         await transaction.write_batch_states()
-                    await self._store.advance(transaction, claim, last, self._lease)
+                    # Only from where the batch was read: a commit this consumer
+                    # was told of but the server lost must not let it skip events.
+                    await self._store.advance(
+                        transaction, claim, last, self._lease, expected=state.position
+                    )
             except ParkedStreamsChangedError as changed:
                 # A retry applied those streams' dead letters: apply their events.
                 await state.log.ainfo(

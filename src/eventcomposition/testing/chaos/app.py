@@ -29,6 +29,7 @@ from logicblocks.event.types import CategoryIdentifier, StoredEvent
 from ...broker.leadership import COORDINATOR_LOCK_KEY
 from ...consumers import BatchProcessor, PostgresCheckpointStore, Transaction
 from ...consumers.claims import Claim
+from ...consumers.stores import Unchecked
 from ...containers import EventRuntimeContainer
 from ...runtime import SubscriptionConsumerRegistration
 from ...schema import Migration
@@ -138,8 +139,12 @@ class CommitDelayingStore(PostgresCheckpointStore):
         claim: Claim,
         sequence_number: int,
         lease: timedelta,
+        *,
+        expected: int | Unchecked | None = Unchecked.ANY,
     ) -> None:
-        await super().advance(transaction, claim, sequence_number, lease)
+        await super().advance(
+            transaction, claim, sequence_number, lease, expected=expected
+        )
         await asyncio.sleep(COMMIT_DELAY_SECONDS)
 
 
