@@ -253,6 +253,12 @@ class PostgresDatabase:
             # work (a broker unregistering on its way out, say) fails after this
             # instead of psycopg_pool's default of 30 s.
             timeout=float(connect_timeout),
+            # psycopg_pool retries a failed connection with a doubling delay and
+            # no cap until it gives up: after the server refused connections for
+            # a minute (its slots taken, say), the pool would wait another minute
+            # before trying again. Giving up after connect_timeout starts a new
+            # attempt at the next demand, so a pool tries every couple of seconds.
+            reconnect_timeout=float(connect_timeout),
             open=False,
             name=f"eventcomposition {where}",
         )

@@ -10,6 +10,7 @@ from eventcomposition.testing.chaos.history import (
     Fault,
     FaultKind,
     History,
+    Published,
     Readiness,
 )
 from eventcomposition.testing.chaos.report import render_report
@@ -32,7 +33,7 @@ def applied(
 
 def history(records: list[Applied], **changes: object) -> History:
     base = History(
-        published={f"e{n}": ("orders", "s", n) for n in range(6)},
+        published={f"e{n}": Published("orders", "s", n, n - 0.1) for n in range(6)},
         applied=records,
         checkpoints=[CheckpointMove("orders", None, 3, 3.0)],
         allocations=[AllocationWrite("c1", 0.5), AllocationWrite("c1", 1.0)],
@@ -167,13 +168,23 @@ def test_a_database_fault_is_measured_from_its_end() -> None:
 
 
 def test_sources_that_never_resume_are_caught() -> None:
+    fault = Fault(FaultKind.PARTITION, "b", started=3.5, ended=7, affected=("orders",))
+    records = clean()[:4]  # e4 and e5, published at 3.9 and 4.9, never applied
+
+    report = check(history(records, faults=[fault]), no_bound)
+
+    assert report.slow_recoveries == [
+        "partition of b at 3.5: its sources never resumed"
+    ]
+
+
+def test_a_source_with_nothing_to_apply_after_a_fault_has_nothing_to_resume() -> None:
     fault = Fault(FaultKind.PARTITION, "b", started=5.5, ended=7, affected=("orders",))
 
     report = check(history(clean(), faults=[fault]), no_bound)
 
-    assert report.slow_recoveries == [
-        "partition of b at 5.5: its sources never resumed"
-    ]
+    assert report.recoveries[0].seconds == 0.0
+    assert report.passed
 
 
 def test_an_overlapping_fault_extends_the_bound() -> None:

@@ -27,6 +27,7 @@ from .history import (
     Fault,
     FaultKind,
     History,
+    Published,
 )
 
 # Two writes of one leader closer than this: another coordinator's write between
@@ -94,7 +95,7 @@ class Report:
 
 
 def lost_and_duplicated(
-    published: Mapping[str, object], applied: Sequence[Applied]
+    published: Mapping[str, Published], applied: Sequence[Applied]
 ) -> tuple[list[str], list[str]]:
     """Published events never applied, and events applied more than once."""
     counts = Counter(record.event_id for record in applied)
@@ -113,11 +114,8 @@ def lost_and_duplicated(
     return lost, duplicated
 
 
-def _described(event_id: str, where: object) -> str:
-    if isinstance(where, tuple) and len(where) == 3:
-        source, stream, position = where
-        return f"{event_id} ({source} {stream} position {position})"
-    return event_id
+def _described(event_id: str, where: Published) -> str:
+    return f"{event_id} ({where.source} {where.stream} position {where.position})"
 
 
 def out_of_order(applied: Sequence[Applied]) -> list[str]:
@@ -235,11 +233,10 @@ def recoveries(history: History, bounds: Callable[[Fault], float]) -> list[Recov
                 deadline = max(deadline, _reference(other) + bounds(other))
         resumed: list[float] = []
         for source in fault.affected:
+            if not _pending_after(history, source, since):
+                continue  # nothing of it to apply: nothing to resume
             later = [at for at in first_after.get(source, []) if at > since]
-            if later:
-                resumed.append(later[0] - since)
-            elif _published_after(history, source, since):
-                resumed.append(math.inf)
+            resumed.append(later[0] - since if later else math.inf)
         if not resumed:
             seconds: float | None = 0.0
         else:
@@ -255,11 +252,14 @@ def _reference(fault: Fault) -> float:
     return fault.started
 
 
-def _published_after(history: History, source: str, since: float) -> bool:
-    # Without publication times: a source that got any event at all is expected
-    # to be applied again before the run's end.
-    return any(entry[0] == source for entry in history.published.values()) and (
-        since < history.ended_at
+def _pending_after(history: History, source: str, since: float) -> bool:
+    """Whether ``source`` had an event to apply after ``since``: one published
+    since, or one published before and applied only since (or never)."""
+    applied_at = {record.event_id: record.at for record in history.applied}
+    return any(
+        where.source == source
+        and (where.at >= since or applied_at.get(event_id, math.inf) > since)
+        for event_id, where in history.published.items()
     )
 
 

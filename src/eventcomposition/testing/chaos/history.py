@@ -8,6 +8,7 @@ clocks need to agree.
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import NamedTuple
 
 
 class FaultKind(StrEnum):
@@ -33,6 +34,15 @@ DATABASE_FAULTS = frozenset({FaultKind.DB_RESTART, FaultKind.DB_CRASH})
 NODE_FAULTS = frozenset(
     {FaultKind.KILL, FaultKind.TERM, FaultKind.PAUSE, FaultKind.PARTITION}
 )
+
+
+class Published(NamedTuple):
+    """Where a published event is, and when it was published (0: unknown)."""
+
+    source: str
+    stream: str
+    position: int
+    at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -98,9 +108,9 @@ class Readiness:
 @dataclass(frozen=True)
 class History:
     """Everything a run recorded. ``published`` maps each event id that was
-    published (committed) to its source and stream position."""
+    published (committed) to its source, stream position and time."""
 
-    published: dict[str, tuple[str, str, int]]
+    published: dict[str, Published]
     applied: Sequence[Applied]
     checkpoints: Sequence[CheckpointMove] = ()
     allocations: Sequence[AllocationWrite] = ()

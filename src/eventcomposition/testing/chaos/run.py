@@ -36,6 +36,7 @@ from .history import (
     Fault,
     FaultKind,
     History,
+    Published,
 )
 from .nemesis import Nemesis
 
@@ -214,11 +215,11 @@ async def read_history(
 ) -> History:
     """The run's history, as the database and the nemesis recorded it."""
     published = {
-        str(event_id): (str(category), str(stream), int(position))
-        for event_id, category, stream, position in await _fetch(
+        str(event_id): Published(str(category), str(stream), int(position), float(at))
+        for event_id, category, stream, position, at in await _fetch(
             pool,
-            "SELECT id, category, stream, position FROM events "
-            "WHERE category = ANY(%s)",
+            "SELECT id, category, stream, position, extract(epoch FROM observed_at) "
+            "FROM events WHERE category = ANY(%s)",
             CATEGORIES,
         )
     }
@@ -324,6 +325,16 @@ async def run(options: RunOptions) -> Outcome:
         bounds.of_fault,
         readiness_within=bounds.not_ready,
         ready_again_within=bounds.ready_again,
+    )
+    (work_dir / "recoveries.txt").write_text(
+        "".join(
+            f"{r.fault.kind} {r.fault.target} started {r.fault.started:.1f} ended "
+            f"{r.fault.ended:.1f} affected {','.join(r.fault.affected) or '-'}: "
+            f"{'never' if r.seconds is None else f'{r.seconds:.1f}'} s "
+            f"(bound {r.bound:.1f} s)\n"
+            for r in report.recoveries
+        ),
+        encoding="utf-8",
     )
     return Outcome(report, history, bounds, errors, work_dir)
 
