@@ -8,7 +8,11 @@ every connection slot. The history checker must find nothing. Seeds that found
 a fault once stay here as regression cases.
 """
 
+import logging
+from collections.abc import Iterator
+
 import pytest
+import structlog
 
 from eventcomposition.testing.chaos.history import FaultKind
 from eventcomposition.testing.chaos.report import render_report
@@ -18,6 +22,19 @@ from eventcomposition.testing.chaos.run import RunOptions, run
 # checkpoint they advance from (3 minutes then; its first minute has a crash).
 SEEDS = [2]
 MINUTES = 1.0
+
+
+@pytest.fixture(autouse=True)
+def quiet_test_process_logs() -> Iterator[None]:
+    """Publishing in this process logs every event: keep it to warnings."""
+    config = structlog.get_config()
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING)
+    )
+    try:
+        yield
+    finally:
+        structlog.configure(**config)
 
 
 @pytest.mark.parametrize("seed", SEEDS)

@@ -43,6 +43,13 @@ class Recovery:
     seconds: float | None
     """None: some affected source never resumed."""
     bound: float
+    """The bound it was checked against: its kind's, extended by overlaps."""
+    base: float = 0.0
+    """The bound of its kind alone."""
+
+    @property
+    def overlapped(self) -> bool:
+        return self.bound > self.base
 
     @property
     def within_bound(self) -> bool:
@@ -242,7 +249,7 @@ def recoveries(history: History, bounds: Callable[[Fault], float]) -> list[Recov
         else:
             worst = max(resumed)
             seconds = None if math.isinf(worst) else worst
-        measured.append(Recovery(fault, seconds, deadline - since))
+        measured.append(Recovery(fault, seconds, deadline - since, bounds(fault)))
     return measured
 
 

@@ -9,7 +9,15 @@ from ...cli.tables import add_plain_row, new_table, render
 from .checker import Recovery, Report, p99
 from .history import History
 
-_COLUMNS = ("fault", "count", "max recovery s", "p99 recovery s", "bound s")
+_COLUMNS = (
+    "fault",
+    "count",
+    "overlapped",
+    "max recovery s",
+    "p99 recovery s",
+    "max alone s",
+    "bound s",
+)
 
 
 def _seconds(value: float | None) -> str:
@@ -55,13 +63,16 @@ def render_report(
         seconds = [r.seconds for r in measured]
         never = any(value is None for value in seconds)
         known = [value for value in seconds if value is not None]
+        alone = [r.seconds for r in measured if not r.overlapped]
         add_plain_row(
             faults,
             kind,
             str(len(measured)),
+            str(sum(1 for r in measured if r.overlapped)),
             "never" if never else _seconds(max(known, default=0.0)),
             "never" if never else _seconds(p99(known) if known else 0.0),
-            _seconds(max(r.bound for r in measured)),
+            "-" if not alone else _seconds(max(alone, key=lambda v: v or 0.0)),
+            _seconds(max(r.base for r in measured)),
         )
     totals = new_table(
         "events",
