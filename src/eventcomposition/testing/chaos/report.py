@@ -72,7 +72,7 @@ def render_report(
             "never" if never else _seconds(max(known, default=0.0)),
             "never" if never else _seconds(p99(known) if known else 0.0),
             "-" if not alone else _seconds(max(alone, key=lambda v: v or 0.0)),
-            _seconds(max(r.base for r in measured)),
+            _seconds(min(r.base for r in measured)),
         )
     totals = new_table(
         "events",
