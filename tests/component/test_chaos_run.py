@@ -10,6 +10,7 @@ a fault once stay here as regression cases.
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import structlog
@@ -38,8 +39,12 @@ def quiet_test_process_logs() -> Iterator[None]:
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-async def test_a_short_run_of_every_fault_keeps_every_guarantee(seed: int) -> None:
-    outcome = await run(RunOptions(seed=seed, minutes=MINUTES, mean_gap=3.0))
+async def test_a_short_run_of_every_fault_keeps_every_guarantee(
+    seed: int, tmp_path: Path
+) -> None:
+    outcome = await run(
+        RunOptions(seed=seed, minutes=MINUTES, mean_gap=3.0, work_dir=tmp_path)
+    )
 
     table = render_report(
         outcome.report, seed=seed, minutes=MINUTES, history=outcome.history
