@@ -71,3 +71,8 @@ db-stop:
 # Benchmarks (not tests): `./dev bench --quick` for a smoke run under a minute.
 bench *ARGS:
     uv run --locked python -m benchmarks {{ARGS}}
+
+# A seeded fault-injection run of a real cluster, with a history checker (needs
+# root): `./dev chaos --seed 7 --minutes 10 --faults kill,partition`.
+chaos *ARGS:
+    uv run --locked python -m eventcomposition.testing.chaos {{ARGS}}

@@ -13,9 +13,21 @@ import structlog
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from .connections import ConnectionTimeouts
 from .errors import EventCompositionError
 from .retry import Backoff
 from .settings.variables import PASSWORD_VARIABLE
+
+__all__ = [
+    "ConnectionTimeouts",
+    "DatabaseAuthenticationError",
+    "DatabaseUnavailableError",
+    "IdleConnectionCheck",
+    "PostgresDatabase",
+    "connection_pool",
+    "probe",
+    "wait_for_database",
+]
 
 logger = structlog.get_logger("eventcomposition.database")
 
@@ -213,7 +225,10 @@ class PostgresDatabase:
         connect_timeout: int = 5,
         attempts: int = 5,
         required_privileges: Mapping[str, Sequence[str]] | None = None,
+        timeouts: ConnectionTimeouts | None = None,
     ) -> None:
+        """``timeouts`` bound what a lost peer holds up (``ConnectionTimeouts()``
+        by default); they apply to every pooled connection."""
         self._conninfo = conninfo
         self._required_privileges = required_privileges or {}
         self.where = where
@@ -225,7 +240,10 @@ class PostgresDatabase:
             conninfo,
             min_size=min_size,
             max_size=max_size,
-            kwargs={"connect_timeout": connect_timeout},
+            kwargs={
+                "connect_timeout": connect_timeout,
+                **(timeouts or ConnectionTimeouts()).connection_kwargs(),
+            },
             # After a server restart the pooled connections are dead: check the
             # ones that sat idle before handing them out, so nodes carry on
             # instead of failing once per connection.
@@ -235,6 +253,12 @@ class PostgresDatabase:
             # work (a broker unregistering on its way out, say) fails after this
             # instead of psycopg_pool's default of 30 s.
             timeout=float(connect_timeout),
+            # psycopg_pool retries a failed connection with a doubling delay and
+            # no cap until it gives up: after the server refused connections for
+            # a minute (its slots taken, say), the pool would wait another minute
+            # before trying again. Giving up after connect_timeout starts a new
+            # attempt at the next demand, so a pool tries every couple of seconds.
+            reconnect_timeout=float(connect_timeout),
             open=False,
             name=f"eventcomposition {where}",
         )
@@ -271,6 +295,7 @@ async def connection_pool(
     max_size: int = 10,
     connect_timeout: int = 5,
     attempts: int = 5,
+    timeouts: ConnectionTimeouts | None = None,
 ) -> AsyncIterator[AsyncConnectionPool[AsyncConnection[Any]]]:
     """An open pool, once the server answers; closed on exit."""
     database = PostgresDatabase(
@@ -280,6 +305,7 @@ async def connection_pool(
         max_size=max_size,
         connect_timeout=connect_timeout,
         attempts=attempts,
+        timeouts=timeouts,
     )
     async with database as pool:
         yield pool

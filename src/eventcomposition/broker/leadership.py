@@ -20,7 +20,10 @@ distribution; a lost lock fails the coordinator, so the broker restarts (with
 backoff) and competes for leadership again.
 
 The lock's connection carries the node id in its ``application_name``, so
-``leading_coordinator`` can name the node that leads.
+``leading_coordinator`` can name the node that leads. It also carries TCP
+keepalives and ``tcp_user_timeout`` on both ends (``connections.ConnectionTimeouts``),
+so that a leader cut off from the server loses the lock within seconds on the
+server's side, where a standby can take it, and notices on its own.
 """
 
 from collections.abc import AsyncGenerator
@@ -38,6 +41,7 @@ from logicblocks.event.processing.broker.strategies.distributed import (
 from logicblocks.event.processing.locks.postgres import get_digest
 from psycopg import AsyncConnection
 
+from ..connections import ConnectionTimeouts
 from ..errors import EventCompositionError
 
 # The advisory lock key logicblocks derives from the coordinator's lock name, so
@@ -77,6 +81,9 @@ class CheckedPostgresLockManager(PostgresLockManager):
             None if node_id is None else LOCK_HOLDER_APPLICATION_PREFIX + node_id
         )
         self._held: dict[str, AsyncConnection[Any]] = {}
+        self._connection_kwargs = ConnectionTimeouts(
+            idle_in_transaction=None
+        ).connection_kwargs()
 
     @asynccontextmanager
     async def try_lock(self, lock_name: str) -> AsyncGenerator[Lock]:
@@ -113,9 +120,14 @@ class CheckedPostgresLockManager(PostgresLockManager):
     async def _connect(self) -> AsyncConnection[Any]:
         conninfo = self.connection_settings.to_connection_string()
         if self._application_name is None:
-            return await AsyncConnection.connect(conninfo, autocommit=True)
+            return await AsyncConnection.connect(
+                conninfo, autocommit=True, **self._connection_kwargs
+            )
         return await AsyncConnection.connect(
-            conninfo, autocommit=True, application_name=self._application_name
+            conninfo,
+            autocommit=True,
+            application_name=self._application_name,
+            **self._connection_kwargs,
         )
 
 

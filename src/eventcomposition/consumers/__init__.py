@@ -19,6 +19,7 @@ from .._lazy import lazy_attributes
 if TYPE_CHECKING:
     from .batch import (
         BatchProcessor,
+        CheckpointMovedError,
         ClaimLostError,
         EventFailedError,
         Transaction,
@@ -55,6 +56,7 @@ __all__ = [
     "TRANSIENT_ERRORS",
     "BatchProcessor",
     "CategoryPartition",
+    "CheckpointMovedError",
     "CheckpointStore",
     "Claim",
     "ClaimLostError",

@@ -29,6 +29,13 @@ class ClaimLostError(EventCompositionError):
     """Another subscriber claimed the source: this one's batch was rolled back."""
 
 
+class CheckpointMovedError(ClaimLostError):
+    """The checkpoint is not where the consumer read from (a commit it was told
+    of was lost, say in a crash of a server that acknowledges commits before they
+    are durable): its batch was rolled back, and the source is read again from
+    the stored checkpoint. Handled as a lost claim."""
+
+
 class TransactionUnsupportedError(EventCompositionError):
     """The processor asked a transaction for something its store does not offer."""
 

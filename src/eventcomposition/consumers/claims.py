@@ -15,7 +15,7 @@ from logicblocks.event.types import (
     StreamIdentifier,
 )
 
-from .batch import ClaimLostError
+from .batch import CheckpointMovedError, ClaimLostError
 from .partitions import CategoryPartition, partition_from_key
 from .subscription import source_key
 
@@ -105,4 +105,14 @@ def claim_lost(claim: Claim) -> ClaimLostError:
     return ClaimLostError(
         f"source '{claim.source}' of group '{claim.group}' is no longer claimed by "
         f"{claim.holder} (epoch {claim.epoch}): its batch was rolled back"
+    )
+
+
+def checkpoint_moved(
+    claim: Claim, expected: int | None, found: int | None
+) -> CheckpointMovedError:
+    return CheckpointMovedError(
+        f"the checkpoint of source '{claim.source}' of group '{claim.group}' is "
+        f"{found}, not {expected} as {claim.holder} read it: its batch was rolled "
+        "back and the source is read again from the stored checkpoint"
     )

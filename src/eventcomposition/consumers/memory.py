@@ -15,7 +15,14 @@ from typing import Any
 from psycopg import AsyncConnection
 
 from .batch import Transaction, TransactionUnsupportedError
-from .claims import Claim, ClaimRecord, DeadLetter, Holder, claim_lost
+from .claims import (
+    Claim,
+    ClaimRecord,
+    DeadLetter,
+    Holder,
+    checkpoint_moved,
+    claim_lost,
+)
 from .partitions import (
     RETIRED_HOLDER,
     WHOLE_CATEGORY,
@@ -25,7 +32,7 @@ from .partitions import (
     former_keys,
     repartition_starts,
 )
-from .stores import CheckpointStore, ParkedStreamsChangedError
+from .stores import CheckpointStore, ParkedStreamsChangedError, Unchecked
 
 _RETIRED_UNTIL = datetime(9999, 12, 31, tzinfo=UTC)
 
@@ -158,12 +165,17 @@ class InMemoryCheckpointStore(CheckpointStore):
         claim: Claim,
         sequence_number: int,
         lease: timedelta,
+        *,
+        expected: int | Unchecked | None = Unchecked.ANY,
     ) -> None:
         staged = _staged(transaction)
 
         def check() -> None:
             if self._holds(claim) is None:
                 raise claim_lost(claim)
+            found = self._positions.get((claim.group, claim.source))
+            if not isinstance(expected, Unchecked) and found != expected:
+                raise checkpoint_moved(claim, expected, found)
 
         def write() -> None:
             self._positions[(claim.group, claim.source)] = sequence_number

@@ -5,7 +5,8 @@ are created by ``eventcomposition.schema.migrate``. Leases are measured with the
 database's clock, so nodes need not agree on the time. The checkpoint write renews
 the lease and checks the claim in one statement: it waits for, or fails against, a
 concurrent claim of the source by another subscriber, so a stale subscriber's batch
-rolls back.
+rolls back. A claim never waits for a holder's open batch: it takes nothing this
+time and is tried again at the next poll.
 """
 
 from collections.abc import AsyncIterator, Mapping, Sequence, Set
@@ -28,7 +29,14 @@ from psycopg_pool import AsyncConnectionPool
 from ..connections import autocommitting
 from ..lag import PostgresHeadReader
 from .batch import Transaction
-from .claims import Claim, ClaimRecord, DeadLetter, Holder, claim_lost
+from .claims import (
+    Claim,
+    ClaimRecord,
+    DeadLetter,
+    Holder,
+    checkpoint_moved,
+    claim_lost,
+)
 from .decoding import fast_json_loads
 from .partitions import (
     BUCKET_SQL,
@@ -46,16 +54,30 @@ from .stores import (
     CheckpointStore,
     EventReader,
     ParkedStreamsChangedError,
+    Unchecked,
     check_readable,
 )
 from .visibility import Horizon, PostgresVisibilityHorizon
 
+# A claim never waits on the claim row: when another transaction has it locked
+# (a holder between its checkpoint statement and COMMIT, perhaps cut off from
+# the server and idle in that transaction until the server ends it), the claim
+# takes nothing this time and is tried again at the next poll.
 _CLAIM = """
+WITH present AS (
+    SELECT 1 FROM consumer_claims
+    WHERE "group" = %(group)s AND source = %(source)s
+), unlocked AS (
+    SELECT 1 FROM consumer_claims
+    WHERE "group" = %(group)s AND source = %(source)s
+    FOR UPDATE SKIP LOCKED
+)
 INSERT INTO consumer_claims AS c
     ("group", source, holder_node, holder_subscriber, epoch, lease_expires_at,
      released, claimed_at)
-VALUES (%(group)s, %(source)s, %(node)s, %(subscriber)s, 1, now() + %(lease)s,
-        false, now())
+SELECT %(group)s, %(source)s, %(node)s, %(subscriber)s, 1, now() + %(lease)s,
+       false, now()
+WHERE EXISTS (SELECT 1 FROM unlocked) OR NOT EXISTS (SELECT 1 FROM present)
 ON CONFLICT ("group", source) DO UPDATE SET
     holder_node = excluded.holder_node,
     holder_subscriber = excluded.holder_subscriber,
@@ -90,18 +112,32 @@ UPDATE consumer_claims SET released = true, lease_expires_at = now()
 WHERE {_HELD}
 """
 
-# The fence, the lease renewal and the checkpoint in one statement.
+# The fence, the lease renewal and the checkpoint in one statement. When
+# %(checked)s, the checkpoint moves only from %(expected)s (NULL: none yet).
+# Returns whether the claim held, and whether the checkpoint moved.
 _ADVANCE = f"""
 WITH fence AS (
     UPDATE consumer_claims SET lease_expires_at = now() + %(lease)s
     WHERE {_HELD}
     RETURNING 1
+), moved AS (
+    INSERT INTO consumer_checkpoints ("group", source, sequence_number, updated_at)
+    SELECT %(group)s, %(source)s, %(sequence_number)s, now() FROM fence
+    WHERE NOT %(checked)s OR %(expected)s::bigint IS NULL OR EXISTS (
+        SELECT 1 FROM consumer_checkpoints
+        WHERE "group" = %(group)s AND source = %(source)s
+    )
+    ON CONFLICT ("group", source) DO UPDATE SET
+        sequence_number = excluded.sequence_number,
+        updated_at = excluded.updated_at
+    WHERE NOT %(checked)s
+       OR consumer_checkpoints.sequence_number
+          IS NOT DISTINCT FROM %(expected)s::bigint
+    RETURNING 1
 )
-INSERT INTO consumer_checkpoints ("group", source, sequence_number, updated_at)
-SELECT %(group)s, %(source)s, %(sequence_number)s, now() FROM fence
-ON CONFLICT ("group", source) DO UPDATE SET
-    sequence_number = excluded.sequence_number,
-    updated_at = excluded.updated_at
+SELECT (SELECT count(*) FROM fence), (SELECT count(*) FROM moved),
+    (SELECT sequence_number FROM consumer_checkpoints
+     WHERE "group" = %(group)s AND source = %(source)s)
 """
 
 _PARK = """
@@ -505,17 +541,29 @@ class PostgresCheckpointStore(CheckpointStore):
         claim: Claim,
         sequence_number: int,
         lease: timedelta,
+        *,
+        expected: int | Unchecked | None = Unchecked.ANY,
     ) -> None:
+        checked = not isinstance(expected, Unchecked)
+        expected_at = None if isinstance(expected, Unchecked) else expected
         cursor = await _connection_of(transaction).execute(
             _ADVANCE,
             {
                 **_fence_parameters(claim),
                 "lease": lease,
                 "sequence_number": sequence_number,
+                "checked": checked,
+                "expected": expected_at,
             },
         )
-        if cursor.rowcount != 1:
+        row = await cursor.fetchone()
+        held, moved, found = row if row is not None else (0, 0, None)
+        if not held:
             raise claim_lost(claim)
+        if not moved:
+            # The statement's snapshot predates its own write: ``found`` is the
+            # checkpoint it found, not the one it would have written.
+            raise checkpoint_moved(claim, expected_at, found)
 
     async def park(
         self,

@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence, Set
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
+from enum import Enum
 
 from logicblocks.event.sources import constraints
 from logicblocks.event.store import EventStore, InMemoryEventStorageAdapter
@@ -179,6 +180,12 @@ class StoreEventReader(EventReader):
         raise AssertionError("unreachable")
 
 
+class Unchecked(Enum):
+    """``advance`` without checking where the checkpoint was."""
+
+    ANY = "any"
+
+
 class CheckpointStore(ABC):
     """Claims, checkpoints and dead letters of transactional consumers."""
 
@@ -248,9 +255,16 @@ class CheckpointStore(ABC):
         claim: Claim,
         sequence_number: int,
         lease: timedelta,
+        *,
+        expected: int | Unchecked | None = Unchecked.ANY,
     ) -> None:
         """Move the checkpoint in ``transaction`` and renew the lease, if ``claim``
-        still holds; else raise ``ClaimLostError`` (the transaction rolls back)."""
+        still holds; else raise ``ClaimLostError`` (the transaction rolls back).
+
+        With ``expected`` (the checkpoint the batch was read after; ``None``: no
+        checkpoint yet), the move happens only from there; else it raises
+        ``CheckpointMovedError``, so that a consumer never moves a checkpoint
+        over events it did not apply."""
         raise NotImplementedError
 
     @abstractmethod

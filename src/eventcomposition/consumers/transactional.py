@@ -15,9 +15,15 @@ it is parked as a dead letter or its source stops, as ``on_poison`` says. With
 are parked behind it, as they come, while the other streams of the source go on;
 ``dead-letters retry`` applies a stream's parked events in order. Database outages
 are transient: the source backs off and tries again, and nothing is parked for them.
+
+A source that blocks (a database cut off, a lock that is not released) holds the
+others up for at most ``batch_timeout``: its turn is then abandoned (its
+transaction rolls back) and retried after a backoff. Leases are renewed meanwhile
+by a task of their own, so a blocked source never costs the others their claims.
 """
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
@@ -173,6 +179,7 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
         clock: Callable[[], float] = time.monotonic,
         metrics: NodeMetrics | None = None,
         concurrent_sources: bool = False,
+        batch_timeout: timedelta | None = timedelta(seconds=30),
     ) -> None:
         super().__init__(
             group=group,
@@ -196,6 +203,10 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
         self._clock = clock
         self._metrics = metrics or NodeMetrics()
         self._concurrent = concurrent_sources
+        self._batch_timeout = (
+            None if batch_timeout is None else batch_timeout.total_seconds()
+        )
+        self._renewing = asyncio.Lock()
         self._sources: dict[EventSourceIdentifier, _Source] = {}
         self._held_back_polls = 0
         self._held_back: set[EventSourceIdentifier] = set()
@@ -331,6 +342,22 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
         )
 
     async def _consume(self, states: list[_Source]) -> None:
+        renewals = asyncio.create_task(self._renew_meanwhile())
+        try:
+            await self._consume_sources(states)
+        finally:
+            renewals.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewals
+
+    async def _renew_meanwhile(self) -> None:
+        """Renew the claims that fall due while a poll runs, whatever its sources
+        are waiting for."""
+        while True:
+            await asyncio.sleep(self._lease.total_seconds() / 3)
+            await self._renew_due_claims()
+
+    async def _consume_sources(self, states: list[_Source]) -> None:
         await self._renew_due_claims()
         transient: list[Exception] = []
         self._committed_this_round = False
@@ -340,7 +367,8 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
             # poll (every head at its checkpoint) costs no sample, nor does one
             # whose sources all back off after a database failure.
             try:
-                await self._reader.refresh()
+                async with asyncio.timeout(self._batch_timeout):
+                    await self._reader.refresh()
             except TRANSIENT_ERRORS as error:
                 transient.append(error)  # type: ignore[arg-type]
         while pending:
@@ -426,7 +454,8 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
         if len(known) < 2:
             return states
         try:
-            heads = await self._reader.heads([state.identifier for state in known])
+            async with asyncio.timeout(self._batch_timeout):
+                heads = await self._reader.heads([state.identifier for state in known])
         except TRANSIENT_ERRORS:
             return states  # each source's own read reports and backs off
         if heads is None:
@@ -446,7 +475,8 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
             return False
         state.busy = True
         try:
-            more = await self._consume_batch(state)
+            async with asyncio.timeout(self._batch_timeout):
+                more = await self._consume_batch(state)
             state.transient_failures = 0
         except TRANSIENT_ERRORS as error:
             transient.append(error)  # type: ignore[arg-type]
@@ -553,6 +583,12 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
         return True
 
     async def _renew_due_claims(self) -> None:
+        if self._renewing.locked():
+            return  # the renewal task is at it
+        async with self._renewing:
+            await self._renew_due_claims_now()
+
+    async def _renew_due_claims_now(self) -> None:
         due_after = self._lease.total_seconds() / 3
         now = self._clock()
         due = [
@@ -566,11 +602,15 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
             return
         claims = [state.claim for state in due if state.claim is not None]
         try:
-            held = await self._store.renew(claims, self._lease)
+            # Within a third of the lease: the next attempt still comes in time.
+            async with asyncio.timeout(due_after):
+                held = await self._store.renew(claims, self._lease)
         except TRANSIENT_ERRORS as error:
             await self._log.awarning("consumer.renew-failed", error=_describe(error))
             return
         for state in due:
+            if state.claim is None or state.busy:
+                continue  # let go meanwhile, or its batch renews it
             if state.claim in held:
                 state.renewed_at = now
             else:
@@ -636,7 +676,11 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
                     if applied:
                         await self._processor.process_batch(applied, transaction)
                         await transaction.write_batch_states()
-                    await self._store.advance(transaction, claim, last, self._lease)
+                    # Only from where the batch was read: a commit this consumer
+                    # was told of but the server lost must not let it skip events.
+                    await self._store.advance(
+                        transaction, claim, last, self._lease, expected=state.position
+                    )
             except ParkedStreamsChangedError as changed:
                 # A retry applied those streams' dead letters: apply their events.
                 await state.log.ainfo(
@@ -764,6 +808,7 @@ def make_transactional_consumer(
     event_reader: EventReader | None = None,
     metrics: NodeMetrics | None = None,
     concurrent_sources: bool = False,
+    batch_timeout: timedelta | None = timedelta(seconds=30),
 ) -> TransactionalConsumer:
     """A subscriber for ``subscription_requests`` whose batches go to ``processor``.
 
@@ -786,6 +831,9 @@ def make_transactional_consumer(
     the database's) and each parked event. With ``concurrent_sources`` a round
     takes one batch of every source at once (one connection each) rather than one
     after another: for catching up, such as a rebuild.
+    A batch (read, process, commit) still running after ``batch_timeout`` is
+    abandoned and retried (``None``: no limit), so that one blocked source holds
+    the others up for that long at most.
     """
     if not subscription_requests:
         raise ValueError(
@@ -800,6 +848,8 @@ def make_transactional_consumer(
         raise ValueError(f"poison_attempts must be at least 1, got {poison_attempts}")
     if claim_lease <= timedelta(0):
         raise ValueError(f"claim_lease must be positive, got {claim_lease}")
+    if batch_timeout is not None and batch_timeout <= timedelta(0):
+        raise ValueError(f"batch_timeout must be positive, got {batch_timeout}")
     try:
         policy = PoisonPolicy(on_poison)
     except ValueError:
@@ -827,4 +877,5 @@ def make_transactional_consumer(
         poison_order=order,
         metrics=metrics,
         concurrent_sources=concurrent_sources,
+        batch_timeout=batch_timeout,
     )

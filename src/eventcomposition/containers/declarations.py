@@ -160,6 +160,7 @@ class EventRuntimeContainer(containers.DeclarativeContainer):
         node_id=node_id,
         batch_size=settings.provided.consumers.batch_size,
         claim_lease=settings.provided.consumers.claim_lease,
+        batch_timeout=settings.provided.consumers.batch_timeout,
         on_poison=settings.provided.consumers.on_poison,
         poison_attempts=settings.provided.consumers.poison_attempts,
         poison_order=settings.provided.consumers.poison_order,

@@ -21,7 +21,7 @@ from ..broker import (
     ReleaseCheck,
     allocation_strategy,
 )
-from ..database import PostgresDatabase
+from ..database import ConnectionTimeouts, PostgresDatabase
 from ..metrics import NodeMetrics
 from ..retry import Backoff
 from ..runtime import EventConsumerSettings, error_handler_for
@@ -115,4 +115,13 @@ def postgres_database(postgres: PostgresSettings) -> PostgresDatabase:
         max_size=postgres.pool_max_size,
         connect_timeout=postgres.connect_timeout,
         required_privileges=NODE_PRIVILEGES,
+        timeouts=connection_timeouts(postgres),
+    )
+
+
+def connection_timeouts(postgres: PostgresSettings) -> ConnectionTimeouts:
+    return ConnectionTimeouts(
+        idle_in_transaction=postgres.idle_in_transaction_timeout,
+        tcp_user_timeout=postgres.tcp_user_timeout,
+        keepalives_idle=postgres.keepalives_idle,
     )

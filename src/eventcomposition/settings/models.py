@@ -133,6 +133,13 @@ class PostgresSettings(_Section):
     pool_min_size: int = Field(default=1, ge=0)
     pool_max_size: int = Field(default=10, ge=1)
     connect_timeout: int = Field(default=5, ge=1, description="whole seconds")
+    # How long a lost peer can hold anything up (see database.ConnectionTimeouts):
+    # the server ends a session idle in a transaction this long (freeing its
+    # locks), and both ends drop a connection whose data stays unacknowledged
+    # this long. Both at most consumers.claim_lease.
+    idle_in_transaction_timeout: Interval = timedelta(seconds=5)
+    tcp_user_timeout: Interval = timedelta(seconds=5)
+    keepalives_idle: Interval = timedelta(seconds=2)
 
     @model_validator(mode="after")
     def _pool_bounds_are_ordered(self) -> Self:
@@ -241,6 +248,9 @@ class ConsumerSettings(_Section):
     # Transactional (batched) consumers.
     batch_size: int = Field(default=500, ge=1)
     claim_lease: Interval = timedelta(seconds=10)
+    # A batch (read, process, commit) still running after this is abandoned,
+    # rolled back and retried: how long one blocked source can hold up the others.
+    batch_timeout: Interval = timedelta(seconds=30)
     on_poison: Annotated[PoisonPolicy, BeforeValidator(_lower)] = PoisonPolicy.PARK
     poison_attempts: int = Field(default=3, ge=1)
     poison_order: Annotated[PoisonOrder, BeforeValidator(_lower)] = PoisonOrder.STREAM
@@ -371,6 +381,24 @@ class EventCompositionSettings(BaseSettings):
                 "broker neither coordinates nor shares work",
                 {"role": str(self.node.role)},
             )
+        return self
+
+    @model_validator(mode="after")
+    def _lost_peers_are_noticed_within_the_lease(self) -> Self:
+        # A holder cut off inside a batch keeps its claim row locked until the
+        # server ends its session: longer than the lease, and the takeover the
+        # lease promises waits for it.
+        if self.storage.type != "postgres":
+            return self
+        for name in ("idle_in_transaction_timeout", "tcp_user_timeout"):
+            if getattr(self.storage.postgres, name) > self.consumers.claim_lease:
+                raise PydanticCustomError(
+                    "timeout_longer_than_lease",
+                    "storage.postgres.{name} must not exceed consumers.claim_lease: "
+                    "a holder cut off mid-batch would delay its takeover past the "
+                    "lease; lower it or raise the lease",
+                    {"name": name},
+                )
         return self
 
     @model_validator(mode="after")

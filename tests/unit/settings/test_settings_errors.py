@@ -342,3 +342,21 @@ def test_a_bad_duration_says_what_a_duration_may_look_like(
     )
     assert "ISO 8601 duration (PT30S, PT5M, PT1H30M)" in message
     assert "invalid character" not in message
+
+
+def test_a_postgres_timeout_longer_than_the_claim_lease_is_an_error(
+    write_settings: WriteSettings,
+) -> None:
+    directory = write_settings(
+        {
+            "base": '[storage]\ntype = "postgres"\n'
+            "[storage.postgres]\nidle_in_transaction_timeout = 12\n"
+            "[consumers]\nclaim_lease = 10\n"
+        }
+    )
+
+    message = str(load_error(directory))
+
+    assert "idle_in_transaction_timeout must not exceed consumers.claim_lease" in (
+        message
+    )
