@@ -12,7 +12,6 @@ a running cluster are tested in test_rebalancing_processes.py.
 """
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
@@ -22,7 +21,6 @@ from typing import Any
 
 import psycopg
 import pytest
-import structlog
 from logicblocks.event.projection import (
     PostgresProjectionStorageAdapter,
     ProjectionStore,
@@ -65,6 +63,8 @@ from eventcomposition.testing.processes import (
 )
 from eventcomposition.testing.pytest_plugin import postgres_unavailable
 from eventcomposition.testing.waiting import wait_until
+
+pytestmark = pytest.mark.usefixtures("quiet_test_process_logs")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SETTINGS_DIR = PROJECT_ROOT / "settings"
@@ -337,30 +337,6 @@ def error_lines(completed: CompletedNode) -> list[str]:
 
 
 # -- fixtures ----------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def quiet_test_process_logs() -> Iterator[None]:
-    """Publishing in this process logs every event at INFO: keep it to warnings."""
-    config = structlog.get_config()
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING)
-    )
-    try:
-        yield
-    finally:
-        structlog.configure(**config)
-
-
-@pytest.fixture
-def nodes(tmp_path: Path) -> Iterator[NodeProcesses]:
-    log_dir = tmp_path / "node-logs"
-    with NodeProcesses(log_dir=log_dir) as started:
-        yield started
-    # Shown by pytest when the test fails.
-    print(f"every node's whole output: {log_dir}")
-    for node in started:
-        print(f"{node!r}\n{node.output_tail(15)}")
 
 
 @pytest.fixture

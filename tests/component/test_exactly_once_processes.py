@@ -8,13 +8,11 @@ with exactly one row per event.
 """
 
 import asyncio
-import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from logicblocks.event.store import EventStore, PostgresEventStorageAdapter
 from logicblocks.event.types import NewEvent
 from psycopg import AsyncConnection
@@ -34,6 +32,8 @@ from eventcomposition.testing.processes import (
     node_environment,
 )
 from eventcomposition.testing.waiting import wait_until
+
+pytestmark = pytest.mark.usefixtures("quiet_test_process_logs")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SETTINGS_DIR = PROJECT_ROOT / "settings"
@@ -61,30 +61,6 @@ CHECKPOINT = (
 )
 
 type Pool = AsyncConnectionPool[AsyncConnection[Any]]
-
-
-@pytest.fixture(autouse=True)
-def quiet_test_process_logs() -> Iterator[None]:
-    """Publishing in this process logs every event at INFO: keep it to warnings."""
-    config = structlog.get_config()
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING)
-    )
-    try:
-        yield
-    finally:
-        structlog.configure(**config)
-
-
-@pytest.fixture
-def nodes(tmp_path: Path) -> Iterator[NodeProcesses]:
-    log_dir = tmp_path / "node-logs"
-    with NodeProcesses(log_dir=log_dir) as started:
-        yield started
-    # Shown by pytest when the test fails.
-    print(f"every node's whole output: {log_dir}")
-    for node in started:
-        print(f"{node!r}\n{node.output_tail(15)}")
 
 
 async def fetch(pool: Pool, query: str, *params: object) -> list[tuple[Any, ...]]:

@@ -9,9 +9,7 @@ events: each event once, at version 2's factor.
 """
 
 import asyncio
-import logging
 import socket
-from collections.abc import Iterator
 from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
@@ -19,7 +17,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-import structlog
 from logicblocks.event.store import EventStore, PostgresEventStorageAdapter
 from logicblocks.event.types import NewEvent
 from psycopg import AsyncConnection
@@ -34,6 +31,8 @@ from eventcomposition.testing.processes import (
     setting_variable,
 )
 from eventcomposition.testing.waiting import wait_until
+
+pytestmark = pytest.mark.usefixtures("quiet_test_process_logs")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SETTINGS_DIR = PROJECT_ROOT / "settings"
@@ -63,28 +62,6 @@ def http_on(port: int) -> dict[str, str]:
         setting_variable("http.enabled"): "true",
         setting_variable("http.port"): str(port),
     }
-
-
-@pytest.fixture(autouse=True)
-def quiet_test_process_logs() -> Iterator[None]:
-    config = structlog.get_config()
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING)
-    )
-    try:
-        yield
-    finally:
-        structlog.configure(**config)
-
-
-@pytest.fixture
-def nodes(tmp_path: Path) -> Iterator[NodeProcesses]:
-    log_dir = tmp_path / "node-logs"
-    with NodeProcesses(log_dir=log_dir) as started:
-        yield started
-    print(f"every node's whole output: {log_dir}")
-    for node in started:
-        print(f"{node!r}\n{node.output_tail(15)}")
 
 
 async def fetch(pool: Pool, query: str, *params: object) -> list[tuple[Any, ...]]:
