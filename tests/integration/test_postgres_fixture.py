@@ -1,9 +1,12 @@
 """The throwaway PostgreSQL server and the pytest fixtures built on it."""
 
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -302,3 +305,64 @@ def test_a_failing_initdb_is_reported_with_its_output_and_a_fix() -> None:
     assert not server.is_running
     with pytest.raises(PostgresServerError):
         _ = server.data_dir
+
+
+SIGTERMED_RUN = """
+import time
+from pathlib import Path
+
+
+def test_holds_the_server(postgres_server):
+    Path("server-data").write_text(str(postgres_server.data_dir))
+    time.sleep({seconds})
+"""
+
+
+def test_a_run_ended_by_sigterm_still_stops_and_removes_its_server(
+    tmp_path: Path,
+) -> None:
+    test_file = tmp_path / "test_inner.py"
+    test_file.write_text(SIGTERMED_RUN.format(seconds=INNER_TEST_TIMEOUT))
+    inner = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "eventcomposition.testing.pytest_plugin",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            str(test_file),
+        ],
+        cwd=tmp_path,
+        env=inner_environment(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    marker = tmp_path / "server-data"
+    data_dir: Path | None = None
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), "the inner run never started its server"
+        data_dir = Path(marker.read_text())
+        assert (data_dir / "postmaster.pid").exists()
+
+        inner.send_signal(signal.SIGTERM)
+
+        assert inner.wait(timeout=30) != 0
+        assert not data_dir.exists(), "the server was left behind"
+    finally:
+        if inner.poll() is None:
+            inner.kill()
+            inner.wait()
+        if data_dir is not None and (data_dir / "postmaster.pid").exists():
+            # Left behind (the behaviour this test guards against): end that
+            # server, which this test's own child started, and remove it.
+            os.kill(int((data_dir / "postmaster.pid").read_text().split()[0]), 9)
+        if data_dir is not None and data_dir.parent.name.startswith(
+            "eventcomposition-postgres-"
+        ):
+            shutil.rmtree(data_dir.parent, ignore_errors=True)

@@ -15,11 +15,17 @@ Load with ``-p eventcomposition.testing.pytest_plugin`` or, in a top-level
   shut down or restart the server, whatever ``postgres_server`` is (~1.5 s each).
 
 Tests using any of them are marked ``postgres``.
+
+A run ended by SIGTERM (a CI timeout, a supervisor) is interrupted as by Ctrl-C, so
+that the fixtures' teardown still stops and removes the servers it started.
 """
 
 import asyncio
 import os
+import signal
+import threading
 from collections.abc import AsyncIterator, Iterator
+from types import FrameType
 from typing import Any, NoReturn
 
 import psycopg
@@ -52,6 +58,7 @@ POSTGRES_FIXTURES = frozenset(
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    interrupt_on_sigterm()
     config.addinivalue_line(
         "markers",
         f"{POSTGRES_MARKER}: needs a real PostgreSQL server (a throwaway one unless "
@@ -63,6 +70,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if POSTGRES_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(POSTGRES_MARKER)
+
+
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM interrupt the run like Ctrl-C (``KeyboardInterrupt``), so that
+    fixtures are torn down; left alone when something else already handles it."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupted)
+
+
+def _interrupted(signum: int, frame: FrameType | None) -> NoReturn:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
 def running_in_ci() -> bool:
