@@ -357,6 +357,9 @@ async def test_a_retry_waits_for_a_batch_parking_behind_its_letters(
     await publish(pool, "orders", 1, 2, stream="a")
     await publish(pool, "orders", 1, 100, stream="b")
     handler.gate = asyncio.Event()
+    # Entered again only by this batch, once it holds a's letters (the first batch
+    # set the old event: waiting on it let the retry race ahead of the batch).
+    handler.entered = asyncio.Event()
     batch = asyncio.create_task(consumer.consume_all())
     await asyncio.wait_for(handler.entered.wait(), 10)
     retry = asyncio.create_task(
