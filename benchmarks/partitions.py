@@ -4,7 +4,7 @@ N stored orders over S customer streams in the one ``orders`` category:
 
 - In process (as benchmark 8): one ``make_transactional_consumer`` subscriber with
   the aggregating ``TotalsBatchProcessor`` drains the backlog reading the whole
-  category (with and without ``read_ahead``), 1 partition of 1, and all 16
+  category (without and with ``read_ahead``), 1 partition of 1, and all 16
   partitions of 16; and the per-event handler style on the same data
   (``FoldingTotalsEventHandler``: per-event code folding into
   ``transaction.batch_state``) over the 16 partitions. Each beside a raw read of
@@ -88,7 +88,7 @@ class Variant:
 
     sources: Sequence[EventSourceIdentifier]
     handler: bool = False
-    read_ahead: bool = True
+    read_ahead: bool = False
 
     def processor(self) -> Processor:
         return FoldingTotalsEventHandler() if self.handler else TotalsBatchProcessor()
@@ -144,7 +144,7 @@ async def in_process(ctx: BenchContext, template: ConnectionInfo, events: int) -
     partitioned = list(partitions_of(NAMES.category, DEFAULT_PARTITION_COUNT))
     variants = {
         "whole category": Variant(whole_category),
-        "whole category, no read-ahead": Variant(whole_category, read_ahead=False),
+        "whole category, read-ahead": Variant(whole_category, read_ahead=True),
         "1 partition of 1": Variant(list(partitions_of(NAMES.category, 1))),
         PARTITIONED: Variant(partitioned),
         HANDLER: Variant(partitioned, handler=True),

@@ -551,7 +551,7 @@ async def test_the_transactional_consumer_provider_runs_an_event_handler() -> No
     settings = load_settings(
         "test",
         settings_dir=SETTINGS_DIR,
-        consumers={"poison_order": "none", "read_ahead": False},
+        consumers={"poison_order": "none", "read_ahead": True},
     )
     async with container_for_test(HandlerApp, settings=settings) as container:
         runtime = await resolve(container.runtime)
@@ -560,7 +560,7 @@ async def test_the_transactional_consumer_provider_runs_an_event_handler() -> No
         (registration,) = await resolve(container.consumers)
         assert isinstance(registration.consumer, TransactionalConsumer)
         assert registration.consumer.poison_order is PoisonOrder.NONE
-        assert registration.consumer.read_ahead is False
+        assert registration.consumer.read_ahead is True
 
         async with runtime:
             await wait_until(lambda: container.handler().ids == orders)

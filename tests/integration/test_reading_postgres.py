@@ -113,6 +113,7 @@ async def test_reading_ahead_among_out_of_order_commits_skips_and_repeats_nothin
         processor=processor,
         batch_size=7,  # full batches, so each reads the next one ahead
         node_id="node",
+        read_ahead=True,
     )
     assert consumer.read_ahead
     await consumer.accept(store(postgres_pool).category(category="orders"))

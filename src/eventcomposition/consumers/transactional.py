@@ -204,7 +204,7 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
         metrics: NodeMetrics | None = None,
         concurrent_sources: bool = False,
         batch_timeout: timedelta | None = timedelta(seconds=30),
-        read_ahead: bool = True,
+        read_ahead: bool = False,
     ) -> None:
         super().__init__(
             group=group,
@@ -872,7 +872,7 @@ def make_transactional_consumer(
     metrics: NodeMetrics | None = None,
     concurrent_sources: bool = False,
     batch_timeout: timedelta | None = timedelta(seconds=30),
-    read_ahead: bool = True,
+    read_ahead: bool = False,
 ) -> TransactionalConsumer:
     """A subscriber for ``subscription_requests`` whose batches go to ``processor``.
 
