@@ -549,7 +549,9 @@ async def test_a_layered_application_runs_its_node_on_postgres(
 
 async def test_the_transactional_consumer_provider_runs_an_event_handler() -> None:
     settings = load_settings(
-        "test", settings_dir=SETTINGS_DIR, consumers={"poison_order": "none"}
+        "test",
+        settings_dir=SETTINGS_DIR,
+        consumers={"poison_order": "none", "read_ahead": True},
     )
     async with container_for_test(HandlerApp, settings=settings) as container:
         runtime = await resolve(container.runtime)
@@ -558,6 +560,7 @@ async def test_the_transactional_consumer_provider_runs_an_event_handler() -> No
         (registration,) = await resolve(container.consumers)
         assert isinstance(registration.consumer, TransactionalConsumer)
         assert registration.consumer.poison_order is PoisonOrder.NONE
+        assert registration.consumer.read_ahead is True
 
         async with runtime:
             await wait_until(lambda: container.handler().ids == orders)

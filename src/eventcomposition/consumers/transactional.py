@@ -108,7 +108,31 @@ class _Source:
     retry_at: float = 0.0
     floors: tuple[Floor, ...] = ()
     """A partition's floors after a repartition: events applied before it."""
+    read_ahead: "_ReadAhead | None" = field(default=None, repr=False)
+    """The read of the next batch, begun while this one is applied."""
     log: Any = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class _ReadAhead:
+    """The read of a source's events after ``after``, running or done.
+
+    A read returns the events after ``after`` up to the visibility horizon, all
+    final: whenever it ran, its events are those a read from ``after`` would
+    return now (or a prefix of them, the horizon having moved on). It is used
+    only when the checkpoint is ``after``, so it neither skips nor repeats."""
+
+    after: int
+    task: "asyncio.Task[Sequence[StoredEvent]]"
+
+    def drop(self) -> None:
+        self.task.cancel()
+
+
+def _retrieve(task: "asyncio.Task[Sequence[StoredEvent]]") -> None:
+    # A read ahead nobody awaits must not log "exception was never retrieved".
+    if not task.cancelled():
+        task.exception()
 
 
 def _category_of(source: EventSourceIdentifier) -> str | None:
@@ -180,6 +204,7 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
         metrics: NodeMetrics | None = None,
         concurrent_sources: bool = False,
         batch_timeout: timedelta | None = timedelta(seconds=30),
+        read_ahead: bool = False,
     ) -> None:
         super().__init__(
             group=group,
@@ -203,6 +228,8 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
         self._clock = clock
         self._metrics = metrics or NodeMetrics()
         self._concurrent = concurrent_sources
+        # Concurrent sources overlap one another already, each on a connection.
+        self._read_ahead = read_ahead and not concurrent_sources
         self._batch_timeout = (
             None if batch_timeout is None else batch_timeout.total_seconds()
         )
@@ -236,6 +263,12 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
     def poison_order(self) -> PoisonOrder:
         """Whether the later events of a parked event's stream wait behind it."""
         return self._poison_order
+
+    @property
+    def read_ahead(self) -> bool:
+        """Whether a source's next batch is read while its current one is applied
+        (off with ``concurrent_sources``)."""
+        return self._read_ahead
 
     @property
     def checkpoint_store(self) -> CheckpointStore:
@@ -307,6 +340,9 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
     async def _let_go(self, state: _Source) -> None:
         if self._sources.get(state.identifier) is state and state.withdrawn:
             del self._sources[state.identifier]
+        ahead, state.read_ahead = state.read_ahead, None
+        if ahead is not None:
+            ahead.drop()
         claim, state.claim = state.claim, None
         if claim is None:
             return
@@ -511,11 +547,12 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
             if self._in_stream_order:
                 state.parked = await self._store.parked_streams(self.group, state.key)
             state.position_loaded = True
-        events = await self._reader.read(
-            state.identifier, after=state.position, limit=self._batch_size
-        )
+        events = await self._read(state)
         if not events:
             return False
+        full = len(events) == self._batch_size
+        if full and self._read_ahead:
+            self._begin_read_ahead(state, events[-1].sequence_number)
         try:
             applied = await self._apply_unless_floored(state, events)
         except ClaimLostError as error:
@@ -523,7 +560,33 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
             state.claim = None
             state.position_loaded = False
             return False
-        return applied and len(events) == self._batch_size
+        finally:
+            ahead = state.read_ahead
+            if ahead is not None and ahead.after != state.position:
+                state.read_ahead = None  # not applied up to its start
+                ahead.drop()
+        return applied and full
+
+    async def _read(self, state: _Source) -> Sequence[StoredEvent]:
+        """The next batch of ``state``'s source: the read begun ahead when it
+        starts at the checkpoint, else a read now."""
+        ahead, state.read_ahead = state.read_ahead, None
+        if ahead is not None:
+            if ahead.after == state.position:
+                return await ahead.task
+            ahead.drop()
+        return await self._reader.read(
+            state.identifier, after=state.position, limit=self._batch_size
+        )
+
+    def _begin_read_ahead(self, state: _Source, after: int) -> None:
+        """Read the batch after ``after`` (on a connection of its own) while this
+        one is applied and committed: the database reads while Python applies."""
+        task = asyncio.create_task(
+            self._reader.read(state.identifier, after=after, limit=self._batch_size)
+        )
+        task.add_done_callback(_retrieve)
+        state.read_ahead = _ReadAhead(after, task)
 
     async def _apply_unless_floored(
         self, state: _Source, events: Sequence[StoredEvent]
@@ -809,6 +872,7 @@ def make_transactional_consumer(
     metrics: NodeMetrics | None = None,
     concurrent_sources: bool = False,
     batch_timeout: timedelta | None = timedelta(seconds=30),
+    read_ahead: bool = False,
 ) -> TransactionalConsumer:
     """A subscriber for ``subscription_requests`` whose batches go to ``processor``.
 
@@ -834,6 +898,9 @@ def make_transactional_consumer(
     A batch (read, process, commit) still running after ``batch_timeout`` is
     abandoned and retried (``None``: no limit), so that one blocked source holds
     the others up for that long at most.
+    With ``read_ahead`` (not with ``concurrent_sources``), while a full batch is
+    applied and committed the next batch of its source is read, on a second
+    connection: a source catching up then reads as the database applies.
     """
     if not subscription_requests:
         raise ValueError(
@@ -878,4 +945,5 @@ def make_transactional_consumer(
         metrics=metrics,
         concurrent_sources=concurrent_sources,
         batch_timeout=batch_timeout,
+        read_ahead=read_ahead,
     )

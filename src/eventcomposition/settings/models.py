@@ -251,6 +251,10 @@ class ConsumerSettings(_Section):
     # A batch (read, process, commit) still running after this is abandoned,
     # rolled back and retried: how long one blocked source can hold up the others.
     batch_timeout: Interval = timedelta(seconds=30)
+    # Read a source's next batch (on a second connection) while its current one
+    # is applied and committed, so that the database reads as Python applies.
+    # Off: no gain measured yet on a loaded 2-core machine (see docs/guide/consumers.md).
+    read_ahead: bool = False
     on_poison: Annotated[PoisonPolicy, BeforeValidator(_lower)] = PoisonPolicy.PARK
     poison_attempts: int = Field(default=3, ge=1)
     poison_order: Annotated[PoisonOrder, BeforeValidator(_lower)] = PoisonOrder.STREAM
