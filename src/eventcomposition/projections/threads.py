@@ -2,10 +2,10 @@
 
 A rebuild reads and writes large batches: in the node's event loop, each batch's
 parsing would hold the live consumers' turns back by tens of milliseconds at every
-await. On its own thread the interpreter switches between the two every few
-milliseconds (``sys.getswitchinterval``), so the live version keeps its latency
-while the rebuild runs flat out. The thread has its own connection pool (psycopg's
-async connections belong to one event loop).
+await. On its own thread the interpreter switches between the two, and the rebuild
+gives way to the live version (``yielding``: its pool waits while a live poll runs,
+and the switch interval is shortened while it runs). The thread has its own
+connection pool (psycopg's async connections belong to one event loop).
 """
 
 import asyncio
@@ -22,6 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from ..consumers.transactional import TransactionalConsumer
 from .catalog import ProjectionCatalog
+from .yielding import LiveWork, YieldingPool, shorter_switch_interval
 
 type Pool = AsyncConnectionPool[AsyncConnection[Any]]
 type Work = Callable[
@@ -33,7 +34,9 @@ _JOIN_TIMEOUT = 30.0
 
 class RebuildThread:
     """Runs ``work`` with the consumer ``make_consumer`` makes on the thread's own
-    pool, until ``stop``; then releases the consumer's claims."""
+    pool, until ``stop``; then releases the consumer's claims. The pool gives way
+    to ``live`` work for up to ``yield_longest`` seconds at each connection it
+    hands out (see ``yielding``)."""
 
     def __init__(
         self,
@@ -42,8 +45,12 @@ class RebuildThread:
         conninfo: str,
         make_consumer: Callable[[Pool], TransactionalConsumer],
         work: Work,
+        live: LiveWork | None = None,
+        yield_longest: float = 0.1,
         pool_size: int = 6,
     ) -> None:
+        self._live = live or LiveWork()
+        self._yield_longest = yield_longest
         self._conninfo = conninfo
         self._make_consumer = make_consumer
         self._work = work
@@ -94,12 +101,18 @@ class RebuildThread:
         await asyncio.wrap_future(future)
 
     def _main(self) -> None:
-        asyncio.run(self._run())
+        with shorter_switch_interval():
+            asyncio.run(self._run())
 
     async def _run(self) -> None:
         try:
-            pool: Pool = AsyncConnectionPool(
-                self._conninfo, min_size=1, max_size=self._pool_size, open=False
+            pool: Pool = YieldingPool(
+                self._conninfo,
+                live=self._live,
+                longest=self._yield_longest,
+                min_size=1,
+                max_size=self._pool_size,
+                open=False,
             )
             await pool.open(wait=True, timeout=30)
         except BaseException as error:
