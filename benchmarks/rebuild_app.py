@@ -2,10 +2,10 @@
 
 A versioned projection (group ``rebuild-bench``, stable schema ``rebuild_bench``)
 over four categories, of plain inserts: one row per event in ``rows``. While
-rebuilding, a batch is written with one bulk statement (``INSERT ... SELECT FROM
-unnest(arrays)``, or ``COPY`` when the benchmark sets ``REBUILD_BENCH_COPY=1``: the
-application's own choice, which ``transaction.rebuilding`` allows); live batches
-with a multi-row insert. Once a live batch has committed, it logs the numbers
+rebuilding, a batch is written in bulk: with ``COPY`` (``projections.bulk.copy_rows``,
+the application's opt-in, which ``transaction.rebuilding`` allows), or with one
+``INSERT ... SELECT FROM unnest(arrays)`` when ``REBUILD_BENCH_WRITE=unnest``; live
+batches with a multi-row insert. Once a live batch has committed, it logs the numbers
 (payload ``live``) of its events and the wall-clock time, so the benchmark, which
 noted the time just before publishing each, reads publish-to-committed latencies
 from the node's log.
@@ -22,6 +22,8 @@ from logicblocks.event.types import CategoryIdentifier, StoredEvent
 from eventcomposition.consumers import BatchProcessor, Transaction
 from eventcomposition.containers import EventRuntimeContainer
 from eventcomposition.projections import VersionedProjection
+from eventcomposition.projections.bulk import copy_rows
+from eventcomposition.projections.consumer import DEFAULT_REBUILD_BATCH_SIZE
 from eventcomposition.runtime import SubscriptionConsumerRegistration
 from eventcomposition.schema import Migration
 
@@ -30,8 +32,10 @@ GROUP = "rebuild-bench"
 SCHEMA = "rebuild_bench"
 CATEGORIES = [f"bench-{n}" for n in range(4)]
 COMMITTED = "rebuild-bench.committed"
-REBUILD_BATCH_SIZE = int(os.environ.get("REBUILD_BENCH_BATCH_SIZE", "5000"))
-COPY = os.environ.get("REBUILD_BENCH_COPY") == "1"
+REBUILD_BATCH_SIZE = int(
+    os.environ.get("REBUILD_BENCH_BATCH_SIZE") or DEFAULT_REBUILD_BATCH_SIZE
+)
+WRITE = os.environ.get("REBUILD_BENCH_WRITE", "copy")
 ROWS = Migration(
     "rows", "CREATE TABLE rows (seq bigint NOT NULL, category text NOT NULL)"
 )
@@ -47,16 +51,16 @@ class PlainRows(BatchProcessor):
         self, events: Sequence[StoredEvent], transaction: Transaction
     ) -> None:
         started = time.time()
+        if transaction.rebuilding and WRITE == "copy":
+            await copy_rows(
+                transaction,
+                "rows",
+                ("seq", "category"),
+                [(event.sequence_number, event.category) for event in events],
+                types=("int8", "text"),
+            )
+            return
         async with transaction.connection.cursor() as cursor:
-            if transaction.rebuilding and COPY:
-                async with cursor.copy("COPY rows (seq, category) FROM STDIN") as copy:
-                    await copy.write(
-                        "".join(
-                            f"{event.sequence_number}\t{event.category}\n"
-                            for event in events
-                        )
-                    )
-                return
             if transaction.rebuilding:
                 await cursor.execute(
                     "INSERT INTO rows (seq, category) "
