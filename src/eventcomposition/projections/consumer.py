@@ -60,7 +60,7 @@ from .versions import (
     rebuild_progress,
     stable_schema_name,
 )
-from .yielding import LiveWork, YieldingPool
+from .yielding import LiveWork, not_yielding
 
 logger = structlog.get_logger("eventcomposition.projections")
 
@@ -173,7 +173,7 @@ class VersionedConsumer(EventSubscriptionConsumer[StoredEvent]):
         rebuild_pause: timedelta = timedelta(milliseconds=100),
         swap_timeout: timedelta = timedelta(seconds=5),
         swap_within: int = 500,
-        rebuild_yield: timedelta = timedelta(milliseconds=100),
+        rebuild_yield: timedelta = timedelta(milliseconds=50),
         metrics: NodeMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -489,7 +489,6 @@ class VersionedConsumer(EventSubscriptionConsumer[StoredEvent]):
         whenever it is close to the live version. Runs on the rebuild's thread,
         with that thread's ``consumer`` and ``catalog``."""
         failures = 0
-        pool = catalog.pool
         while True:
             try:
                 await consumer.consume_all()
@@ -497,11 +496,7 @@ class VersionedConsumer(EventSubscriptionConsumer[StoredEvent]):
                 if await self._close_to_live(version, catalog):
                     # The swap freezes the live version: catch up without
                     # waiting for live work (none can run).
-                    with (
-                        pool.not_yielding()
-                        if isinstance(pool, YieldingPool)
-                        else contextlib.nullcontext()
-                    ):
+                    with not_yielding():
                         swapped = await catalog.swap(
                             version.group,
                             version.version,

@@ -3,8 +3,8 @@
 A rebuild reads and writes large batches: in the node's event loop, each batch's
 parsing would hold the live consumers' turns back by tens of milliseconds at every
 await. On its own thread the interpreter switches between the two, and the rebuild
-gives way to the live version (``yielding``: its pool waits while a live poll runs,
-and the switch interval is shortened while it runs). The thread has its own
+gives way to the live version (``yielding``: its event loop waits while a live
+poll runs, and the switch interval is shortened while it runs). The thread has its own
 connection pool (psycopg's async connections belong to one event loop).
 """
 
@@ -22,7 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from ..consumers.transactional import TransactionalConsumer
 from .catalog import ProjectionCatalog
-from .yielding import LiveWork, YieldingPool, shorter_switch_interval
+from .yielding import LiveWork, YieldingLoop, shorter_switch_interval
 
 type Pool = AsyncConnectionPool[AsyncConnection[Any]]
 type Work = Callable[
@@ -34,9 +34,9 @@ _JOIN_TIMEOUT = 30.0
 
 class RebuildThread:
     """Runs ``work`` with the consumer ``make_consumer`` makes on the thread's own
-    pool, until ``stop``; then releases the consumer's claims. The pool gives way
-    to ``live`` work for up to ``yield_longest`` seconds at each connection it
-    hands out (see ``yielding``)."""
+    pool, until ``stop``; then releases the consumer's claims. Its event loop
+    gives way to ``live`` work for up to ``yield_longest`` seconds before each
+    iteration (see ``yielding``)."""
 
     def __init__(
         self,
@@ -46,7 +46,7 @@ class RebuildThread:
         make_consumer: Callable[[Pool], TransactionalConsumer],
         work: Work,
         live: LiveWork | None = None,
-        yield_longest: float = 0.1,
+        yield_longest: float = 0.05,
         pool_size: int = 6,
     ) -> None:
         self._live = live or LiveWork()
@@ -102,17 +102,15 @@ class RebuildThread:
 
     def _main(self) -> None:
         with shorter_switch_interval():
-            asyncio.run(self._run())
+            asyncio.run(
+                self._run(),
+                loop_factory=lambda: YieldingLoop(self._live, self._yield_longest),
+            )
 
     async def _run(self) -> None:
         try:
-            pool: Pool = YieldingPool(
-                self._conninfo,
-                live=self._live,
-                longest=self._yield_longest,
-                min_size=1,
-                max_size=self._pool_size,
-                open=False,
+            pool: Pool = AsyncConnectionPool(
+                self._conninfo, min_size=1, max_size=self._pool_size, open=False
             )
             await pool.open(wait=True, timeout=30)
         except BaseException as error:

@@ -3,101 +3,107 @@
 A rebuild runs on a thread of the node's process (``threads``), beside the live
 consumers on the node's event loop. Both need the interpreter (one thread runs
 Python at a time) and the database. Flat out, the rebuild would hold the live
-version's every step back: each time a live statement's answer arrives, the node's
-loop waits for the interpreter, which the rebuild's thread gives up only every
-switch interval (5 ms by default), and each live statement queues behind the
+version's every step back: each time an answer to a live statement arrives, the
+node's loop waits for the interpreter, which the rebuild's thread gives up only
+every switch interval (5 ms by default), and live statements queue behind the
 rebuild's at the database. So, while a rebuild runs on a node:
 
-- ``LiveWork`` counts the live consumers' polls in progress (set on the node's
-  loop, read on the rebuild's thread);
-- the rebuild's pool (``YieldingPool``) hands out no connection while a live poll
-  runs (up to ``longest`` seconds, so that a busy live version slows the rebuild
-  down but never stops it): the rebuild starts no statement, and no work on its
-  results, until the live poll has committed;
-- the interpreter's switch interval is shortened (``shorter_switch_interval``),
-  so that the node's loop gets the interpreter back within about a millisecond of
-  an answer, not five.
+- ``LiveWork`` tells whether a live poll is in progress (set on the node's loop,
+  read on the rebuild's thread);
+- the rebuild's event loop (``YieldingLoop``) waits, before each of its
+  iterations, while a live poll runs (blocked, holding neither the interpreter nor
+  a core), at most ``longest`` seconds at a time, so that a busy live version
+  slows the rebuild down but never stops it: the rebuild starts no statement and
+  handles no result until the live poll has committed;
+- the interpreter's switch interval is shortened (``shorter_switch_interval``), so
+  that the node's loop gets the interpreter back within about a millisecond when
+  the rebuild is in the middle of a step (decoding a batch, say).
 
-The rebuild keeps its speed: it waits only while live work runs (a few
-milliseconds per live batch), and a shorter switch interval costs nothing while
-no other thread asks for the interpreter.
+The rebuild keeps its speed otherwise: it waits only while live work runs (a few
+milliseconds per live batch), and a shorter switch interval costs nothing while no
+other thread asks for the interpreter.
 """
 
 import asyncio
 import contextlib
 import sys
 import threading
-import time
 from collections.abc import Iterator
-from typing import Any
-
-from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
 
 REBUILD_SWITCH_INTERVAL = 0.001
 """The interpreter's switch interval (seconds) while a rebuild runs in the process."""
 
-_CHECK_EVERY = 0.001
-
 
 class LiveWork:
-    """How many live polls are in progress on the node's loop; thread-safe."""
+    """Whether live polls are in progress on the node's loop; thread-safe."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._running = 0
+        self._idle = threading.Event()
+        self._idle.set()
 
     @property
     def running(self) -> bool:
-        return self._running > 0
+        return not self._idle.is_set()
 
     @contextlib.contextmanager
     def poll(self) -> Iterator[None]:
         """Mark a live poll in progress for the block's duration."""
         with self._lock:
             self._running += 1
+            self._idle.clear()
         try:
             yield
         finally:
             with self._lock:
                 self._running -= 1
+                if self._running == 0:
+                    self._idle.set()
 
-    async def finished(self, longest: float) -> None:
-        """Return once no live poll runs, or after ``longest`` seconds."""
-        if not self.running:
-            return
-        deadline = time.monotonic() + longest
-        # Live polls run on another thread's loop: no asyncio.Event can tell.
-        while self.running and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(_CHECK_EVERY)
+    def wait_finished(self, longest: float) -> bool:
+        """Block (the calling thread) until no live poll runs, at most ``longest``
+        seconds; True if none runs."""
+        return self._idle.wait(longest)
 
 
-class YieldingPool(AsyncConnectionPool[AsyncConnection[Any]]):
-    """A connection pool whose ``getconn`` first waits for ``live`` work to finish
-    (at most ``longest`` seconds), unless ``yielding`` is off (a swap, which has
-    frozen the live version, must not wait for it)."""
+class YieldingLoop(asyncio.SelectorEventLoop):
+    """The rebuild's event loop: before each iteration, while ``live`` work runs
+    and ``yielding`` is on, it waits for it (at most ``longest`` seconds)."""
 
-    def __init__(
-        self, conninfo: str, *, live: LiveWork, longest: float, **kwargs: Any
-    ) -> None:
-        super().__init__(conninfo, **kwargs)
+    def __init__(self, live: LiveWork, longest: float) -> None:
+        super().__init__()
         self.live = live
         self.longest = longest
         self.yielding = True
 
-    async def getconn(self, timeout: float | None = None) -> AsyncConnection[Any]:  # noqa: ASYNC109
-        if self.yielding:
-            await self.live.finished(self.longest)
-        return await super().getconn(timeout)
+    def _run_once(self) -> None:
+        # asyncio's loop runs one iteration (select, then the ready callbacks) per
+        # _run_once: the one place to wait before any of the rebuild's steps.
+        if self.yielding and self.live.running:
+            self.live.wait_finished(self.longest)
+        super()._run_once()  # type: ignore[misc]
 
     @contextlib.contextmanager
     def not_yielding(self) -> Iterator[None]:
-        """No waiting for live work within the block."""
+        """No waiting for live work within the block (a swap has frozen the live
+        version: its poll waits for the swap, which must not wait for it)."""
         self.yielding = False
         try:
             yield
         finally:
             self.yielding = True
+
+
+@contextlib.contextmanager
+def not_yielding() -> Iterator[None]:
+    """``YieldingLoop.not_yielding`` of the running loop, if it is one."""
+    loop = asyncio.get_running_loop()
+    if isinstance(loop, YieldingLoop):
+        with loop.not_yielding():
+            yield
+    else:
+        yield
 
 
 _switch_lock = threading.Lock()

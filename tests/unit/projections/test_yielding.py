@@ -7,16 +7,15 @@ import time
 
 from eventcomposition.projections.yielding import (
     LiveWork,
+    YieldingLoop,
+    not_yielding,
     shorter_switch_interval,
 )
 
 
-async def test_waits_while_a_live_poll_runs_and_no_longer() -> None:
+def test_the_rebuilds_loop_waits_while_a_live_poll_runs() -> None:
     live = LiveWork()
-    started = time.monotonic()
-    await live.finished(5.0)
-    assert time.monotonic() - started < 0.05  # nothing runs: no wait
-
+    loop = YieldingLoop(live, longest=5.0)
     ended_at: list[float] = []
     polling = threading.Event()
 
@@ -26,25 +25,52 @@ async def test_waits_while_a_live_poll_runs_and_no_longer() -> None:
             time.sleep(0.2)
             ended_at.append(time.monotonic())
 
-    thread = threading.Thread(target=poll_on_another_thread)
-    thread.start()
-    assert await asyncio.to_thread(polling.wait, 5.0)
-    await live.finished(5.0)
-    waited_until = time.monotonic()
-    thread.join()
-    assert not live.running
-    assert ended_at, "returned before the poll ended"
-    assert waited_until >= ended_at[0]
-    assert waited_until - ended_at[0] < 2.0  # not the whole 5 s
+    async def a_step() -> float:
+        await asyncio.sleep(0)
+        return time.monotonic()
 
-
-async def test_waits_at_most_the_longest_time() -> None:
-    live = LiveWork()
-    with live.poll():
+    try:
         started = time.monotonic()
-        await live.finished(0.05)
-        waited = time.monotonic() - started
+        loop.run_until_complete(a_step())
+        assert time.monotonic() - started < 1.0  # nothing live runs: no wait
+
+        thread = threading.Thread(target=poll_on_another_thread)
+        thread.start()
+        assert polling.wait(5.0)
+        stepped_at = loop.run_until_complete(a_step())
+        thread.join()
+    finally:
+        loop.close()
+    assert not live.running
+    assert ended_at, "the live poll did not end"
+    assert stepped_at >= ended_at[0]  # the step waited for the live poll
+    assert stepped_at - ended_at[0] < 2.0  # and not for the whole 5 s
+
+
+def test_the_wait_is_bounded_and_a_swap_does_not_wait() -> None:
+    live = LiveWork()
+    loop = YieldingLoop(live, longest=0.05)
+
+    async def a_step() -> None:
+        await asyncio.sleep(0)
+
+    async def a_swap_step() -> None:
+        with not_yielding():
+            for _ in range(20):  # 20 iterations: 1 s if each waited
+                await asyncio.sleep(0)
+
+    try:
+        with live.poll():
+            started = time.monotonic()
+            loop.run_until_complete(a_step())
+            waited = time.monotonic() - started
+            started = time.monotonic()
+            loop.run_until_complete(a_swap_step())
+            swapping = time.monotonic() - started
+    finally:
+        loop.close()
     assert 0.05 <= waited < 1.0
+    assert swapping < 0.5
 
 
 def test_the_switch_interval_is_shorter_while_any_rebuild_runs() -> None:
