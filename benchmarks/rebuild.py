@@ -20,11 +20,14 @@ content does not matter here). Then, in the same run:
 - **rebuild**: ``ProjectionCatalog.request_rebuild`` starts version 2, which the
   observer builds from the first event (the application's bulk insert while
   ``transaction.rebuilding``) and swaps in once caught up, while the same steady
-  publishing goes on. The clock runs from the request to the swap (the node
-  notices the request within its refresh interval, 1 s). Live latency is that of
-  the events published from the request to the swap.
+  publishing goes on. Its rate is timed from its start on the node to the swap
+  (the node's log), and, as a user waits, from the request to the swap (the node
+  notices a request within its refresh interval, 1 s, then prepares the version's
+  schema). Live latency is that of the events published from the request to the
+  swap. The node's CPU per rebuilt event (user + system, all its threads, live
+  work included) is what the rebuild costs it, whatever else the machine runs.
 
-Targets: rebuild >= 0.5 of the raw read's events/s; live p99 <= 50 ms during the
+Targets: the rebuild's rate >= 0.5 of the raw read's; live p99 <= 50 ms during the
 rebuild. ``--quick``: 100,000 events, one run; full: 1,000,000 events, 3 runs.
 """
 
@@ -36,6 +39,7 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +78,7 @@ from .rebuild_app import (
 )
 
 NAME = "rebuild"
+SWAPPED = "projection.swapped"
 RATE = 50.0
 TARGET_RATIO = 0.5
 TARGET_P99_SECONDS = 0.050
@@ -240,15 +245,30 @@ async def rebuild(node: Node, events: int) -> Json:
     during = {
         n for n in numbers if request_at <= node.sent_at[n] <= request_at + seconds
     }
+    building = logged_seconds(node.observer, "projection.rebuild-started", SWAPPED)
     return {
+        # From the request to the swap, as a user waits (the node notices the
+        # request within its refresh interval, 1 s, then prepares the schema).
         "seconds": seconds,
         "events_per_second": events / seconds,
+        # The rebuild itself, from its start on the node to the swap (its log).
+        "building_seconds": building,
+        "building_events_per_second": events / building,
         # The observer's CPU (user + system, all its threads) per rebuilt event:
         # what the rebuild costs the node, whatever else runs on the machine.
         "observer_cpu_seconds": cpu,
         "observer_cpu_us_per_event": 1e6 * cpu / events,
         "live_during_rebuild": latency_summary(node, during, request_at),
     }
+
+
+def logged_seconds(observer: NodeProcess, first: str, last: str) -> float:
+    """Seconds between the observer's first ``first`` and last ``last`` records."""
+    begun = observer.logs(first)[0]["timestamp"]
+    ended = observer.logs(last)[-1]["timestamp"]
+    return (
+        datetime.fromisoformat(ended) - datetime.fromisoformat(begun)
+    ).total_seconds()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -359,7 +379,11 @@ async def one_run(
         drop_database(admin, database.dbname)
     result["live_alone"] = alone
     result["raw_read_events_per_second"] = raw.as_json()
-    result["ratio_to_raw_read"] = result["events_per_second"] / raw.median
+    # The target's ratio: the rebuild's own rate (start to swap) to the raw read's.
+    result["ratio_to_raw_read"] = result["building_events_per_second"] / raw.median
+    result["request_to_swap_ratio_to_raw_read"] = (
+        result["events_per_second"] / raw.median
+    )
     return result
 
 
@@ -421,11 +445,12 @@ def report(ctx: BenchContext, events: int, runs: list[Json], extra: Json) -> Non
         during, alone = result["live_during_rebuild"], result["live_alone"]
         rows.append(
             [
+                f"{result['building_events_per_second']:,.0f}",
                 f"{result['events_per_second']:,.0f}",
                 f"{result['raw_read_events_per_second']['median']:,.0f}",
                 f"{result['ratio_to_raw_read']:.2f}",
                 "met" if result["ratio_to_raw_read"] >= TARGET_RATIO else "MISSED",
-                f"{result['seconds']:.1f}",
+                f"{result['building_seconds']:.1f}",
                 f"{result['observer_cpu_us_per_event']:.1f}",
                 f"{alone['p99_ms']:.0f}",
                 f"{during['p50_ms']:.0f}",
@@ -439,6 +464,7 @@ def report(ctx: BenchContext, events: int, runs: list[Json], extra: Json) -> Non
             "rebuild of N events on one observer beside the raw read; live latency (ms)",
             [
                 "rebuild events/s",
+                "request to swap",
                 "raw read events/s",
                 "ratio",
                 ">= 0.5",
