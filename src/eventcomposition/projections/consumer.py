@@ -530,6 +530,7 @@ class VersionedConsumer(EventSubscriptionConsumer[StoredEvent]):
     ) -> bool:
         live = self._live
         if live is None:
+            self._advanced = False
             return False
         live_positions = await catalog.positions(live.version.checkpoint_group)
         building_positions = await catalog.positions(version.checkpoint_group)
