@@ -22,7 +22,12 @@ from psycopg_pool import AsyncConnectionPool
 
 from ..consumers.transactional import TransactionalConsumer
 from .catalog import ProjectionCatalog
-from .yielding import LiveWork, YieldingLoop, shorter_switch_interval
+from .yielding import (
+    LiveWork,
+    YieldingLoop,
+    freeze_long_lived,
+    shorter_switch_interval,
+)
 
 type Pool = AsyncConnectionPool[AsyncConnection[Any]]
 type Work = Callable[
@@ -66,6 +71,7 @@ class RebuildThread:
     ) -> None:
         """Start the thread, its consumer holding ``sources``; raises what kept it
         from starting."""
+        freeze_long_lived()
         self._thread.start()
         await asyncio.wrap_future(self._started)
         for source in sources:

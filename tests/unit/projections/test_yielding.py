@@ -1,6 +1,7 @@
 """A rebuild gives way to the live version's polls (``projections.yielding``)."""
 
 import asyncio
+import gc
 import sys
 import threading
 import time
@@ -8,6 +9,7 @@ import time
 from eventcomposition.projections.yielding import (
     LiveWork,
     YieldingLoop,
+    freeze_long_lived,
     not_yielding,
     shorter_switch_interval,
 )
@@ -81,3 +83,12 @@ def test_the_switch_interval_is_shorter_while_any_rebuild_runs() -> None:
             assert sys.getswitchinterval() == 0.001
         assert sys.getswitchinterval() == 0.001  # the first still runs
     assert sys.getswitchinterval() == original
+
+
+def test_the_long_lived_objects_leave_the_collectors_sight() -> None:
+    gc.unfreeze()
+    try:
+        freeze_long_lived()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
