@@ -14,9 +14,11 @@ content does not matter here). Then, in the same run:
   own transaction, to a random one of the 4 categories; an event's latency runs
   from just before its publish call to the observer's commit of the batch that
   applied it (the processor logs the wall-clock time from the commit callback);
-- **raw read**: the same N events read with one plain query (``SELECT * ... WHERE
-  category = ANY(...) ORDER BY sequence_number``, every row fetched into Python),
-  three times, the median;
+- **raw read**: the same N events read with one plain query (the reader's nine
+  columns ``... WHERE category = ANY(...) ORDER BY sequence_number``, every row
+  fetched into Python as a tuple, the payloads decoded by the reader's JSON loader,
+  orjson: like for like with the consumers' reader, as in the throughput
+  benchmark), three times, the median;
 - **rebuild**: ``ProjectionCatalog.request_rebuild`` starts version 2, which the
   observer builds from the first event (the application's bulk insert while
   ``transaction.rebuilding``) and swaps in once caught up, while the same steady
@@ -40,6 +42,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +52,7 @@ from logicblocks.event.types import JsonValue, NewEvent
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from eventcomposition.consumers.decoding import EVENT_COLUMNS, use_fast_json
 from eventcomposition.projections import ProjectionCatalog, VersionState
 from eventcomposition.schema import migrate
 from eventcomposition.testing import (
@@ -85,8 +89,8 @@ TARGET_P99_SECONDS = 0.050
 START_TIMEOUT = 90.0
 REBUILD_TIMEOUT = 900.0
 RAW_QUERY = (
-    "SELECT * FROM events WHERE category = ANY(%s) AND sequence_number <= %s "
-    "ORDER BY sequence_number"
+    f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE category = ANY(%s) "
+    "AND sequence_number <= %s ORDER BY sequence_number"
 )
 STORE_EVENTS = """
 INSERT INTO events (id, name, stream, category, position, payload, observed_at,
@@ -277,7 +281,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def raw_read_rate(database: ConnectionInfo, events: int) -> float:
+def raw_read_rate(
+    database: ConnectionInfo, events: int, *, fast_json: bool = True
+) -> float:
+    """Events/s of one plain read of the first ``events`` events, as tuples of the
+    reader's columns, the payloads decoded as the consumers' reader does
+    (``fast_json``: orjson) or with the standard library."""
     with psycopg.connect(database.conninfo) as connection:
         row = connection.execute(
             "SELECT sequence_number FROM events ORDER BY sequence_number "
@@ -285,8 +294,11 @@ def raw_read_rate(database: ConnectionInfo, events: int) -> float:
             [events - 1],
         ).fetchone()
         last = int(row[0]) if row else 0
+        cursor = connection.cursor()
+        if fast_json:
+            use_fast_json(cursor)
         started = time.perf_counter()
-        rows = connection.execute(RAW_QUERY, (CATEGORIES, last)).fetchall()
+        rows = cursor.execute(RAW_QUERY, (CATEGORIES, last)).fetchall()
         seconds = time.perf_counter() - started
     if len(rows) != events:
         raise RuntimeError(f"read {len(rows)} events, expected {events}")
@@ -364,6 +376,9 @@ async def one_run(
                     for _ in "abc"
                 ]
             )
+            stdlib = await asyncio.to_thread(
+                partial(raw_read_rate, database, events, fast_json=False)
+            )
             result = await rebuild(node, events)
         with psycopg.connect(database.conninfo) as connection:
             row = connection.execute(
@@ -379,6 +394,9 @@ async def one_run(
         drop_database(admin, database.dbname)
     result["live_alone"] = alone
     result["raw_read_events_per_second"] = raw.as_json()
+    # The same read decoding payloads with the standard library's json (the
+    # figure earlier versions of this benchmark compared with).
+    result["raw_read_stdlib_json_events_per_second"] = stdlib
     # The target's ratio: the rebuild's own rate (start to swap) to the raw read's.
     result["ratio_to_raw_read"] = result["building_events_per_second"] / raw.median
     result["request_to_swap_ratio_to_raw_read"] = (
