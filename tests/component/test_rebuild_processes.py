@@ -6,6 +6,10 @@ PostgreSQL while the test publishes events and reads the projection's stable nam
 requested; one observer is SIGKILLed while it rebuilds. Every read must show one
 version whole, and version 2 must end equal to the projection computed from the
 events: each event once, at version 2's factor.
+
+The issue's live latency target during a rebuild (p99 <= 50 ms) is a speed target:
+it is measured by ``benchmarks/rebuild.py`` (an observer process rebuilding while a
+separate process publishes), not asserted here.
 """
 
 import asyncio

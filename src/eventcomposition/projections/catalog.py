@@ -401,6 +401,8 @@ class ProjectionCatalog:
         frozen = {
             str(source): int(position) for source, position in await cursor.fetchall()
         }
+        # The live version stands still until this transaction ends: no pause
+        # after this node's own catch-up (other nodes' shares are waited for).
         deadline = time.monotonic() + within
         while not caught_up(
             frozen, await _positions(connection, building.checkpoint_group)
@@ -409,6 +411,10 @@ class ProjectionCatalog:
                 raise _NotCaughtUp()
             if catch_up is not None:
                 await catch_up()
+                if caught_up(
+                    frozen, await _positions(connection, building.checkpoint_group)
+                ):
+                    break
             await asyncio.sleep(_RETRY_PAUSE)
         await _fence(connection, live.checkpoint_group, f"retired by v{version}")
         await _point_views(connection, building)

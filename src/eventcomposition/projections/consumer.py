@@ -22,7 +22,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -60,8 +60,12 @@ from .versions import (
     rebuild_progress,
     stable_schema_name,
 )
+from .yielding import LiveWork, not_yielding
 
 logger = structlog.get_logger("eventcomposition.projections")
+
+DEFAULT_REBUILD_BATCH_SIZE = 5000
+"""Events per batch while rebuilding, unless a projection says otherwise."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,7 @@ class VersionedProjection:
     migrations: Sequence[MigrationDeclaration] = ()
     stable_schema: str | None = None
     retired_grace: timedelta | None = None
-    rebuild_batch_size: int = 5000
+    rebuild_batch_size: int = DEFAULT_REBUILD_BATCH_SIZE
 
     @property
     def schema(self) -> str:
@@ -168,6 +172,8 @@ class VersionedConsumer(EventSubscriptionConsumer[StoredEvent]):
         refresh_interval: timedelta = timedelta(seconds=1),
         rebuild_pause: timedelta = timedelta(milliseconds=100),
         swap_timeout: timedelta = timedelta(seconds=5),
+        swap_within: int = 500,
+        rebuild_yield: timedelta = timedelta(milliseconds=50),
         metrics: NodeMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -185,6 +191,13 @@ class VersionedConsumer(EventSubscriptionConsumer[StoredEvent]):
         self._refresh_every = refresh_interval.total_seconds()
         self._rebuild_pause = rebuild_pause.total_seconds()
         self._swap_timeout = swap_timeout
+        self._swap_within = swap_within
+        self._rebuild_yield = rebuild_yield.total_seconds()
+        self._live_work = LiveWork()
+        self._swapped = False
+        # Whether the rebuild's checkpoints moved since the last look.
+        self._building_total = 0
+        self._advanced = False
         self._metrics = metrics or NodeMetrics()
         self._clock = clock
         self._allocated: dict[EventSourceIdentifier, EventSource[Any, Any]] = {}
@@ -292,12 +305,52 @@ class VersionedConsumer(EventSubscriptionConsumer[StoredEvent]):
     async def consume_all(self) -> None:
         await self._refresh_if_due()
         if self._live is not None:
-            await self._live.consumer.consume_all()
+            await self._poll_live(self._live.consumer.consume_all())
+        await self._after_swap()
 
     async def consume_categories(self, categories: frozenset[str]) -> None:
         await self._refresh_if_due()
         if self._live is not None:
-            await self._live.consumer.consume_categories(categories)
+            await self._poll_live(self._live.consumer.consume_categories(categories))
+        await self._after_swap()
+
+    async def _poll_live(self, poll: Coroutine[Any, Any, None]) -> None:
+        """Run a poll of the live version, the rebuild giving way meanwhile. A
+        claim lost during it while a rebuild runs may be the swap's fence (the
+        rebuild's thread may not have said so yet): follow at once."""
+        live = self._live
+        assert live is not None
+        held = len(live.consumer.claimed_sources)
+        try:
+            with self._live_work.poll():
+                await poll
+        finally:
+            if self._building is not None and len(live.consumer.claimed_sources) < held:
+                self._swapped = True
+
+    def next_poll_within(self) -> timedelta | None:
+        """At once after this node's rebuild swapped in (the new live version
+        takes over, see ``_after_swap``); else as the live version's consumer
+        asks (events waiting behind the visibility horizon)."""
+        if self._swapped:
+            return timedelta(0)
+        if self._live is None:
+            return None
+        return self._live.consumer.next_poll_within()
+
+    async def _after_swap(self) -> None:
+        """Once this node's rebuild has swapped in: follow at once, and poll every
+        source of the new live version. The old version's batch that the swap
+        froze was rolled back (its claim fenced), and its events' notifications
+        are spent: without this they would wait for the next safety-net poll."""
+        if not self._swapped:
+            return
+        self._swapped = False
+        before = self._live
+        await self.refresh()
+        if self._live is not None and self._live is not before:
+            with self._live_work.poll():
+                await self._live.consumer.consume_all()
 
     async def _refresh_if_due(self) -> None:
         if self._clock() - self._refreshed_at < self._refresh_every:
@@ -418,6 +471,8 @@ class VersionedConsumer(EventSubscriptionConsumer[StoredEvent]):
             conninfo=conninfo,
             make_consumer=make_consumer,
             work=work,
+            live=self._live_work,
+            yield_longest=self._rebuild_yield,
         )
         await runner.start(list(self._allocated.values()))
         return _Building(version=version, runner=runner)
@@ -437,20 +492,26 @@ class VersionedConsumer(EventSubscriptionConsumer[StoredEvent]):
         while True:
             try:
                 await consumer.consume_all()
+                pause = self._rebuild_pause
                 if await self._close_to_live(version, catalog):
-                    swapped = await catalog.swap(
-                        version.group,
-                        version.version,
-                        catch_up=consumer.consume_all,
-                        within=self._swap_timeout,
-                    )
+                    # The swap freezes the live version: catch up without
+                    # waiting for live work (none can run).
+                    with not_yielding():
+                        swapped = await catalog.swap(
+                            version.group,
+                            version.version,
+                            catch_up=consumer.consume_all,
+                            within=self._swap_timeout,
+                        )
                     if swapped:
                         self._refreshed_at = -math.inf  # follow at the next poll
+                        self._swapped = True
                         self._metrics.rebuild_progressed(
                             version.group, version.version, 1.0
                         )
+                elif self._advanced:
+                    pause = 0.0  # applied events and still behind: go on
                 failures = 0
-                pause = self._rebuild_pause
             except asyncio.CancelledError:
                 raise
             except Exception as error:
@@ -469,17 +530,21 @@ class VersionedConsumer(EventSubscriptionConsumer[StoredEvent]):
     ) -> bool:
         live = self._live
         if live is None:
+            self._advanced = False
             return False
         live_positions = await catalog.positions(live.version.checkpoint_group)
         building_positions = await catalog.positions(version.checkpoint_group)
+        total = sum(building_positions.values())
+        self._advanced, self._building_total = total > self._building_total, total
         self._progress = rebuild_progress(
             live.version, version, live_positions, building_positions
         )
         self._metrics.rebuild_progressed(
             version.group, version.version, self._progress.progress
         )
-        limit = self._projection.rebuild_batch_size * max(1, len(live_positions))
-        return self._progress.behind <= limit
+        # The swap freezes the live version while the rebuild catches up the
+        # rest: attempt it only when that rest is small.
+        return self._progress.behind <= self._swap_within
 
 
 def _no_delegates(source: EventSource[EventSourceIdentifier, Any]) -> Any:

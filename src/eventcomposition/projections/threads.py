@@ -2,10 +2,10 @@
 
 A rebuild reads and writes large batches: in the node's event loop, each batch's
 parsing would hold the live consumers' turns back by tens of milliseconds at every
-await. On its own thread the interpreter switches between the two every few
-milliseconds (``sys.getswitchinterval``), so the live version keeps its latency
-while the rebuild runs flat out. The thread has its own connection pool (psycopg's
-async connections belong to one event loop).
+await. On its own thread the interpreter switches between the two, and the rebuild
+gives way to the live version (``yielding``: its event loop waits while a live
+poll runs, and the switch interval is shortened while it runs). The thread has its own
+connection pool (psycopg's async connections belong to one event loop).
 """
 
 import asyncio
@@ -22,6 +22,12 @@ from psycopg_pool import AsyncConnectionPool
 
 from ..consumers.transactional import TransactionalConsumer
 from .catalog import ProjectionCatalog
+from .yielding import (
+    LiveWork,
+    YieldingLoop,
+    freeze_long_lived,
+    shorter_switch_interval,
+)
 
 type Pool = AsyncConnectionPool[AsyncConnection[Any]]
 type Work = Callable[
@@ -33,7 +39,9 @@ _JOIN_TIMEOUT = 30.0
 
 class RebuildThread:
     """Runs ``work`` with the consumer ``make_consumer`` makes on the thread's own
-    pool, until ``stop``; then releases the consumer's claims."""
+    pool, until ``stop``; then releases the consumer's claims. Its event loop
+    gives way to ``live`` work for up to ``yield_longest`` seconds before each
+    iteration (see ``yielding``)."""
 
     def __init__(
         self,
@@ -42,8 +50,12 @@ class RebuildThread:
         conninfo: str,
         make_consumer: Callable[[Pool], TransactionalConsumer],
         work: Work,
+        live: LiveWork | None = None,
+        yield_longest: float = 0.05,
         pool_size: int = 6,
     ) -> None:
+        self._live = live or LiveWork()
+        self._yield_longest = yield_longest
         self._conninfo = conninfo
         self._make_consumer = make_consumer
         self._work = work
@@ -59,6 +71,7 @@ class RebuildThread:
     ) -> None:
         """Start the thread, its consumer holding ``sources``; raises what kept it
         from starting."""
+        freeze_long_lived()
         self._thread.start()
         await asyncio.wrap_future(self._started)
         for source in sources:
@@ -94,7 +107,11 @@ class RebuildThread:
         await asyncio.wrap_future(future)
 
     def _main(self) -> None:
-        asyncio.run(self._run())
+        with shorter_switch_interval():
+            asyncio.run(
+                self._run(),
+                loop_factory=lambda: YieldingLoop(self._live, self._yield_longest),
+            )
 
     async def _run(self) -> None:
         try:

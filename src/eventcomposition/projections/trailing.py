@@ -17,7 +17,11 @@ from ..consumers.subscription import source_key
 
 class TrailingReader(EventReader):
     """Reads a source up to the live version's checkpoint of it (nothing of a
-    source the live version has not checkpointed)."""
+    source the live version has not checkpointed).
+
+    A live checkpoint only moves forward, so a bound read once stays safe: while
+    a source's reads are below it (catching up), they use it without asking the
+    database again; the bound is read anew only once reached."""
 
     def __init__(
         self,
@@ -28,12 +32,19 @@ class TrailingReader(EventReader):
         self._inner = inner
         self._checkpoints = checkpoint_store
         self._live_group = live_group
+        self._bounds: dict[tuple[str, str], int] = {}
 
     async def read(
         self, source: EventSourceIdentifier, *, after: int | None, limit: int
     ) -> Sequence[StoredEvent]:
-        bound = await self._checkpoints.position(self._live_group(), source_key(source))
-        if bound is None or (after is not None and after >= bound):
+        key = (self._live_group(), source_key(source))
+        bound = self._bounds.get(key)
+        if bound is None or after is None or after >= bound:
+            bound = await self._checkpoints.position(*key)
+            if bound is None:
+                return []
+            self._bounds[key] = bound
+        if after is not None and after >= bound:
             return []
         events = await self._inner.read(source, after=after, limit=limit)
         return [event for event in events if event.sequence_number <= bound]

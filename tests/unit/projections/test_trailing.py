@@ -83,3 +83,37 @@ async def test_each_round_refreshes_the_wrapped_readers_horizon() -> None:
 
     assert inner.refreshes == 2
     assert await reader.held_back({LEFT: 3}) == {LEFT}
+
+
+class CountingCheckpoints(InMemoryCheckpointStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = 0
+
+    async def position(self, group: str, source: str) -> int | None:
+        self.asked += 1
+        return await super().position(group, source)
+
+
+async def test_a_bound_is_read_again_only_once_reached() -> None:
+    events = EventStore(adapter=InMemoryEventStorageAdapter())
+    await events.stream(category="left", stream="s").publish(
+        events=[NewEvent(name="e", payload={"n": n}) for n in range(10)]
+    )
+    checkpoints = CountingCheckpoints()
+    reader = TrailingReader(HeadsOf(events, {}), checkpoints, lambda: "live")
+    await live_at(checkpoints, "left", 5)
+
+    read = [e.sequence_number for e in await reader.read(LEFT, after=None, limit=2)]
+    read += [e.sequence_number for e in await reader.read(LEFT, after=1, limit=2)]
+    read += [e.sequence_number for e in await reader.read(LEFT, after=3, limit=9)]
+    assert read == [0, 1, 2, 3, 4, 5]
+    assert checkpoints.asked == 1  # catching up below the bound: no more questions
+
+    await live_at(checkpoints, "left", 8)
+    assert [e.sequence_number for e in await reader.read(LEFT, after=5, limit=9)] == [
+        6,
+        7,
+        8,
+    ]
+    assert checkpoints.asked == 2

@@ -1,0 +1,245 @@
+"""``projections status GROUP --follow`` as a user sees it: a live progress bar with
+an estimate of the time left on a terminal (a pseudo-terminal read by a VT100
+emulator, pyte), plain lines when stdout is a pipe.
+
+No node runs: the test moves the building version's checkpoints itself (what the
+nodes' rebuild does), then swaps it in, so the progress is exactly known.
+"""
+
+import fcntl
+import os
+import re
+import struct
+import subprocess
+import sys
+import termios
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pyte
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from eventcomposition.projections import ProjectionCatalog
+from eventcomposition.schema import Migration
+from eventcomposition.testing.postgres import ConnectionInfo
+from eventcomposition.testing.processes import node_environment
+from eventcomposition.testing.waiting import wait_until
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+SETTINGS_DIR = PROJECT_ROOT / "settings"
+GROUP = "tally"
+TALLY = Migration("tally", "CREATE TABLE tally (n bigint)")
+SOURCES = ("tally-0", "tally-1")
+LIVE_AT = 1000
+FOLLOW = [
+    sys.executable,
+    "-m",
+    "eventcomposition",
+    "projections",
+    "status",
+    GROUP,
+    "--follow",
+    "--interval",
+    "0.1",
+]
+COLUMNS, LINES = 100, 30
+TIMEOUT = 30.0
+ETA = re.compile(r"\b\d+:\d\d:\d\d\b")
+
+type Pool = AsyncConnectionPool[AsyncConnection[Any]]
+
+
+class Terminal:
+    """A command on a pseudo-terminal, its screen kept by pyte."""
+
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str]) -> None:
+        self._screen = pyte.Screen(COLUMNS, LINES)
+        self._stream = pyte.ByteStream(self._screen)
+        self._lock = threading.Lock()
+        self._master, slave = os.openpty()
+        fcntl.ioctl(
+            slave, termios.TIOCSWINSZ, struct.pack("HHHH", LINES, COLUMNS, 0, 0)
+        )
+        environment = {
+            name: value
+            for name, value in env.items()
+            if name not in {"COLUMNS", "LINES", "NO_COLOR", "TERM"}
+        }
+        self.process = subprocess.Popen(
+            list(argv),
+            env={**environment, "TERM": "xterm-256color"},
+            stdin=slave,
+            stdout=slave,
+            stderr=subprocess.PIPE,
+            cwd=PROJECT_ROOT,
+            start_new_session=True,
+        )
+        os.close(slave)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = os.read(self._master, 65536)
+            except OSError:  # EIO: the command closed the terminal
+                return
+            if not data:
+                return
+            with self._lock:
+                self._stream.feed(data)
+
+    def screen(self) -> str:
+        with self._lock:
+            return "\n".join(line.rstrip() for line in self._screen.display)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=10)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+        self._reader.join(timeout=10)
+        os.close(self._master)
+
+
+@contextmanager
+def terminal(argv: Sequence[str], env: Mapping[str, str]) -> Iterator[Terminal]:
+    running = Terminal(argv, env)
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+async def set_positions(pool: Pool, group: str, position: int) -> None:
+    async with pool.connection() as connection:
+        for source in SOURCES:
+            await connection.execute(
+                'INSERT INTO consumer_checkpoints ("group", source, sequence_number, '
+                "updated_at) VALUES (%s, %s, %s, now()) "
+                'ON CONFLICT ("group", source) DO UPDATE '
+                "SET sequence_number = EXCLUDED.sequence_number",
+                [group, source, position],
+            )
+
+
+async def a_running_rebuild(pool: Pool) -> ProjectionCatalog:
+    """Version 1 live at LIVE_AT in each source; version 2 prepared, at 0."""
+    catalog = ProjectionCatalog(pool)
+    await catalog.ensure_initial(GROUP, GROUP, [TALLY])
+    await set_positions(pool, GROUP, LIVE_AT)
+    await catalog.prepare(await catalog.request_rebuild(GROUP), [TALLY])
+    return catalog
+
+
+async def swap_in(pool: Pool, catalog: ProjectionCatalog) -> None:
+    await set_positions(pool, f"{GROUP}@v2", LIVE_AT)
+    assert await catalog.swap(GROUP, 2)
+
+
+def shows(follow: Terminal, text: str) -> Callable[[], bool]:
+    return lambda: text in bar_line(follow.screen())
+
+
+def bar_line(screen: str) -> str:
+    lines = [line for line in screen.splitlines() if line.startswith(f"{GROUP} v2 ")]
+    return lines[-1] if lines else ""
+
+
+async def test_on_a_terminal_a_bar_fills_with_its_estimate_then_the_final_line(
+    postgres_database: ConnectionInfo, postgres_pool: Pool
+) -> None:
+    catalog = await a_running_rebuild(postgres_pool)
+    environment = node_environment(postgres_database, settings_dir=SETTINGS_DIR)
+    with terminal(FOLLOW, environment) as follow:
+        await wait_until(
+            lambda: "0.0%" in bar_line(follow.screen()),
+            timeout=TIMEOUT,
+            description="the bar at 0%",
+        )
+        for done in (250, 500):
+            await set_positions(postgres_pool, f"{GROUP}@v2", done)
+            percent = f"{100 * done / LIVE_AT:.1f}%"
+            await wait_until(
+                shows(follow, percent),
+                timeout=TIMEOUT,
+                description=f"the bar at {percent}",
+            )
+        await wait_until(
+            lambda: bool(ETA.search(bar_line(follow.screen()))),
+            timeout=TIMEOUT,
+            description="an estimate of the time left",
+        )
+        halfway = bar_line(follow.screen())
+        # "tally v2 ━━━━━━━━━╺━━━━━━━━━  50.0% 0:00:01": the bar, drawn across.
+        bar = halfway.removeprefix(f"{GROUP} v2 ").split()[0]
+        assert len(bar) >= 10, halfway
+        assert set(bar) <= set("━╸╺"), halfway
+
+        await swap_in(postgres_pool, catalog)
+        assert follow.process.wait(timeout=TIMEOUT) == 0
+        await wait_until(
+            lambda: "version 2 of 'tally' is live" in follow.screen(),
+            timeout=TIMEOUT,
+            description="the final line",
+        )
+        screen = follow.screen()
+        assert "100.0%" in bar_line(screen), screen
+        assert screen.rstrip().splitlines()[-1] == "version 2 of 'tally' is live"
+        assert "Traceback" not in screen
+
+
+def start_piped(env: Mapping[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        FOLLOW,
+        env=env,
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+async def test_with_a_pipe_it_prints_plain_lines(
+    postgres_database: ConnectionInfo, postgres_pool: Pool
+) -> None:
+    catalog = await a_running_rebuild(postgres_pool)
+    environment = node_environment(postgres_database, settings_dir=SETTINGS_DIR)
+    lines: list[str] = []
+    with start_piped(environment) as follow:
+        assert follow.stdout is not None
+        reader = threading.Thread(
+            target=lambda: lines.extend(follow.stdout or ()), daemon=True
+        )
+        reader.start()
+        try:
+            # The status's own line, then the first of --follow's.
+            await wait_until(
+                lambda: sum("tally v2: 0.0% of live v1" in line for line in lines) >= 2,
+                timeout=TIMEOUT,
+                description="two lines at 0%",
+            )
+            await set_positions(postgres_pool, f"{GROUP}@v2", 500)
+            await wait_until(
+                lambda: any("tally v2: 50.0% of live v1" in line for line in lines),
+                timeout=TIMEOUT,
+                description="a line at 50%",
+            )
+            await swap_in(postgres_pool, catalog)
+            assert follow.wait(timeout=TIMEOUT) == 0
+            reader.join(timeout=TIMEOUT)
+        finally:
+            if follow.poll() is None:
+                follow.kill()
+    text = "".join(lines)
+    assert "\x1b" not in text, "no terminal codes in plain lines"
+    assert "tally v2: 50.0% of live v1, 1000 sequence numbers behind, about " in text
+    assert re.search(
+        r"50\.0% of live v1, 1000 sequence numbers behind, about \d+ s", text
+    )
+    assert lines[-1].rstrip("\n") == "version 2 of 'tally' is live"

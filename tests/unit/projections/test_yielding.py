@@ -1,0 +1,94 @@
+"""A rebuild gives way to the live version's polls (``projections.yielding``)."""
+
+import asyncio
+import gc
+import sys
+import threading
+import time
+
+from eventcomposition.projections.yielding import (
+    LiveWork,
+    YieldingLoop,
+    freeze_long_lived,
+    not_yielding,
+    shorter_switch_interval,
+)
+
+
+def test_the_rebuilds_loop_waits_while_a_live_poll_runs() -> None:
+    live = LiveWork()
+    loop = YieldingLoop(live, longest=5.0)
+    ended_at: list[float] = []
+    polling = threading.Event()
+
+    def poll_on_another_thread() -> None:
+        with live.poll():
+            polling.set()
+            time.sleep(0.2)
+            ended_at.append(time.monotonic())
+
+    async def a_step() -> float:
+        await asyncio.sleep(0)
+        return time.monotonic()
+
+    try:
+        started = time.monotonic()
+        loop.run_until_complete(a_step())
+        assert time.monotonic() - started < 1.0  # nothing live runs: no wait
+
+        thread = threading.Thread(target=poll_on_another_thread)
+        thread.start()
+        assert polling.wait(5.0)
+        stepped_at = loop.run_until_complete(a_step())
+        thread.join()
+    finally:
+        loop.close()
+    assert not live.running
+    assert ended_at, "the live poll did not end"
+    assert stepped_at >= ended_at[0]  # the step waited for the live poll
+    assert stepped_at - ended_at[0] < 2.0  # and not for the whole 5 s
+
+
+def test_the_wait_is_bounded_and_a_swap_does_not_wait() -> None:
+    live = LiveWork()
+    loop = YieldingLoop(live, longest=0.05)
+
+    async def a_step() -> None:
+        await asyncio.sleep(0)
+
+    async def a_swap_step() -> None:
+        with not_yielding():
+            for _ in range(20):  # 20 iterations: 1 s if each waited
+                await asyncio.sleep(0)
+
+    try:
+        with live.poll():
+            started = time.monotonic()
+            loop.run_until_complete(a_step())
+            waited = time.monotonic() - started
+            started = time.monotonic()
+            loop.run_until_complete(a_swap_step())
+            swapping = time.monotonic() - started
+    finally:
+        loop.close()
+    assert 0.05 <= waited < 1.0
+    assert swapping < 0.5
+
+
+def test_the_switch_interval_is_shorter_while_any_rebuild_runs() -> None:
+    original = sys.getswitchinterval()
+    with shorter_switch_interval(0.001):
+        assert sys.getswitchinterval() == 0.001
+        with shorter_switch_interval(0.001):
+            assert sys.getswitchinterval() == 0.001
+        assert sys.getswitchinterval() == 0.001  # the first still runs
+    assert sys.getswitchinterval() == original
+
+
+def test_the_long_lived_objects_leave_the_collectors_sight() -> None:
+    gc.unfreeze()
+    try:
+        freeze_long_lived()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
