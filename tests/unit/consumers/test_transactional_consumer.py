@@ -136,6 +136,7 @@ def consumer(
     poison_order: PoisonOrder = PoisonOrder.STREAM,
     clock: Clock | None = None,
     metrics: NodeMetrics | None = None,
+    concurrent_batches: int | None = 2,
 ) -> TransactionalConsumer:
     return TransactionalConsumer(
         group=GROUP,
@@ -153,6 +154,7 @@ def consumer(
         transient_backoff=Backoff(initial=timedelta(seconds=1)),
         clock=time.monotonic if clock is None else (lambda: clock.monotonic),
         metrics=metrics,
+        concurrent_batches=concurrent_batches,
     )
 
 
@@ -210,6 +212,7 @@ class TestBatches:
             recorder,
             categories=("orders-1", "orders-2"),
             batch_size=2,
+            concurrent_batches=1,  # one batch at a time: the turns show in order
         )
         await accept(subscriber, event_store, "orders-1", "orders-2")
 
