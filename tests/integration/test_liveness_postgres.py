@@ -296,7 +296,7 @@ class RecordingByCategory(BatchProcessor):
 
 
 async def test_a_source_blocked_in_its_commit_delays_no_other_source_of_the_node(
-    postgres_pool: Pool,
+    postgres_pool: Pool, postgres_database: ConnectionInfo
 ) -> None:
     """The runtime's service polls a consumer whose "stuck" source is blocked in
     its checkpoint statement (another session holds that row): "free" still
@@ -331,7 +331,7 @@ async def test_a_source_blocked_in_its_commit_delays_no_other_source_of_the_node
         "liveness", consumer, EventConsumerSettings(poll_interval=LEASE * 10)
     )
     running = asyncio.create_task(service.execute())
-    async with await AsyncConnection.connect(postgres_pool.conninfo) as locker:
+    async with await AsyncConnection.connect(postgres_database.conninfo) as locker:
         await locker.execute(
             "SELECT 1 FROM consumer_checkpoints "
             "WHERE \"group\" = %s AND source = 'stuck' FOR UPDATE",
