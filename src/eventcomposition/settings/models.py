@@ -249,7 +249,7 @@ class ConsumerSettings(_Section):
     batch_size: int = Field(default=500, ge=1)
     claim_lease: Interval = timedelta(seconds=10)
     # A batch (read, process, commit) still running after this is abandoned,
-    # rolled back and retried: how long one blocked source can hold up the others.
+    # rolled back and its source retried: how long a blocked source waits on itself.
     batch_timeout: Interval = timedelta(seconds=30)
     # Read a source's next batch (on a second connection) while its current one
     # is applied and committed, so that the database reads as Python applies.
