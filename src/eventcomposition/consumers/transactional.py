@@ -562,8 +562,20 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
         """Renew the claims that fall due while a poll or any source's run goes
         on, whatever the sources are waiting for."""
         while self._active():
-            await asyncio.sleep(self._lease.total_seconds() / 3)
-            await self._renew_due_claims()
+            await asyncio.sleep(self._until_a_renewal_is_due())
+            if self._active():  # between polls, each poll renews as it starts
+                await self._renew_due_claims()
+
+    def _until_a_renewal_is_due(self) -> float:
+        due_after = self._lease.total_seconds() / 3
+        renewed = [
+            state.renewed_at
+            for state in self._sources.values()
+            if state.claim is not None and not state.busy
+        ]
+        if not renewed:
+            return due_after
+        return max(0.01, min(renewed) + due_after - self._clock())
 
     async def _stop_renewals(self) -> None:
         renewer, self._renewer = self._renewer, None
