@@ -80,9 +80,9 @@ __all__ = [
 ]
 
 _HELD_BACK_FIRST = timedelta(milliseconds=2)
+_HELD_BACK_LONGEST = timedelta(milliseconds=500)
 _DEFAULT_CONCURRENT_BATCHES = 2
 _DEFAULT_SLOW_BATCH = timedelta(seconds=1)
-_HELD_BACK_LONGEST = timedelta(milliseconds=500)
 
 
 class SourcesStoppedError(EventCompositionError):
