@@ -31,6 +31,7 @@ from eventcomposition.consumers import (
     make_transactional_consumer,
 )
 from eventcomposition.database import ConnectionTimeouts, PostgresDatabase
+from eventcomposition.runtime import ConsumerService, EventConsumerSettings
 from eventcomposition.testing.postgres import ConnectionInfo
 from eventcomposition.testing.waiting import wait_until
 
@@ -282,3 +283,106 @@ async def test_a_commit_the_server_lost_does_not_make_the_consumer_skip_events(
         )
         counts = [count for _, count in await cursor.fetchall()]
     assert counts == [1, 1, 1]
+
+
+class RecordingByCategory(BatchProcessor):
+    def __init__(self) -> None:
+        self.applied: list[str] = []
+
+    async def process_batch(
+        self, events: Sequence[StoredEvent], transaction: Transaction
+    ) -> None:
+        self.applied.extend(event.category for event in events)
+
+
+async def test_a_source_blocked_in_its_commit_delays_no_other_source_of_the_node(
+    postgres_pool: Pool, postgres_database: ConnectionInfo
+) -> None:
+    """The runtime's service polls a consumer whose "stuck" source is blocked in
+    its checkpoint statement (another session holds that row): "free" still
+    applies each new event within a fraction of ``batch_timeout``, its claim stays
+    renewed, and a drain finishes the blocked batch before releasing."""
+    store = EventStore(
+        adapter=PostgresEventStorageAdapter(connection_source=postgres_pool)
+    )
+    checkpoints = PostgresCheckpointStore(postgres_pool)
+    processor = RecordingByCategory()
+    consumer = make_transactional_consumer(
+        event_store=store,
+        checkpoint_store=checkpoints,
+        subscriber_group=GROUP,
+        subscription_requests=[
+            CategoryIdentifier(category="free"),
+            CategoryIdentifier(category="stuck"),
+        ],
+        processor=processor,
+        claim_lease=LEASE,
+        batch_timeout=timedelta(seconds=20),
+    )
+    for category in ("free", "stuck"):
+        await consumer.accept(store.category(category=category))
+        await _publish(store, category)
+    await consumer.consume_all()  # both claimed, with checkpoints
+    epochs = await _epochs(postgres_pool)
+    stuck_at = await checkpoints.position(GROUP, "stuck")
+    assert stuck_at is not None
+    # The safety-net poll comes rarely (as with notifications on): wakes drive.
+    service = ConsumerService(
+        "liveness", consumer, EventConsumerSettings(poll_interval=LEASE * 10)
+    )
+    running = asyncio.create_task(service.execute())
+    async with await AsyncConnection.connect(postgres_database.conninfo) as locker:
+        await locker.execute(
+            "SELECT 1 FROM consumer_checkpoints "
+            "WHERE \"group\" = %s AND source = 'stuck' FOR UPDATE",
+            (GROUP,),
+        )
+        try:
+            await _publish(store, "stuck")
+            service.wake(["stuck"])
+            await wait_until(
+                lambda: _blocked_on_a_lock(locker),
+                timeout=10,
+                description="stuck's commit waiting on the checkpoint row",
+            )
+            for count in range(2, 6):
+                await _publish(store, "free")
+                service.wake(["free"])
+                started = time.monotonic()
+                await wait_until(
+                    lambda count=count: processor.applied.count("free") == count,  # type: ignore[misc]
+                    timeout=10,
+                    description=f"free's event {count} applied",
+                )
+                # Applied at its usual pace, not after stuck's 20 s.
+                assert time.monotonic() - started < 2
+                assert await _lease_left(postgres_pool, "free") > 0
+            assert await _epochs(postgres_pool) == epochs, "a claim was taken anew"
+            service.request_drain()
+            await asyncio.sleep(0.2)
+            assert not running.done(), "the drain did not wait for stuck's batch"
+        finally:
+            await locker.rollback()  # stuck's batch commits now
+    await asyncio.wait_for(running, 10)
+    assert processor.applied.count("stuck") == 2
+    assert (await checkpoints.position(GROUP, "stuck") or 0) > stuck_at
+    assert all(record.released for record in await checkpoints.claims(GROUP)), (
+        "the drain released the claims"
+    )
+
+
+async def _blocked_on_a_lock(locker: AsyncConnection[Any]) -> bool:
+    cursor = await locker.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+        "AND pid <> pg_backend_pid()"
+    )
+    row = await cursor.fetchone()
+    return row is not None and row[0] > 0
+
+
+async def _epochs(pool: Pool) -> dict[str, int]:
+    async with pool.connection() as connection:
+        cursor = await connection.execute(
+            'SELECT source, epoch FROM consumer_claims WHERE "group" = %s', (GROUP,)
+        )
+        return {source: int(epoch) for source, epoch in await cursor.fetchall()}

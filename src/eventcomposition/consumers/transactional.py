@@ -16,10 +16,18 @@ are parked behind it, as they come, while the other streams of the source go on;
 ``dead-letters retry`` applies a stream's parked events in order. Database outages
 are transient: the source backs off and tries again, and nothing is parked for them.
 
-A source that blocks (a database cut off, a lock that is not released) holds the
-others up for at most ``batch_timeout``: its turn is then abandoned (its
-transaction rolls back) and retried after a backoff. Leases are renewed meanwhile
-by a task of their own, so a blocked source never costs the others their claims.
+Each source progresses on its own: a poll sets going a run (a task) for each of
+its sources with events waiting, which takes batch after batch while a backlog
+lasts, at most ``concurrent_batches`` batches of the consumer at once (a batch
+running longer than ``slow_batch`` stops counting, so that hung sources cannot
+hold the bound). A source that blocks (a database cut off, a lock that is not
+released) therefore delays only itself, for at most ``batch_timeout``: its batch is
+then abandoned (its transaction rolls back) and retried after a backoff. A poll
+waits for its sources' runs unless told to stop waiting (``poll``'s
+``stop_waiting``, which the consumer service sets when the next poll is due or a
+wake comes); a run left going is reported by a later poll. Leases are renewed by
+a task of their own while anything runs, so a blocked source never costs the
+others their claims.
 """
 
 import asyncio
@@ -27,7 +35,7 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -73,6 +81,8 @@ __all__ = [
 
 _HELD_BACK_FIRST = timedelta(milliseconds=2)
 _HELD_BACK_LONGEST = timedelta(milliseconds=500)
+_DEFAULT_CONCURRENT_BATCHES = 2
+_DEFAULT_SLOW_BATCH = timedelta(seconds=1)
 
 
 class SourcesStoppedError(EventCompositionError):
@@ -98,6 +108,10 @@ class _Source:
     renewed_at: float = 0.0
     withdrawn: bool = False
     busy: bool = False
+    run: "asyncio.Task[None] | None" = field(default=None, repr=False)
+    """The task taking this source's batches, while it has any to take."""
+    again: bool = False
+    """A poll came while the run was busy: read once more after this batch."""
     stopped: str | None = None
     failing: tuple[int, int] | None = None
     """The sequence number of the event that failed last, and how often it did."""
@@ -205,6 +219,8 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
         concurrent_sources: bool = False,
         batch_timeout: timedelta | None = timedelta(seconds=30),
         read_ahead: bool = False,
+        concurrent_batches: int | None = _DEFAULT_CONCURRENT_BATCHES,
+        slow_batch: timedelta = _DEFAULT_SLOW_BATCH,
     ) -> None:
         super().__init__(
             group=group,
@@ -227,13 +243,19 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
         )
         self._clock = clock
         self._metrics = metrics or NodeMetrics()
-        self._concurrent = concurrent_sources
         # Concurrent sources overlap one another already, each on a connection.
         self._read_ahead = read_ahead and not concurrent_sources
         self._batch_timeout = (
             None if batch_timeout is None else batch_timeout.total_seconds()
         )
+        # concurrent_sources (a rebuild catching up): every source at once.
+        bound = None if concurrent_sources else concurrent_batches
+        self._permits = None if bound is None else asyncio.Semaphore(bound)
+        self._slow_batch = slow_batch.total_seconds()
         self._renewing = asyncio.Lock()
+        self._renewer: asyncio.Task[None] | None = None
+        self._polls = 0
+        self._failures: list[Exception] = []
         self._sources: dict[EventSourceIdentifier, _Source] = {}
         self._held_back_polls = 0
         self._held_back: set[EventSourceIdentifier] = set()
@@ -331,11 +353,22 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
 
     async def release_claims(self) -> None:
         """Release every claim, e.g. once the node has stopped consuming, so that
-        other nodes take the sources over at once instead of after the lease."""
+        other nodes take the sources over at once instead of after the lease.
+
+        A source's batch in progress is finished (and saved) first, then its claim
+        released; cancelled, this abandons those batches (rolled back)."""
         for state in list(self._sources.values()):
             state.withdrawn = True
             if not state.busy:
                 await self._let_go(state)
+        runs = self._runs(self._sources.values())
+        try:
+            if runs:
+                await asyncio.wait(runs)
+        except asyncio.CancelledError:
+            self._abandon_runs()
+            raise
+        await self._stop_renewals()
 
     async def _let_go(self, state: _Source) -> None:
         if self._sources.get(state.identifier) is state and state.withdrawn:
@@ -360,71 +393,135 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
     # -- consumption ----------------------------------------------------------------
 
     async def consume_all(self) -> None:
-        """One batch from each source in turn, round after round, while any has a
-        backlog: a long backlog does not hold the other sources up."""
-        await self._consume(list(self._sources.values()))
+        """Consume every source until none has events waiting (one batch after
+        another while a backlog lasts, the sources side by side)."""
+        await self.poll(None)
 
     async def consume_categories(self, categories: frozenset[str]) -> None:
         """``consume_all`` for the sources in ``categories`` only (what a
         notification names), and those with events waiting behind the visibility
         horizon; the others wait for the next full poll."""
-        await self._consume(
-            [
-                state
-                for state in self._sources.values()
-                if _category_of(state.identifier) in categories
-                or state.identifier in self._held_back
-            ]
-        )
+        await self.poll(categories)
 
-    async def _consume(self, states: list[_Source]) -> None:
-        renewals = asyncio.create_task(self._renew_meanwhile())
+    async def poll(
+        self,
+        categories: frozenset[str] | None,
+        stop_waiting: asyncio.Event | None = None,
+    ) -> None:
+        """Set going the runs of the sources with events waiting (all sources, or
+        those in ``categories`` and those held back) and wait for them to end.
+
+        With ``stop_waiting``, wait only for the runs this poll set going, and only
+        until it is set: the runs still going then go on on their own (a source
+        already running reads once more after its batch), and a later poll reports
+        how they ended. Without it, wait for every run of the sources polled.
+
+        Raises the database failures of the runs that ended since the last poll
+        (each source backs off on its own), and ``SourcesStoppedError`` while a
+        source is stopped by a poison event.
+        """
+        states = [
+            state
+            for state in self._sources.values()
+            if categories is None
+            or _category_of(state.identifier) in categories
+            or state.identifier in self._held_back
+        ]
+        self._polls += 1
+        self._keep_renewing()
         try:
-            await self._consume_sources(states)
+            started = await self._start_runs(states)
+            if stop_waiting is None:
+                await self._wait_for(self._runs(states))
+            else:
+                await self._wait_for(started, stop_waiting)
+        except asyncio.CancelledError:
+            # Stopped hard (not drained): no batch goes on behind the caller's back.
+            self._abandon_runs()
+            raise
         finally:
-            renewals.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewals
+            self._polls -= 1
+        if not self._failures:
+            await self._check_held_back([s for s in states if s.run is None])
+        self._raise_failures()
 
-    async def _renew_meanwhile(self) -> None:
-        """Renew the claims that fall due while a poll runs, whatever its sources
-        are waiting for."""
-        while True:
-            await asyncio.sleep(self._lease.total_seconds() / 3)
-            await self._renew_due_claims()
-
-    async def _consume_sources(self, states: list[_Source]) -> None:
+    async def _start_runs(self, states: list[_Source]) -> set["asyncio.Task[None]"]:
         await self._renew_due_claims()
-        transient: list[Exception] = []
         self._committed_this_round = False
-        pending = await self._with_new_events(states)
-        if any(self._may_read(state) for state in pending):
-            # One horizon for the round, only when something may be read: an idle
+        running = [state for state in states if state.run is not None]
+        for state in running:
+            state.again = True  # its next read comes after this poll's horizon
+        pending = await self._with_new_events(
+            [state for state in states if state.run is None]
+        )
+        pending = [state for state in pending if self._may_read(state)]
+        if pending or running:
+            # One horizon for the poll, only when something may be read: an idle
             # poll (every head at its checkpoint) costs no sample, nor does one
             # whose sources all back off after a database failure.
             try:
                 async with asyncio.timeout(self._batch_timeout):
                     await self._reader.refresh()
             except TRANSIENT_ERRORS as error:
-                transient.append(error)  # type: ignore[arg-type]
-        while pending:
-            if self._concurrent:
-                # Sources are independent (own claim, checkpoint, connection): one
-                # batch of each at once, so that reading, processing and writing
-                # of different sources overlap (catch-up, e.g. a rebuild).
-                more = await asyncio.gather(
-                    *(self._take_turn(state, transient) for state in pending)
+                self._failures.append(error)  # type: ignore[arg-type]
+        return {self._start_run(state) for state in pending}
+
+    def _start_run(self, state: _Source) -> "asyncio.Task[None]":
+        run = asyncio.create_task(
+            self._run(state), name=f"{self.group}/{self.id} {state.key}"
+        )
+        state.run = run
+
+        def ended(task: "asyncio.Task[None]") -> None:
+            # Also for a run cancelled before it started (no finally ran).
+            if state.run is task:
+                state.run = None
+
+        run.add_done_callback(ended)
+        return run
+
+    @staticmethod
+    async def _wait_for(
+        runs: set["asyncio.Task[None]"], stop_waiting: asyncio.Event | None = None
+    ) -> None:
+        """Until ``runs`` have ended, or ``stop_waiting`` is set."""
+        if not runs:
+            return
+        if stop_waiting is None:
+            await asyncio.wait(runs)
+            return
+        stopped = asyncio.ensure_future(stop_waiting.wait())
+        going: set[asyncio.Future[Any]] = set(runs)
+        try:
+            while going and not stopped.done():
+                done, _ = await asyncio.wait(
+                    {*going, stopped}, return_when=asyncio.FIRST_COMPLETED
                 )
-            else:
-                more = [await self._take_turn(state, transient) for state in pending]
-            pending = [
-                state for state, again in zip(pending, more, strict=True) if again
-            ]
-            await self._renew_due_claims()
-        if not transient:
-            await self._check_held_back(states)
+                going -= done
+        finally:
+            stopped.cancel()
+
+    @staticmethod
+    def _runs(states: Iterable[_Source]) -> set["asyncio.Task[None]"]:
+        return {state.run for state in states if state.run is not None}
+
+    def _abandon_runs(self) -> None:
+        for state in self._sources.values():
+            if state.run is not None:
+                state.run.cancel()
+        renewer, self._renewer = self._renewer, None
+        if renewer is not None:
+            renewer.cancel()
+
+    def _raise_failures(self) -> None:
         if self.stopped_sources:
+            self._failures.clear()
             raise SourcesStoppedError(self.group, self.stopped_sources)
+        failures, self._failures = self._failures, []
+        for failure in failures:
+            if not isinstance(failure, TRANSIENT_ERRORS):
+                raise failure  # not the database's: the first, as it came
+        transient = failures
         if len(transient) == 1:
             raise transient[0]
         if transient:
@@ -433,6 +530,59 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
                 "reach the database",
                 transient,
             )
+
+    async def _run(self, state: _Source) -> None:
+        """Take ``state``'s batches while it has a backlog (or a poll came
+        meanwhile), one at a time: the source's own progress."""
+        try:
+            while True:
+                state.again = False
+                more = await self._take_turn(state, self._failures)
+                if not (more or state.again) or not self._may_read(state):
+                    return
+        except Exception as error:  # reported by the poll, like the others
+            self._failures.append(error)
+
+    # -- lease renewals ---------------------------------------------------------------
+
+    def _keep_renewing(self) -> None:
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.create_task(
+                self._renew_while_active(), name=f"{self.group}/{self.id} renewals"
+            )
+
+    def _active(self) -> bool:
+        """Whether a poll or a source's run is going on (between polls, each poll
+        renews what is due as it starts)."""
+        return self._polls > 0 or any(
+            state.run is not None for state in self._sources.values()
+        )
+
+    async def _renew_while_active(self) -> None:
+        """Renew the claims that fall due while a poll or any source's run goes
+        on, whatever the sources are waiting for."""
+        while self._active():
+            await asyncio.sleep(self._until_a_renewal_is_due())
+            if self._active():  # between polls, each poll renews as it starts
+                await self._renew_due_claims()
+
+    def _until_a_renewal_is_due(self) -> float:
+        due_after = self._lease.total_seconds() / 3
+        renewed = [
+            state.renewed_at
+            for state in self._sources.values()
+            if state.claim is not None and not state.busy
+        ]
+        if not renewed:
+            return due_after
+        return max(0.01, min(renewed) + due_after - self._clock())
+
+    async def _stop_renewals(self) -> None:
+        renewer, self._renewer = self._renewer, None
+        if renewer is not None and renewer is not asyncio.current_task():
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
 
     def _may_read(self, state: _Source) -> bool:
         return (
@@ -509,6 +659,38 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
             return False
         if state.retry_at > self._clock():
             return False
+        async with self._permit():
+            if state.withdrawn:
+                await self._let_go(state)
+                return False
+            return await self._batch_of(state, transient)
+
+    @contextlib.asynccontextmanager
+    async def _permit(self) -> AsyncIterator[None]:
+        """One of the ``concurrent_batches`` places, given back when the batch ends
+        or once it has run ``slow_batch``: a hung batch (it ends after
+        ``batch_timeout``) does not keep the other sources waiting."""
+        permits = self._permits
+        if permits is None:
+            yield
+            return
+        await permits.acquire()
+        given_back = False
+
+        def give_back() -> None:
+            nonlocal given_back
+            if not given_back:
+                given_back = True
+                permits.release()
+
+        slow = asyncio.get_running_loop().call_later(self._slow_batch, give_back)
+        try:
+            yield
+        finally:
+            slow.cancel()
+            give_back()
+
+    async def _batch_of(self, state: _Source, transient: list[Exception]) -> bool:
         state.busy = True
         try:
             async with asyncio.timeout(self._batch_timeout):
@@ -873,6 +1055,8 @@ def make_transactional_consumer(
     concurrent_sources: bool = False,
     batch_timeout: timedelta | None = timedelta(seconds=30),
     read_ahead: bool = False,
+    concurrent_batches: int | None = _DEFAULT_CONCURRENT_BATCHES,
+    slow_batch: timedelta = _DEFAULT_SLOW_BATCH,
 ) -> TransactionalConsumer:
     """A subscriber for ``subscription_requests`` whose batches go to ``processor``.
 
@@ -892,12 +1076,17 @@ def make_transactional_consumer(
     of the store's database, in memory through ``event_store``. ``node_id`` names the
     claim holder with the subscriber's id (host and process id by default).
     ``metrics`` records each committed batch, each failed attempt (an event's or
-    the database's) and each parked event. With ``concurrent_sources`` a round
-    takes one batch of every source at once (one connection each) rather than one
-    after another: for catching up, such as a rebuild.
-    A batch (read, process, commit) still running after ``batch_timeout`` is
-    abandoned and retried (``None``: no limit), so that one blocked source holds
-    the others up for that long at most.
+    the database's) and each parked event.
+
+    Each source progresses on its own, with at most ``concurrent_batches``
+    batches of this consumer running at once (each on its own connection;
+    ``None``: no bound), so ``processor`` may be called for different sources at
+    the same time. A batch running longer than ``slow_batch`` stops counting
+    against that bound (it still holds its connection), so that hung sources do
+    not keep the others waiting; with ``concurrent_sources`` (catching up, such as
+    a rebuild) there is no bound. A batch (read, process, commit) still running
+    after ``batch_timeout`` is abandoned and retried after a backoff (``None``: no
+    limit): one blocked source delays only itself, for that long at most.
     With ``read_ahead`` (not with ``concurrent_sources``), while a full batch is
     applied and committed the next batch of its source is read, on a second
     connection: a source catching up then reads as the database applies.
@@ -917,6 +1106,12 @@ def make_transactional_consumer(
         raise ValueError(f"claim_lease must be positive, got {claim_lease}")
     if batch_timeout is not None and batch_timeout <= timedelta(0):
         raise ValueError(f"batch_timeout must be positive, got {batch_timeout}")
+    if concurrent_batches is not None and concurrent_batches < 1:
+        raise ValueError(
+            f"concurrent_batches must be at least 1, got {concurrent_batches}"
+        )
+    if slow_batch <= timedelta(0):
+        raise ValueError(f"slow_batch must be positive, got {slow_batch}")
     try:
         policy = PoisonPolicy(on_poison)
     except ValueError:
@@ -946,4 +1141,6 @@ def make_transactional_consumer(
         concurrent_sources=concurrent_sources,
         batch_timeout=batch_timeout,
         read_ahead=read_ahead,
+        concurrent_batches=concurrent_batches,
+        slow_batch=slow_batch,
     )

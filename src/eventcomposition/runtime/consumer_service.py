@@ -6,6 +6,9 @@ service polls the same way but can also be asked to drain: it finishes the
 ``consume_all`` in progress (which saves the consumer's state) and then returns.
 It also tracks a status and logs failures, which logicblocks' background services do
 not, and can be woken (``wake``) to poll at once instead of at the end of its pause.
+A consumer whose sources progress on their own (``PollsIndependently``) is waited
+for only until its next poll is due or a wake comes: a blocked source then delays
+no other source's poll.
 """
 
 import asyncio
@@ -29,6 +32,10 @@ from logicblocks.event.processing import (
 from .settings import EventConsumerSettings
 
 logger = structlog.get_logger("eventcomposition.runtime")
+
+_WAKE_PATIENCE = 0.1
+"""How long a poll of a ``PollsIndependently`` consumer is waited for before a
+wake that came meanwhile is served by the next poll."""
 
 
 @runtime_checkable
@@ -63,6 +70,23 @@ class PollsSoon(Protocol):
     """
 
     def next_poll_within(self) -> timedelta | None: ...
+
+
+@runtime_checkable
+class PollsIndependently(Protocol):
+    """A consumer whose sources progress on their own (a transactional consumer).
+
+    Optional. ``poll`` sets going the sources' work (all sources, or those in
+    ``categories``) and returns once it has ended or ``stop_waiting`` is set; the
+    work still going then goes on, and a later poll reports how it ended. The
+    service sets ``stop_waiting`` when the next poll is due, a wake comes or a
+    drain is asked for, so that a blocked source never holds the others' polls
+    up. A consumer without it is polled with ``consume_all``.
+    """
+
+    async def poll(
+        self, categories: frozenset[str] | None, stop_waiting: asyncio.Event
+    ) -> None: ...
 
 
 class _ObservedErrorHandler(ErrorHandler[Any]):
@@ -103,6 +127,11 @@ class ConsumerService(Service[None]):
         self._woken_for: set[str] = set()
         self._woken_for_all = False
         self._targeted: frozenset[str] | None = None
+        # Set to end the wait of a poll in progress (PollsIndependently).
+        self._stop_waiting: asyncio.Event | None = None
+        self._poll_started = 0.0
+        self._wake_cut_scheduled = False
+        self._overdue = False
 
     @property
     def status(self) -> ProcessStatus:
@@ -128,8 +157,11 @@ class ConsumerService(Service[None]):
                 # while it runs ends the next pause at once.
                 self._poll_now.clear()
                 self._targeted = targeted
+                self._overdue = False
                 await self.error_handling.execute()
-                await self._pause(self._pause_seconds(), self._poll_now)
+                # A poll that waited until the next was due is followed at once.
+                pause = 0.0 if self._overdue else self._pause_seconds()
+                await self._pause(pause, self._poll_now)
                 targeted = self._take_wake_scope(woken=self._poll_now.is_set())
             if isinstance(self.consumer, ReleasesClaims):
                 await self.consumer.release_claims()
@@ -155,6 +187,7 @@ class ConsumerService(Service[None]):
         if self._status is ProcessStatus.RUNNING:
             self._status = ProcessStatus.STOPPING
         self._set_threadsafe(self._drain)
+        self._set_threadsafe(self._stop_waiting)
 
     def wake(self, categories: Collection[str] | None = None) -> None:
         """Poll now rather than at the end of the pause; callable from any thread.
@@ -178,6 +211,19 @@ class ConsumerService(Service[None]):
             self._woken_for |= categories
         if self._poll_now is not None:
             self._poll_now.set()
+        self._stop_waiting_soon()
+
+    def _stop_waiting_soon(self) -> None:
+        """Let a wake end the wait of the poll in progress, once that poll has
+        waited ``_WAKE_PATIENCE``: a poll that ends sooner serves the wakes that
+        came meanwhile with one poll after it (as it always did), while one kept
+        waiting by a slow or blocked source lets them through."""
+        stop_waiting, loop = self._stop_waiting, self._loop
+        if stop_waiting is None or loop is None or self._wake_cut_scheduled:
+            return
+        self._wake_cut_scheduled = True
+        waited = loop.time() - self._poll_started
+        loop.call_later(max(0.0, _WAKE_PATIENCE - waited), stop_waiting.set)
 
     def _take_wake_scope(self, *, woken: bool) -> frozenset[str] | None:
         """What the next poll covers: the categories woken for, or everything
@@ -215,7 +261,9 @@ class ConsumerService(Service[None]):
             if self._drain_requested:
                 return
         targeted, self._targeted = self._targeted, None
-        if targeted is not None and isinstance(self.consumer, ConsumesCategories):
+        if isinstance(self.consumer, PollsIndependently):
+            await self._poll_independently(self.consumer, targeted)
+        elif targeted is not None and isinstance(self.consumer, ConsumesCategories):
             await self.consumer.consume_categories(targeted)
         else:
             await self.consumer.consume_all()
@@ -228,6 +276,29 @@ class ConsumerService(Service[None]):
         self._consecutive_failures = 0
         if not self._drain_requested:
             self._status = ProcessStatus.RUNNING
+
+    async def _poll_independently(
+        self, consumer: PollsIndependently, targeted: frozenset[str] | None
+    ) -> None:
+        """Poll, waiting for the sources' work no longer than until the next poll
+        is due, a wake comes or a drain is asked for."""
+        stop_waiting = asyncio.Event()
+        if self._drain_requested:
+            stop_waiting.set()
+        self._stop_waiting = stop_waiting
+        self._poll_started = asyncio.get_running_loop().time()
+        self._wake_cut_scheduled = False
+
+        def due() -> None:
+            self._overdue = True
+            stop_waiting.set()
+
+        deadline = asyncio.get_running_loop().call_later(self._pause_seconds(), due)
+        try:
+            await consumer.poll(targeted, stop_waiting)
+        finally:
+            deadline.cancel()
+            self._stop_waiting = None
 
     async def _pause(
         self, seconds: float, woken_by: asyncio.Event | None = None

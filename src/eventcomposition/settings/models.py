@@ -249,12 +249,16 @@ class ConsumerSettings(_Section):
     batch_size: int = Field(default=500, ge=1)
     claim_lease: Interval = timedelta(seconds=10)
     # A batch (read, process, commit) still running after this is abandoned,
-    # rolled back and retried: how long one blocked source can hold up the others.
+    # rolled back and its source retried: how long a blocked source waits on itself.
     batch_timeout: Interval = timedelta(seconds=30)
     # Read a source's next batch (on a second connection) while its current one
     # is applied and committed, so that the database reads as Python applies.
     # Off: no gain measured yet on a loaded 2-core machine (see docs/guide/consumers.md).
     read_ahead: bool = False
+    # How many batches of one consumer's sources run at once, each on its own
+    # pooled connection (a batch running over a second stops counting, so hung
+    # sources cannot hold the others back); each source progresses on its own.
+    concurrent_batches: int = Field(default=2, ge=1)
     on_poison: Annotated[PoisonPolicy, BeforeValidator(_lower)] = PoisonPolicy.PARK
     poison_attempts: int = Field(default=3, ge=1)
     poison_order: Annotated[PoisonOrder, BeforeValidator(_lower)] = PoisonOrder.STREAM

@@ -35,6 +35,7 @@ from eventcomposition.consumers import (
 )
 from eventcomposition.metrics import NodeMetrics
 from eventcomposition.retry import Backoff
+from eventcomposition.testing.waiting import wait_until
 
 GROUP = "totals"
 LEASE = timedelta(seconds=10)
@@ -136,6 +137,7 @@ def consumer(
     poison_order: PoisonOrder = PoisonOrder.STREAM,
     clock: Clock | None = None,
     metrics: NodeMetrics | None = None,
+    concurrent_batches: int | None = 2,
 ) -> TransactionalConsumer:
     return TransactionalConsumer(
         group=GROUP,
@@ -153,6 +155,7 @@ def consumer(
         transient_backoff=Backoff(initial=timedelta(seconds=1)),
         clock=time.monotonic if clock is None else (lambda: clock.monotonic),
         metrics=metrics,
+        concurrent_batches=concurrent_batches,
     )
 
 
@@ -210,6 +213,7 @@ class TestBatches:
             recorder,
             categories=("orders-1", "orders-2"),
             batch_size=2,
+            concurrent_batches=1,  # one batch at a time: the turns show in order
         )
         await accept(subscriber, event_store, "orders-1", "orders-2")
 
@@ -455,7 +459,8 @@ class TestPoisonEvents:
             await subscriber.consume_all()
 
         assert list(raised.value.stopped) == ["orders-1"]
-        assert recorder.numbers == [0, 1, 100, 101, 102, 103, 104, 105]
+        # The two sources progress side by side: each in its own order.
+        assert sorted(recorder.numbers) == [0, 1, 100, 101, 102, 103, 104, 105]
         assert list(subscriber.stopped_sources) == ["orders-1"]
         assert subscriber.health() is EventSubscriberHealth.HEALTHY
         assert await checkpoints.dead_letters(GROUP) == []
@@ -1069,3 +1074,60 @@ class TestBatchState:
         assert sorted(n for write in handler.writes for n in write) == [0, 1, 2, 4, 5]
         (letter,) = await checkpoints.dead_letters(GROUP)
         assert letter.error == "ValueError: cannot write a batch with 3"
+
+
+class Hanging(BatchProcessor):
+    """Blocks on the categories in ``hung`` until ``freed``; applies the rest."""
+
+    def __init__(self, hung: Sequence[str]) -> None:
+        self.hung = set(hung)
+        self.freed = asyncio.Event()
+        self.entered: set[str] = set()
+        self.applied: list[int] = []
+
+    async def process_batch(
+        self, events: Sequence[StoredEvent], transaction: Transaction
+    ) -> None:
+        category = events[0].category
+        if category in self.hung:
+            self.entered.add(category)
+            await self.freed.wait()
+        batch = [number(event) for event in events]
+        transaction.on_commit(lambda: self.applied.extend(batch))
+
+
+async def test_hung_sources_do_not_hold_the_others_batches_back(
+    event_store: EventStore, checkpoints: InMemoryCheckpointStore
+) -> None:
+    """More hung sources than the consumer's concurrent batches: a batch past
+    ``slow_batch`` gives its place up, so another source still goes on, and a
+    poll that may stop waiting does not wait for a hung run it did not start."""
+    processor = Hanging(hung=("hung-1", "hung-2"))
+    subscriber = TransactionalConsumer(
+        group=GROUP,
+        id="a",
+        node_id="node-a",
+        subscription_requests=[CategoryIdentifier(category="free")],
+        processor=processor,
+        checkpoint_store=checkpoints,
+        event_reader=StoreEventReader(event_store),
+        concurrent_batches=1,
+        slow_batch=timedelta(milliseconds=50),
+        batch_timeout=timedelta(seconds=30),
+    )
+    await accept(subscriber, event_store, "hung-1", "hung-2", "free")
+    await publish(event_store, "hung-1", 1)
+    await publish(event_store, "hung-2", 1, start=100)
+    first = asyncio.Event()
+    polling = asyncio.create_task(subscriber.poll(None, first))
+    await wait_until(lambda: processor.entered == {"hung-1", "hung-2"}, timeout=2)
+    first.set()  # as the service does when the next poll is due
+    await asyncio.wait_for(polling, 1)
+
+    await publish(event_store, "free", 2, start=200)
+    await asyncio.wait_for(subscriber.poll(frozenset({"free"}), asyncio.Event()), 2)
+
+    await wait_until(lambda: processor.applied == [200, 201], timeout=2)
+    processor.freed.set()
+    await subscriber.consume_all()  # without stop_waiting: waits for every run
+    assert sorted(processor.applied) == [0, 100, 200, 201]

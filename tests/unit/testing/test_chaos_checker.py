@@ -197,6 +197,22 @@ def test_an_overlapping_fault_extends_the_bound() -> None:
     assert report.recoveries[0].within_bound
 
 
+def test_a_blocked_source_holding_up_its_nodes_other_sources_is_caught() -> None:
+    # "orders" is one of the node's other sources: it must go on as usual.
+    fault = Fault(FaultKind.BLOCK, "a", started=1.5, ended=4.5, affected=("orders",))
+    records = clean()
+    held_up = [*records[:3], replace(records[3], at=4.8), *records[4:]]
+
+    as_usual = check(history(records, faults=[fault]), lambda fault: 1.0)
+    stalled = check(history(held_up, faults=[fault]), lambda fault: 1.0)
+
+    assert [round(r.seconds or 0, 1) for r in as_usual.recoveries] == [0.1]
+    assert as_usual.passed
+    assert stalled.slow_recoveries == [
+        "block of a at 1.5: resumed after 1.9 s, bound 1.0 s"
+    ]
+
+
 def test_a_partitioned_node_slow_to_report_not_ready_is_caught() -> None:
     probes = [Readiness("b", 1.0, 4.5, 6.0, 6.5), Readiness("c", 1.0, 2.0, 6.0, None)]
 

@@ -12,7 +12,9 @@ check finds anything.
 - ``two_leaders``: no coordinator writes allocations without the leadership lock,
   and no coordinator writes between two writes of another one close together;
 - ``recoveries``: after each fault, the sources it held up are applied again
-  within the bound of its kind (extended while other faults overlap it).
+  within the bound of its kind (extended while other faults overlap it); while
+  one source of a node is blocked, the node's other sources apply each event
+  within that bound.
 """
 
 import math
@@ -238,6 +240,17 @@ def recoveries(history: History, bounds: Callable[[Fault], float]) -> list[Recov
                 and (other.ended >= fault.started)
             ):
                 deadline = max(deadline, _reference(other) + bounds(other))
+        if fault.kind is FaultKind.BLOCK:
+            delay = _worst_delay(history, fault)
+            measured.append(
+                Recovery(
+                    fault,
+                    None if math.isinf(delay) else delay,
+                    deadline - since,
+                    bounds(fault),
+                )
+            )
+            continue
         resumed: list[float] = []
         for source in fault.affected:
             if not _pending_after(history, source, since):
@@ -251,6 +264,20 @@ def recoveries(history: History, bounds: Callable[[Fault], float]) -> list[Recov
             seconds = None if math.isinf(worst) else worst
         measured.append(Recovery(fault, seconds, deadline - since, bounds(fault)))
     return measured
+
+
+def _worst_delay(history: History, fault: Fault) -> float:
+    """The longest a ``BLOCK``'s unblocked sources took to apply an event
+    published while it lasted (they must go on as usual)."""
+    applied_at: dict[str, float] = {}
+    for record in history.applied:
+        applied_at.setdefault(record.event_id, record.at)
+    delays = [
+        applied_at.get(event_id, math.inf) - where.at
+        for event_id, where in history.published.items()
+        if where.source in fault.affected and fault.started <= where.at <= fault.ended
+    ]
+    return max(delays, default=0.0)
 
 
 def _reference(fault: Fault) -> float:

@@ -28,6 +28,10 @@ class FaultKind(StrEnum):
     """PostgreSQL's postmaster SIGKILLed, then started again (crash recovery)."""
     EXHAUST = "exhaust"
     """Every free connection slot taken by another client for a while."""
+    BLOCK = "block"
+    """One source of an observer blocked (its checkpoint row locked by another
+    client, so that its next commit waits) for longer than the lease; the
+    node's other sources (the fault's ``affected``) must go on meanwhile."""
 
 
 DATABASE_FAULTS = frozenset({FaultKind.DB_RESTART, FaultKind.DB_CRASH})
@@ -82,8 +86,9 @@ class AllocationWrite:
 @dataclass(frozen=True)
 class Fault:
     """One injected fault: ``started`` when it was injected, ``ended`` when it was
-    healed (resumed, link up, server back, slots freed; for kills and stops, when
-    the node was started again), ``affected`` the sources it should hold up."""
+    healed (resumed, link up, server back, slots freed, lock let go; for kills
+    and stops, when the node was started again), ``affected`` the sources it
+    should hold up (for ``BLOCK``: those it must not hold up)."""
 
     kind: FaultKind
     target: str

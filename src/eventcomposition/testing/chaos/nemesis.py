@@ -21,7 +21,7 @@ import psycopg
 import structlog
 from psycopg import AsyncConnection
 
-from .app import CATEGORIES
+from .app import CATEGORIES, GROUP
 from .cluster import MAX_CONNECTIONS, Cluster, Pool, probe_ready
 from .history import Fault, FaultKind, Readiness
 
@@ -57,6 +57,7 @@ class Nemesis:
         self._busy: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._next_kinds: list[FaultKind] = []
+        self._blocking: dict[str, str] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Inject faults until ``stop``; then wait for those in progress to heal.
@@ -91,8 +92,9 @@ class Nemesis:
         if kind in (FaultKind.DB_RESTART, FaultKind.DB_CRASH, FaultKind.EXHAUST):
             return None if "postgres" in self._busy else "postgres"
         observers = [n for n in self.cluster.observers if n not in self._busy]
-        # A fault of a node: an observer, or now and then the leading coordinator.
-        if self.random.random() < 0.25:
+        # A fault of a node: an observer, or now and then the leading coordinator
+        # (which holds no source to block).
+        if kind is not FaultKind.BLOCK and self.random.random() < 0.25:
             leader = await self.cluster.leader(self.pool)
             if leader is not None and leader not in self._busy:
                 return leader
@@ -126,7 +128,13 @@ class Nemesis:
     async def _affected(self, kind: FaultKind, target: str) -> tuple[str, ...]:
         if target == "postgres":
             return tuple(CATEGORIES)
-        return await self.cluster.held_by(self.pool, target)
+        held = await self.cluster.held_by(self.pool, target)
+        if kind is FaultKind.BLOCK and held:
+            # One source blocked; the node's others are those it must not hold up.
+            blocked = self.random.choice(held)
+            self._blocking[target] = blocked
+            return tuple(source for source in held if source != blocked)
+        return held
 
     async def _fault(self, kind: FaultKind, target: str) -> None:
         lease = self.cluster.timings.claim_lease
@@ -150,6 +158,10 @@ class Nemesis:
                 await asyncio.to_thread(self.cluster.start_server)
             case FaultKind.EXHAUST:
                 await self._exhaust(self.random.uniform(2.0, 6.0))
+            case FaultKind.BLOCK:
+                blocked = self._blocking.pop(target, None)
+                if blocked is not None:
+                    await self._block(blocked, lease + self.random.uniform(2.0, 5.0))
 
     async def _stop_and_restart(self, kind: FaultKind, target: str) -> None:
         process = self.cluster.running[target]
@@ -205,3 +217,18 @@ class Nemesis:
             for connection in taken:
                 with contextlib.suppress(psycopg.Error):
                     await connection.close()
+
+    async def _block(self, source: str, seconds: float) -> None:
+        """Hold ``source``'s checkpoint row locked for ``seconds``: its holder's
+        next commit waits on it (holding its own claim row, so nobody takes the
+        source over), as a source blocked on a lock of the application's would."""
+        with contextlib.suppress(psycopg.Error, TimeoutError):
+            async with self.pool.connection() as connection:
+                async with asyncio.timeout(2):
+                    await connection.execute(
+                        "SELECT 1 FROM consumer_checkpoints "
+                        'WHERE "group" = %s AND source = %s FOR UPDATE',
+                        (GROUP, source),
+                    )
+                await asyncio.sleep(seconds)
+                await connection.rollback()

@@ -82,13 +82,17 @@ class Bounds:
       applied again within ``database`` of the server's return: two retry
       backoffs (broker and consumer), the lease and ``MARGIN``;
     - a partitioned node reports not ready within ``not_ready`` of the cut (the
-      lease and one probe) and ready again within ``ready_again`` of the heal.
+      lease and one probe) and ready again within ``ready_again`` of the heal;
+    - while one source of a node is blocked, the node's other sources apply
+      each event within ``unblocked`` (a poll and ``MARGIN``): a blocked source
+      delays only itself.
     """
 
     node: float
     database: float
     not_ready: float
     ready_again: float
+    unblocked: float
 
     @classmethod
     def of(cls, timings: Timings) -> "Bounds":
@@ -103,11 +107,14 @@ class Bounds:
             database=2 * timings.retry_max + timings.claim_lease + MARGIN,
             not_ready=timings.claim_lease + 1.0,
             ready_again=timings.claim_lease + 2 * timings.retry_max + MARGIN,
+            unblocked=timings.poll + MARGIN,
         )
 
     def of_fault(self, fault: Fault) -> float:
         if fault.kind in DATABASE_FAULTS or fault.kind is FaultKind.EXHAUST:
             return self.database
+        if fault.kind is FaultKind.BLOCK:
+            return self.unblocked
         if fault.coordinator:
             return self.node + (fault.ended - fault.started)
         return self.node
