@@ -40,6 +40,7 @@ from eventcomposition.projections import (
     VersionState,
     make_versioned_consumer,
 )
+from eventcomposition.runtime import ConsumerService, EventConsumerSettings
 from eventcomposition.schema import Migration
 from eventcomposition.testing.waiting import wait_until
 
@@ -514,3 +515,75 @@ async def test_the_swap_waits_for_the_building_version_and_fences_the_live_one(
     assert await table_rows(pool, "items.items") == await from_scratch(pool, 10)
     # Only the building version can be swapped in, and only once.
     assert not await catalog.swap(GROUP, 2)
+
+
+async def test_a_blocked_source_of_the_live_version_holds_up_only_itself(
+    postgres_pool: Pool,
+) -> None:
+    """Polled by the runtime's service, a versioned consumer's live version lets
+    each source progress on its own: while "left" is blocked in its checkpoint
+    statement (another session holds the row) and full polls come and go, each
+    new event of "right" is applied at once, not after "left" gives up."""
+    node = Node(postgres_pool, Processors())
+    for category in CATEGORIES:
+        await node.consumer.accept(node.store.category(category=category))
+    await publish(postgres_pool, 1)
+    await node.consumer.consume_all()
+    assert await all_applied(postgres_pool, "items.items", 1)
+    service = ConsumerService(
+        "versioned",
+        node.consumer,
+        EventConsumerSettings(poll_interval=timedelta(milliseconds=300)),
+    )
+    running = asyncio.create_task(service.execute())
+    try:
+        async with postgres_pool.connection() as locker:
+            await locker.execute(
+                "SELECT 1 FROM consumer_checkpoints WHERE source = 'left' FOR UPDATE"
+            )
+            await node.store.stream(category="left", stream="s").publish(
+                events=[NewEvent(name="added", payload={"n": 1})]
+            )
+            service.wake(["left"])
+            await wait_until(
+                lambda: blocked_on_a_lock(postgres_pool),
+                timeout=10,
+                description="left's commit waiting on its checkpoint row",
+            )
+            for n in range(1, 4):
+                await asyncio.sleep(0.4)  # a full poll comes meanwhile
+                await node.store.stream(category="right", stream="s").publish(
+                    events=[NewEvent(name="added", payload={"n": n})]
+                )
+                service.wake(["right"])
+                await wait_until(
+                    lambda n=n: applied_of(postgres_pool, "right", n + 1),  # type: ignore[misc]
+                    timeout=5,
+                    description=f"right's event {n} applied while left is blocked",
+                )
+            await locker.rollback()
+        await wait_until(
+            lambda: all_applied(postgres_pool, "items.items", 1),
+            timeout=10,
+            description="left's event applied once its row is free",
+        )
+    finally:
+        service.request_drain()
+        await asyncio.wait_for(running, 10)
+        await node.consumer.release_claims()
+
+
+async def blocked_on_a_lock(pool: Pool) -> bool:
+    rows = await fetch(
+        pool,
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+        "AND pid <> pg_backend_pid()",
+    )
+    return bool(rows[0][0])
+
+
+async def applied_of(pool: Pool, category: str, count: int) -> bool:
+    rows = await fetch(
+        pool, f"SELECT count(*) FROM items.items WHERE category = '{category}'"
+    )
+    return int(rows[0][0]) == count

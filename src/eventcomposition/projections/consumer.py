@@ -314,6 +314,17 @@ class VersionedConsumer(EventSubscriptionConsumer[StoredEvent]):
             await self._poll_live(self._live.consumer.consume_categories(categories))
         await self._after_swap()
 
+    async def poll(
+        self, categories: frozenset[str] | None, stop_waiting: asyncio.Event
+    ) -> None:
+        """A poll of the live version whose sources progress on their own (see
+        ``TransactionalConsumer.poll``): a blocked source of the live version
+        holds up only itself."""
+        await self._refresh_if_due()
+        if self._live is not None:
+            await self._poll_live(self._live.consumer.poll(categories, stop_waiting))
+        await self._after_swap()
+
     async def _poll_live(self, poll: Coroutine[Any, Any, None]) -> None:
         """Run a poll of the live version, the rebuild giving way meanwhile. A
         claim lost during it while a rebuild runs may be the swap's fence (the
