@@ -21,18 +21,18 @@ from logicblocks.event.types import EventSourceIdentifier
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from ..broker import CoordinatorLeader, leading_coordinator
 from ..broker.allocation import SubscriberRequest, target_requests
-from ..consumers import source_key
+from ..broker.leader import CoordinatorLeader, leading_coordinator
 from ..consumers.partitions import source_identifier
-from ..consumers.subscription import (
+from ..consumers.source_keys import (
     STATE_STREAM,
     position_in_state,
+    source_key,
     state_category_name,
 )
 from ..lag import PostgresEventCounter, PostgresHeadReader, SourceLag, SourceSpan
-from ..projections import ProjectionCatalog, RebuildProgress, checkpoint_group
-from ..projections.versions import building_of
+from ..projections.catalog import ProjectionCatalog
+from ..projections.versions import RebuildProgress, building_of, checkpoint_group
 from ..settings import load_settings
 from .cluster_report import (
     ClusterStatus,
