@@ -33,11 +33,14 @@ def postgres_settings(
     return settings.storage.postgres
 
 
-async def reachable_postgres(args: argparse.Namespace) -> PostgresSettings:
-    """The configured PostgreSQL settings, once the server answers; a
-    ``CommandError`` at once when the settings keep storage in memory."""
+async def reachable_postgres(
+    args: argparse.Namespace, settings: EventCompositionSettings | None = None
+) -> PostgresSettings:
+    """The configured PostgreSQL settings (of ``settings``, or loaded as ``args``
+    say), once the server answers; a ``CommandError`` at once when the settings
+    keep storage in memory."""
     postgres = postgres_settings(
-        load_settings(args.env, settings_dir=args.settings_dir),
+        settings or load_settings(args.env, settings_dir=args.settings_dir),
         f"{args.command} {args.action}",
     )
     await wait_for_database(
