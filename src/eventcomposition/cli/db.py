@@ -39,10 +39,9 @@ async def reachable_postgres(
     """The configured PostgreSQL settings (of ``settings``, or loaded as ``args``
     say), once the server answers; a ``CommandError`` at once when the settings
     keep storage in memory."""
-    postgres = postgres_settings(
-        settings or load_settings(args.env, settings_dir=args.settings_dir),
-        f"{args.command} {args.action}",
-    )
+    if settings is None:
+        settings = load_settings(args.env, settings_dir=args.settings_dir)
+    postgres = postgres_settings(settings, f"{args.command} {args.action}")
     await wait_for_database(
         postgres.conninfo(),
         where=postgres.location(),
