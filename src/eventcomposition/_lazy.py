@@ -6,6 +6,10 @@ A package lists its public names as ordinary imports under ``if TYPE_CHECKING:``
 its module when it is first used, so importing one light module of the package
 (an enum, an error) does not import all of them, and the command line starts at
 once.
+
+``lazy_logger`` does the same for a module's structlog logger: structlog is
+imported when the module first logs, since importing it imports rich's tracebacks,
+a good part of a short command's start.
 """
 
 import ast
@@ -13,6 +17,7 @@ import importlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def type_checking_imports(init_file: str) -> dict[str, str]:
@@ -52,3 +57,25 @@ def lazy_attributes(package: str, init_file: str) -> Callable[[str], object]:
         return value
 
     return __getattr__
+
+
+class _LazyLogger:
+    """structlog's logger of one name, fetched on first use."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._logger: Any = None
+
+    def __getattr__(self, attribute: str) -> Any:
+        if self._logger is None:
+            import structlog
+
+            # structlog's own proxy: it follows later configure() calls.
+            self._logger = structlog.get_logger(self._name)
+        return getattr(self._logger, attribute)
+
+
+def lazy_logger(name: str) -> Any:
+    """What ``structlog.get_logger(name)`` returns, with structlog imported on the
+    logger's first use rather than with the module that declares it."""
+    return _LazyLogger(name)

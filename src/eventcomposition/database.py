@@ -9,10 +9,10 @@ from datetime import timedelta
 from typing import Any
 
 import psycopg
-import structlog
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from ._lazy import lazy_logger
 from .connections import ConnectionTimeouts
 from .errors import EventCompositionError
 from .retry import Backoff
@@ -29,7 +29,7 @@ __all__ = [
     "wait_for_database",
 ]
 
-logger = structlog.get_logger("eventcomposition.database")
+logger = lazy_logger("eventcomposition.database")
 
 # SQLSTATE classes that no retry can fix: bad credentials (28) and a missing
 # database (3D).

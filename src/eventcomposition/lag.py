@@ -29,7 +29,6 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from logicblocks.event.store import EventStorageAdapter, InMemoryEventStorageAdapter
 from logicblocks.event.types import (
     CategoryIdentifier,
     EventSourceIdentifier,
@@ -43,10 +42,17 @@ from psycopg_pool import AsyncConnectionPool
 from .connections import autocommitting
 
 if TYPE_CHECKING:
+    from logicblocks.event.store import (
+        EventStorageAdapter,
+        InMemoryEventStorageAdapter,
+    )
+
     from .consumers.partitions import CategoryPartition
 
 # The partitions module is imported where it is used: the consumers package, which
-# defines it, imports this module.
+# defines it, imports this module. logicblocks' store package is heavy (its logging
+# set-up imports rich's tracebacks) and only named in annotations here, so that
+# `cluster status` reads lag without it.
 
 
 @dataclass(frozen=True)
@@ -230,7 +236,7 @@ class EventStoreHeadReader:
     reading its category); other sources are left out (unknown).
     """
 
-    def __init__(self, adapter: EventStorageAdapter) -> None:
+    def __init__(self, adapter: "EventStorageAdapter") -> None:
         self._adapter = adapter
 
     async def heads(
@@ -264,7 +270,7 @@ class InMemoryHeadReader:
     instead: the adapter's private ``_db`` is read here only (pinned by a test).
     """
 
-    def __init__(self, adapter: InMemoryEventStorageAdapter) -> None:
+    def __init__(self, adapter: "InMemoryEventStorageAdapter") -> None:
         self._events: Any = adapter._db
 
     async def heads(

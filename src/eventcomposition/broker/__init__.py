@@ -5,10 +5,6 @@ from typing import TYPE_CHECKING
 from .._lazy import lazy_attributes
 
 if TYPE_CHECKING:
-    from logicblocks.event.processing.broker.strategies.distributed import (
-        COORDINATOR_LOCK_NAME,
-    )
-
     from .allocation import AllocationStrategy, allocation_strategy, balanced, fill
     from .balancing import (
         BalancingCoordinatorFactory,
@@ -24,12 +20,11 @@ if TYPE_CHECKING:
     )
     from .coordination import CoordinatorFactory, leader_checking_coordinator
     from .errors import BrokerRoleError
+    from .leader import COORDINATOR_LOCK_NAME, CoordinatorLeader, leading_coordinator
     from .leadership import (
         CheckedPostgresLockManager,
-        CoordinatorLeader,
         LeaderCheckingCoordinator,
         LeadershipLostError,
-        leading_coordinator,
         verify_leadership,
     )
     from .memory import InMemoryClusterState

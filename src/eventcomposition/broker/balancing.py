@@ -27,7 +27,6 @@ from logicblocks.event.processing.broker import (
     DistributedEventBrokerSettings as LogicblocksDistributedEventBrokerSettings,
 )
 from logicblocks.event.processing.broker.strategies.distributed import (
-    COORDINATOR_LOCK_NAME,
     EventSubscriberState,
     EventSubscriberStateStore,
     EventSubscriptionCoordinator,
@@ -50,6 +49,7 @@ from .allocation import (
     plan_allocation,
     target_requests,
 )
+from .leader import COORDINATOR_LOCK_NAME
 from .leadership import verify_leadership
 
 # A join into a cluster with up to 32 sources per node completes in one hand-over

@@ -20,7 +20,8 @@ distribution; a lost lock fails the coordinator, so the broker restarts (with
 backoff) and competes for leadership again.
 
 The lock's connection carries the node id in its ``application_name``, so
-``leading_coordinator`` can name the node that leads. It also carries TCP
+``leader.leading_coordinator`` can name the node that leads; the lock's key is
+``leader.advisory_lock_key`` of its name, the one computation both use. It also carries TCP
 keepalives and ``tcp_user_timeout`` on both ends (``connections.ConnectionTimeouts``),
 so that a leader cut off from the server loses the lock within seconds on the
 server's side, where a standby can take it, and notices on its own.
@@ -28,37 +29,37 @@ server's side, where a standby can take it, and notices on its own.
 
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from logicblocks.event.persistence.postgres import ConnectionSettings
 from logicblocks.event.processing import Lock, LockManager, PostgresLockManager
 from logicblocks.event.processing.broker.strategies.distributed import (
-    COORDINATOR_LOCK_NAME,
     DefaultEventSubscriptionCoordinator,
 )
-from logicblocks.event.processing.locks.postgres import get_digest
 from psycopg import AsyncConnection
 
 from ..connections import ConnectionTimeouts
 from ..errors import EventCompositionError
+from .leader import (
+    COORDINATOR_LOCK_KEY,
+    COORDINATOR_LOCK_NAME,
+    LOCK_HOLDER_APPLICATION_PREFIX,
+    CoordinatorLeader,
+    advisory_lock_key,
+    leading_coordinator,
+)
 
-# The advisory lock key logicblocks derives from the coordinator's lock name, so
-# mixed clusters (our coordinators and logicblocks' own) contend for one lock.
-COORDINATOR_LOCK_KEY = get_digest(COORDINATOR_LOCK_NAME)
-# Prefix of the application_name of the connection holding a node's locks.
-LOCK_HOLDER_APPLICATION_PREFIX = "coordinator:"
-
-# A bigint advisory key shows in pg_locks split into classid (high 32 bits) and
-# objid (low 32 bits), with objsubid 1.
-_LEADER_QUERY = """
-    SELECT l.pid, a.application_name
-    FROM pg_locks l LEFT JOIN pg_stat_activity a USING (pid)
-    WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-      AND (l.classid::bigint << 32 | l.objid::bigint) = %s
-"""
+__all__ = [
+    "COORDINATOR_LOCK_KEY",
+    "LOCK_HOLDER_APPLICATION_PREFIX",
+    "CheckedPostgresLockManager",
+    "CoordinatorLeader",
+    "LeaderCheckingCoordinator",
+    "LeadershipLostError",
+    "leading_coordinator",
+    "verify_leadership",
+]
 
 
 class LeadershipLostError(EventCompositionError):
@@ -88,7 +89,7 @@ class CheckedPostgresLockManager(PostgresLockManager):
     @asynccontextmanager
     async def try_lock(self, lock_name: str) -> AsyncGenerator[Lock]:
         """Try ``lock_name`` once; held (without a transaction) until exit."""
-        key = get_digest(lock_name)
+        key = advisory_lock_key(lock_name)
         async with await self._connect() as connection:
             cursor = await connection.execute("SELECT pg_try_advisory_lock(%s)", [key])
             row = await cursor.fetchone()
@@ -160,35 +161,3 @@ class LeaderCheckingCoordinator(DefaultEventSubscriptionCoordinator):
     async def distribute(self) -> None:
         await verify_leadership(self._leadership_lock_manager)
         await super().distribute()
-
-
-@dataclass(frozen=True)
-class CoordinatorLeader:
-    """The server process holding the coordinator's lock, and its node when known.
-
-    ``node_id`` is None when the lock's connection carries no node id (logicblocks'
-    own lock manager does not tag it). PostgreSQL keeps only the first 63 bytes of
-    an ``application_name``, so a very long node id shows cut.
-    """
-
-    pid: int
-    node_id: str | None
-
-
-async def leading_coordinator(
-    connection: AsyncConnection[Any],
-) -> CoordinatorLeader | None:
-    """Who holds the coordinator's leadership lock in this database, if anyone.
-
-    Only the coordinator's own lock counts: other advisory locks (a migration in
-    progress, an application's) do not make a leader.
-    """
-    cursor = await connection.execute(_LEADER_QUERY, [COORDINATOR_LOCK_KEY])
-    row = await cursor.fetchone()
-    if row is None:
-        return None
-    pid, application_name = row
-    node_id = None
-    if application_name and application_name.startswith(LOCK_HOLDER_APPLICATION_PREFIX):
-        node_id = application_name.removeprefix(LOCK_HOLDER_APPLICATION_PREFIX)
-    return CoordinatorLeader(pid=int(pid), node_id=node_id)

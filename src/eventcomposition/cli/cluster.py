@@ -21,19 +21,19 @@ from logicblocks.event.types import EventSourceIdentifier
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from ..broker import CoordinatorLeader, leading_coordinator
 from ..broker.allocation import SubscriberRequest, target_requests
-from ..consumers import source_key
+from ..broker.leader import CoordinatorLeader, leading_coordinator
 from ..consumers.partitions import source_identifier
-from ..consumers.subscription import (
+from ..consumers.source_keys import (
     STATE_STREAM,
     position_in_state,
+    source_key,
     state_category_name,
 )
 from ..lag import PostgresEventCounter, PostgresHeadReader, SourceLag, SourceSpan
-from ..projections import ProjectionCatalog, RebuildProgress, checkpoint_group
-from ..projections.versions import building_of
-from ..settings import load_settings
+from ..projections.catalog import ProjectionCatalog
+from ..projections.versions import RebuildProgress, building_of, checkpoint_group
+from ..settings import PostgresSettings, load_settings
 from .cluster_report import (
     ClusterStatus,
     GroupStatus,
@@ -100,8 +100,7 @@ async def watch(args: argparse.Namespace) -> int:
     # Imported here: one-shot `cluster status` needs none of rich's live display.
     from .cluster_watch import watch_status
 
-    postgres = await reachable_postgres(args)
-    live_within = _live_within(args)
+    postgres, live_within = await _cluster_settings(args)
     async with AsyncConnectionPool[AsyncConnection[Any]](
         postgres.conninfo(), min_size=1, max_size=1, open=False
     ) as pool:
@@ -117,15 +116,18 @@ async def watch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _live_within(args: argparse.Namespace) -> timedelta:
+async def _cluster_settings(
+    args: argparse.Namespace,
+) -> tuple[PostgresSettings, timedelta]:
+    """The database, once it answers, and how recently a live node was seen."""
     settings = load_settings(args.env, settings_dir=args.settings_dir)
+    postgres = await reachable_postgres(args, settings)
     # A node is live while the coordinator would still allocate to it.
-    return settings.broker.coordinator_subscriber_max_time_since_last_seen
+    return postgres, settings.broker.coordinator_subscriber_max_time_since_last_seen
 
 
 async def show_status(args: argparse.Namespace) -> int:
-    postgres = await reachable_postgres(args)
-    live_within = _live_within(args)
+    postgres, live_within = await _cluster_settings(args)
     deadline = time.monotonic() + max(args.wait, 0)
     async with AsyncConnectionPool[AsyncConnection[Any]](
         postgres.conninfo(), min_size=1, max_size=1, open=False

@@ -8,12 +8,15 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import RenderableType
+from ..projections.versions import RebuildProgress
 
-from ..projections import RebuildProgress
-from .tables import add_plain_row, new_table, render
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+# The tables (rich) are imported where they are drawn: `cluster status --json`
+# prints without them.
 
 
 @dataclass(frozen=True)
@@ -170,13 +173,17 @@ def render_status(
 ) -> str:
     """The report as plain text: live nodes, each group's work, then what departed
     nodes left behind (stale), each once. ``rates``: with each holding's events/s."""
+    from .tables import render
+
     return render(*status_parts(status, waited=waited, rates=rates))
 
 
 def status_parts(
     status: ClusterStatus, *, waited: float = 0, rates: bool = False
-) -> list[RenderableType]:
+) -> list["RenderableType"]:
     """The report's lines and tables, for ``render`` or a live display."""
+    from .tables import add_plain_row, new_table
+
     parts: list[RenderableType] = [f"cluster at {status.where}", ""]
     if any(node.last_heartbeat is not None for node in status.nodes):
         table = new_table(
@@ -237,7 +244,9 @@ def _rebuild_line(rebuild: RebuildProgress) -> str:
 _NO_LEADER = "none (no coordinator holds the leadership lock)"
 
 
-def _group_parts(group: GroupStatus, *, rates: bool) -> list[RenderableType]:
+def _group_parts(group: GroupStatus, *, rates: bool) -> list["RenderableType"]:
+    from .tables import add_plain_row, new_table
+
     holders = {holding.subscriber for holding in group.holdings}
     parts: list[RenderableType] = [
         "",

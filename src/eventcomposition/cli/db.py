@@ -33,13 +33,15 @@ def postgres_settings(
     return settings.storage.postgres
 
 
-async def reachable_postgres(args: argparse.Namespace) -> PostgresSettings:
-    """The configured PostgreSQL settings, once the server answers; a
-    ``CommandError`` at once when the settings keep storage in memory."""
-    postgres = postgres_settings(
-        load_settings(args.env, settings_dir=args.settings_dir),
-        f"{args.command} {args.action}",
-    )
+async def reachable_postgres(
+    args: argparse.Namespace, settings: EventCompositionSettings | None = None
+) -> PostgresSettings:
+    """The configured PostgreSQL settings (of ``settings``, or loaded as ``args``
+    say), once the server answers; a ``CommandError`` at once when the settings
+    keep storage in memory."""
+    if settings is None:
+        settings = load_settings(args.env, settings_dir=args.settings_dir)
+    postgres = postgres_settings(settings, f"{args.command} {args.action}")
     await wait_for_database(
         postgres.conninfo(),
         where=postgres.location(),

@@ -286,7 +286,7 @@ def add_dead_letters_parser(
     )
     add_settings_arguments(retry)
     retry.add_argument("--group", help="only this subscriber group's")
-    retry.set_defaults(func="dead_letters:retry_parked")
+    retry.set_defaults(func="dead_letters_retry:retry_parked")
 
 
 def add_projections_parser(

@@ -36,13 +36,12 @@ if TYPE_CHECKING:
         PostgresEventReader,
         PostgresTransaction,
     )
+    from .source_keys import source_key, state_category_name
     from .stores import CheckpointStore, EventReader, StoreEventReader
     from .subscription import (
         MultiSourceSubscriptionConsumer,
         RestartingSourceConsumer,
         make_subscription_consumer,
-        source_key,
-        state_category_name,
     )
     from .transactional import (
         TRANSIENT_ERRORS,

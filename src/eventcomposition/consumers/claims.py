@@ -17,7 +17,7 @@ from logicblocks.event.types import (
 
 from .batch import CheckpointMovedError, ClaimLostError
 from .partitions import CategoryPartition, partition_from_key
-from .subscription import source_key
+from .source_keys import source_key
 
 type SourceRef = EventSourceIdentifier | str
 """A source, by identifier or by its ``source_key`` (``category``,

@@ -24,10 +24,9 @@ import hashlib
 import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence, Set
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from logicblocks.event.sources import EventSource, constraints
-from logicblocks.event.store import EventCategory, EventStorageAdapter
 from logicblocks.event.types import (
     CategoryIdentifier,
     EventSourceIdentifier,
@@ -38,6 +37,9 @@ from logicblocks.event.types import (
 from logicblocks.event.types.identifier import event_sequence_identifier
 
 from ..errors import EventCompositionError
+
+if TYPE_CHECKING:
+    from logicblocks.event.store import EventStorageAdapter
 
 DEFAULT_PARTITION_COUNT = 16
 """Partitions per category when a group declares none.
@@ -296,7 +298,12 @@ def _gcd(a: int, b: int) -> int:
 class PartitionEventSource(EventSource[CategoryPartition, StoredEvent]):
     """A partition read through a storage adapter: its category, filtered."""
 
-    def __init__(self, adapter: EventStorageAdapter, identifier: CategoryPartition):
+    def __init__(self, adapter: "EventStorageAdapter", identifier: CategoryPartition):
+        # Imported here: logicblocks' store package is heavy (its logging set-up
+        # imports rich's tracebacks), and only this in-memory reader needs it, not
+        # the partition identifiers that `cluster status` reads.
+        from logicblocks.event.store import EventCategory
+
         self._identifier = identifier
         self._category = EventCategory(
             adapter, CategoryIdentifier(category=identifier.category)
@@ -321,7 +328,7 @@ class PartitionEventSource(EventSource[CategoryPartition, StoredEvent]):
 
 
 def construct_partition(
-    identifier: CategoryPartition, adapter: EventStorageAdapter
+    identifier: CategoryPartition, adapter: "EventStorageAdapter"
 ) -> PartitionEventSource:
     """The constructor to register with logicblocks' ``EventStoreEventSourceFactory``
     (which maps identifier types to sources and knows log, category, stream only)."""

@@ -34,41 +34,17 @@ from logicblocks.event.processing.consumers.state import (
 )
 from logicblocks.event.sources import EventSource
 from logicblocks.event.store import EventStore
-from logicblocks.event.types import (
-    CategoryIdentifier,
-    EventSourceIdentifier,
-    StoredEvent,
-    StreamIdentifier,
-)
+from logicblocks.event.types import EventSourceIdentifier, StoredEvent
 
 from ..metrics import NodeMetrics
-from .partitions import CategoryPartition
+from .source_keys import (
+    STATE_STREAM,
+    position_in_state,
+    source_key,
+    state_category_name,
+)
 
 logger = structlog.get_logger("eventcomposition.consumers")
-
-
-def source_key(identifier: EventSourceIdentifier) -> str:
-    """A short readable name for an event source: ``category``,
-    ``category/stream`` or, for a partition, ``category#index/count``."""
-    match identifier:
-        case CategoryPartition():
-            return identifier.key
-        case StreamIdentifier(category=category, stream=stream):
-            return f"{category}/{stream}"
-        case CategoryIdentifier(category=category):
-            return category
-    return str(identifier.serialise())
-
-
-def state_category_name(subscriber_group: str, source: EventSourceIdentifier) -> str:
-    """Where a group keeps its consumer state for one source."""
-    return f"{subscriber_group}.state.{source_key(source).replace('/', '.')}"
-
-
-# logicblocks' EventConsumerStateStore keeps its state in this stream of the state
-# category, as {"state": {"last_sequence_number": n}} (pinned by
-# test_saved_positions_are_those_the_state_store_saved).
-STATE_STREAM = "default"
 
 
 async def saved_position(
@@ -84,13 +60,6 @@ async def saved_position(
     )
     latest = await category.stream(stream=STATE_STREAM).latest()
     return None if latest is None else position_in_state(latest.payload)
-
-
-def position_in_state(payload: Any) -> int | None:
-    """The position a saved consumer state (an event's payload) records."""
-    state = payload.get("state") if isinstance(payload, dict) else None
-    position = state.get("last_sequence_number") if isinstance(state, dict) else None
-    return position if isinstance(position, int) else None
 
 
 class _MeasuredProcessor(EventProcessor[StoredEvent]):

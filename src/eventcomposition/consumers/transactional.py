@@ -60,13 +60,13 @@ from .claims import Claim, DeadLetter, Holder, stream_key
 from .handlers import Processor, as_batch_processor
 from .partitions import CategoryPartition, Floor
 from .policies import PoisonOrder, PoisonPolicy
+from .source_keys import source_key
 from .stores import (
     CheckpointStore,
     EventReader,
     ParkedStreamsChangedError,
     check_readable,
 )
-from .subscription import source_key
 
 logger = structlog.get_logger("eventcomposition.consumers")
 

@@ -16,10 +16,10 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
-import structlog
 from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool
 
+from .._lazy import lazy_logger
 from ..schema.application import (
     ApplicationMigrationError,
     Migration,
@@ -41,7 +41,7 @@ from .versions import (
     version_schema_name,
 )
 
-logger = structlog.get_logger("eventcomposition.projections")
+logger = lazy_logger("eventcomposition.projections")
 
 type Pool = AsyncConnectionPool[AsyncConnection[Any]]
 

@@ -11,8 +11,8 @@ from collections.abc import Callable, Mapping, Sequence, Set
 
 from logicblocks.event.types import EventSourceIdentifier, StoredEvent
 
+from ..consumers.source_keys import source_key
 from ..consumers.stores import CheckpointStore, EventReader
-from ..consumers.subscription import source_key
 
 
 class TrailingReader(EventReader):

@@ -4,10 +4,9 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
-from logicblocks.event.persistence.postgres import ConnectionSettings
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool
@@ -26,6 +25,11 @@ from .notifications import (
     trigger_problems,
 )
 from .tables import OWNED_TABLES, REQUIRED_EXTENSIONS, ExpectedTable
+
+if TYPE_CHECKING:
+    # Imported where it is matched: logicblocks' persistence package is not needed
+    # by the commands that only read (the schema package is imported with them).
+    from logicblocks.event.persistence.postgres import ConnectionSettings
 
 type ConnectionSource = (
     AsyncConnection[Any] | AsyncConnectionPool[Any] | ConnectionSettings | str
@@ -90,6 +94,8 @@ async def migrate(
     other refusal by PostgreSQL raises ``SchemaMigrationError``; a failing
     application migration raises ``ApplicationMigrationError`` naming it.
     """
+    from logicblocks.event.persistence.postgres import ConnectionSettings
+
     migrations = checked_migrations(application)
     match connection_source:
         case AsyncConnection():

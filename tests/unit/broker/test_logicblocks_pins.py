@@ -22,7 +22,13 @@ from logicblocks.event.store import EventStore, InMemoryEventStorageAdapter
 from logicblocks.event.types import CategoryIdentifier, NewEvent, StoredEvent
 
 from eventcomposition import InMemoryClusterState
-from eventcomposition.broker.leadership import COORDINATOR_LOCK_KEY
+from eventcomposition.broker import leadership
+from eventcomposition.broker.leader import (
+    COORDINATOR_LOCK_KEY,
+    advisory_lock_key,
+    leading_coordinator,
+)
+from eventcomposition.broker.leader import COORDINATOR_LOCK_NAME as our_lock_name
 from eventcomposition.consumers.partitions import CategoryPartition, partition_of
 
 
@@ -50,16 +56,30 @@ async def test_the_coordinator_distributes_through_its_public_distribute() -> No
             await task
 
 
-def test_the_lock_key_is_the_digest_of_the_lock_name() -> None:
-    # eventcomposition.broker.leadership takes the key from get_digest (a function
-    # of logicblocks.event.processing.locks.postgres, not exported by the package)
-    # so our lock manager and `cluster status` agree with logicblocks' own lock
-    # manager. tests/integration/test_leadership.py checks it against a server.
-    name = "some lock"
+@pytest.mark.parametrize(
+    "name", [COORDINATOR_LOCK_NAME, "some lock", "", "projection:orders-view", "ünï"]
+)
+def test_the_lock_key_is_logicblocks_digest_of_the_lock_name(name: str) -> None:
+    # eventcomposition.broker.leader repeats get_digest (a function of
+    # logicblocks.event.processing.locks.postgres, not exported by the package,
+    # whose import would cost `cluster status` the whole processing package): our
+    # lock manager and `cluster status` take its keys, logicblocks' own lock
+    # manager get_digest's, and mixed clusters need them to agree.
+    # tests/integration/test_leadership.py checks it against a server.
     expected = int(hashlib.sha256(name.encode()).hexdigest(), 16) % 10**16
 
     assert get_digest(name) == expected
+    assert advisory_lock_key(name) == get_digest(name)
+
+
+def test_the_coordinator_lock_is_logicblocks_and_its_key_that_names_digest() -> None:
+    # The coordinator (logicblocks' and ours) takes its lock under logicblocks'
+    # name; verify_leadership and `cluster status` look for it under ours.
+    assert our_lock_name == COORDINATOR_LOCK_NAME
     assert get_digest(COORDINATOR_LOCK_NAME) == COORDINATOR_LOCK_KEY
+    # The broker's module hands on the light module's facts, not copies.
+    assert leadership.COORDINATOR_LOCK_KEY is COORDINATOR_LOCK_KEY
+    assert leadership.leading_coordinator is leading_coordinator
 
 
 def test_in_memory_subscriber_state_store_keeps_records_in_subscribers() -> None:
