@@ -196,8 +196,11 @@ class TestBatches:
         await subscriber.consume_all()
         await subscriber.consume_all()
 
-        assert recorder.batches == [[0, 1, 2], [100, 101, 102, 103]]
-        assert {event.category for event in recorder.applied[:3]} == {"orders-1"}
+        # One batch per source; sources progress on their own, so in either order.
+        assert sorted(recorder.batches) == [[0, 1, 2], [100, 101, 102, 103]]
+        assert {
+            event.category for event in recorder.applied if number(event) < 100
+        } == {"orders-1"}
         assert set(subscriber.sources) == set(subscriber.claimed_sources)
         assert len(subscriber.sources) == 2
 
