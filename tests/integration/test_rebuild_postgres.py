@@ -25,6 +25,7 @@ from psycopg_pool import AsyncConnectionPool
 from eventcomposition.cli.projections import show_status
 from eventcomposition.consumers import (
     BatchProcessor,
+    PoisonOrder,
     PostgresCheckpointStore,
     Transaction,
     TransactionalConsumer,
@@ -587,3 +588,28 @@ async def applied_of(pool: Pool, category: str, count: int) -> bool:
         pool, f"SELECT count(*) FROM items.items WHERE category = '{category}'"
     )
     return int(rows[0][0]) == count
+
+
+async def test_the_live_version_takes_the_node_consumer_settings(
+    postgres_pool: Pool,
+) -> None:
+    """What the container hands a versioned consumer from the node's settings
+    reaches its live version's transactional consumer."""
+    store = EventStore(
+        adapter=PostgresEventStorageAdapter(connection_source=postgres_pool)
+    )
+    consumer = make_versioned_consumer(
+        event_store=store,
+        checkpoint_store=PostgresCheckpointStore(postgres_pool),
+        projection=VersionedProjection(
+            group=GROUP, processor_for=Processors(), migrations=[ITEMS]
+        ),
+        subscription_requests=[CategoryIdentifier(category=c) for c in CATEGORIES],
+        poison_order="none",
+        read_ahead=True,
+    )
+    await consumer.refresh()
+    live = consumer.live_consumer
+    assert live is not None
+    assert live.poison_order is PoisonOrder.NONE
+    assert live.read_ahead

@@ -182,6 +182,10 @@ class EventRuntimeContainer(containers.DeclarativeContainer):
         claim_lease=settings.provided.consumers.claim_lease,
         on_poison=settings.provided.consumers.on_poison,
         poison_attempts=settings.provided.consumers.poison_attempts,
+        poison_order=settings.provided.consumers.poison_order,
+        batch_timeout=settings.provided.consumers.batch_timeout,
+        read_ahead=settings.provided.consumers.read_ahead,
+        concurrent_batches=settings.provided.consumers.concurrent_batches,
         metrics=metrics,
     )
 

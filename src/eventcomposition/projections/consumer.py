@@ -35,7 +35,7 @@ from logicblocks.event.store import EventStore
 from logicblocks.event.types import EventSourceIdentifier, StoredEvent
 
 from ..consumers.batch import BatchProcessor, Transaction
-from ..consumers.policies import PoisonPolicy
+from ..consumers.policies import PoisonOrder, PoisonPolicy
 from ..consumers.postgres import PostgresCheckpointStore, PostgresEventReader
 from ..consumers.stores import CheckpointStore
 from ..consumers.transactional import (
@@ -574,6 +574,10 @@ def make_versioned_consumer(
     claim_lease: timedelta = timedelta(seconds=10),
     on_poison: PoisonPolicy | str = PoisonPolicy.PARK,
     poison_attempts: int = 3,
+    poison_order: PoisonOrder | str = PoisonOrder.STREAM,
+    batch_timeout: timedelta | None = timedelta(seconds=30),
+    read_ahead: bool = False,
+    concurrent_batches: int | None = 2,
     refresh_interval: timedelta = timedelta(seconds=1),
     swap_timeout: timedelta = timedelta(seconds=5),
     metrics: NodeMetrics | None = None,
@@ -624,6 +628,11 @@ def make_versioned_consumer(
             claim_lease=claim_lease,
             on_poison=on_poison,
             poison_attempts=poison_attempts,
+            poison_order=poison_order,
+            batch_timeout=batch_timeout,
+            # A rebuild reads its sources all at once (concurrent_sources).
+            read_ahead=read_ahead and rebuilding is None,
+            concurrent_batches=concurrent_batches,
             metrics=metrics,
         )
 
