@@ -102,7 +102,7 @@ FROM unnest(%(groups)s::text[], %(sources)s::text[], %(epochs)s::bigint[])
 WHERE c."group" = h."group" AND c.source = h.source AND c.epoch = h.epoch
   AND c.holder_node = %(node)s AND c.holder_subscriber = %(subscriber)s
   AND NOT c.released
-RETURNING c."group", c.source, c.epoch
+RETURNING c."group", c.source, c.epoch, pg_postmaster_start_time()
 """
 
 _RELEASE = f"""
@@ -437,6 +437,12 @@ class PostgresCheckpointStore(CheckpointStore):
     def pool(self) -> Pool:
         return self._pool
 
+    @property
+    def server_restarts(self) -> int:
+        """How often the server was seen to start again (by the visibility
+        horizon's samples and the lease renewals)."""
+        return self._horizon.restarts
+
     async def _fetch(self, query: str, parameters: Mapping[str, Any]) -> list[Any]:
         async with autocommitting(self._pool) as connection:
             cursor = await connection.execute(query, parameters)
@@ -479,6 +485,8 @@ class PostgresCheckpointStore(CheckpointStore):
                     "subscriber": holder.subscriber_id,
                 },
             )
+            if rows:
+                self._horizon.observe_server(rows[0][3])
             renewed = {(row[0], row[1], int(row[2])) for row in rows}
             held.update(
                 claim

@@ -205,6 +205,17 @@ class CheckpointStore(ABC):
         """Extend the leases of ``claims``; returns those still held."""
         raise NotImplementedError
 
+    @property
+    def server_restarts(self) -> int:
+        """How many times the store's server was seen to start again since the
+        store was made (0 for a store that cannot tell, or never restarts).
+
+        A server that acknowledges commits before they are durable can lose the
+        last of them in a crash, and hand out sequence numbers again: consumers
+        read their checkpoints again when this changes, and forget what they
+        learnt of the log before."""
+        return 0
+
     @abstractmethod
     async def release(self, claim: Claim) -> None:
         """Give ``claim`` up (if still held), so another subscriber may claim at once."""

@@ -260,6 +260,7 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
         self._held_back_polls = 0
         self._held_back: set[EventSourceIdentifier] = set()
         self._committed_this_round = False
+        self._restarts_seen = checkpoint_store.server_restarts
         self._log = logger.bind(subscriber=f"{group}/{id}", node_id=node_id)
 
     def use_metrics(self, metrics: NodeMetrics) -> None:
@@ -447,6 +448,7 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
 
     async def _start_runs(self, states: list[_Source]) -> set["asyncio.Task[None]"]:
         await self._renew_due_claims()
+        self._notice_restart()
         self._committed_this_round = False
         running = [state for state in states if state.run is not None]
         for state in running:
@@ -721,7 +723,30 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
             retry_in_seconds=delay,
         )
 
+    def _notice_restart(self) -> None:
+        """When the store saw its server start again, forget what every source
+        holds in memory: each reads its checkpoint again before its next batch.
+
+        A server that acknowledges commits before they are durable can lose the
+        last of them in a crash (a batch's rows with its checkpoint, published
+        events), and hand the lost events' sequence numbers out again to new
+        events. A source idle through the crash saw no error: its remembered
+        checkpoint (and the head it compares it with) would have it pass over
+        the new events below it until the log grew past it, or for ever. Its
+        read begun ahead is dropped too (it may hold lost events)."""
+        restarts = self._store.server_restarts
+        if restarts == self._restarts_seen:
+            return
+        self._restarts_seen = restarts
+        self._log.warning("consumer.server-restarted", restarts=restarts)
+        for state in self._sources.values():
+            state.position_loaded = False
+            ahead, state.read_ahead = state.read_ahead, None
+            if ahead is not None:
+                ahead.drop()
+
     async def _consume_batch(self, state: _Source) -> bool:
+        self._notice_restart()
         if state.claim is None and not await self._claim(state):
             return False
         if not state.position_loaded:

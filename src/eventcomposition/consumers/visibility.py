@@ -129,15 +129,45 @@ class PostgresVisibilityHorizon(VisibilityHorizon):
         self._pool = pool
         self._safe = 0
         self._pending: list[tuple[int, frozenset[str]]] = []
+        self._server_started: object | None = None
+        self._restarts = 0
+
+    @property
+    def restarts(self) -> int:
+        """How many times the server was seen to have started again (a new
+        ``pg_postmaster_start_time()``) since this horizon's first sample."""
+        return self._restarts
+
+    def observe_server(self, started: object) -> bool:
+        """Take in the server's start time (``pg_postmaster_start_time()``);
+        True when it changed: the server restarted, and the horizon is forgotten.
+
+        A server that commits asynchronously (``synchronous_commit = off``) may
+        lose, in a crash, the last transactions it acknowledged, and with them
+        the WAL record of its sequence's last values: numbers already handed out
+        (and read) are handed out again. What this horizon learnt before then
+        says nothing about the numbers after, so it starts again from nothing."""
+        if started is None or started == self._server_started:
+            return False
+        restarted = self._server_started is not None
+        self._server_started = started
+        if restarted:
+            self._restarts += 1
+            self._safe = 0
+            self._pending = []
+            self._latest = None
+        return restarted
 
     async def _sample(self) -> Horizon:
         async with autocommitting(self._pool) as connection:
             cursor = await connection.execute(
-                f"SELECT allocated, writing FROM {SAMPLE_FUNCTION}()"
+                f"SELECT allocated, writing, pg_postmaster_start_time() "
+                f"FROM {SAMPLE_FUNCTION}()"
             )
             row = await cursor.fetchone()
         if row is None:  # pragma: no cover - the function always returns a row
             raise AssertionError(f"{SAMPLE_FUNCTION}() returned no row")
+        self.observe_server(row[2])
         return self.observe(int(row[0]), frozenset(row[1]))
 
     def observe(self, allocated: int, running: frozenset[str]) -> Horizon:

@@ -59,6 +59,22 @@ class TestPostgresSamples:
         samples.observe(10, frozenset())
         assert samples.observe(8, frozenset({"x"})) == Horizon(safe=10, allocated=10)
 
+    def test_a_server_restart_forgets_the_horizon(self) -> None:
+        """A crash of an asynchronously committing server can hand numbers out
+        again: what was final before says nothing about them."""
+        samples = horizon()
+        assert not samples.observe_server("started at 1")
+        samples.observe(10, frozenset({"a"}))
+        samples.observe(12, frozenset())
+        assert not samples.observe_server("started at 1")
+        assert samples.restarts == 0
+
+        assert samples.observe_server("started at 2")
+        assert samples.restarts == 1
+        assert samples.latest is None
+        assert samples.observe(9, frozenset({"b"})) == Horizon(safe=0, allocated=9)
+        assert samples.observe(9, frozenset()) == Horizon(safe=9, allocated=9)
+
 
 class CountingHorizon(VisibilityHorizon):
     def __init__(self) -> None:

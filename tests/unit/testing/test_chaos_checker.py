@@ -245,3 +245,38 @@ def test_the_table_names_the_seed_and_the_counts() -> None:
 def test_p99_is_the_nearest_rank() -> None:
     assert p99([1.0]) == 1.0
     assert p99([float(n) for n in range(1, 101)]) == 99.0
+
+
+def test_events_a_server_crash_lost_are_reported_apart_not_held_against_consumers() -> (
+    None
+):
+    # e6 and e7 were acknowledged, then a crash took them: gone from the store.
+    acknowledged = {
+        **{f"e{n}": Published("orders", "s", n, n - 0.1) for n in range(6)},
+        "e6": Published("orders", "s", 6, 6.0),
+        "e7": Published("orders", "s", 7, 6.1),
+    }
+    crash = Fault(FaultKind.DB_CRASH, "postgres", 6.5, 7.5, ("orders",))
+
+    report = check(
+        history(clean(), acknowledged=acknowledged, faults=[crash]), no_bound
+    )
+
+    assert report.lost == []
+    assert report.lost_by_server == [
+        "e6 (orders s position 6)",
+        "e7 (orders s position 7)",
+    ]
+    assert report.passed
+    text = render_report(report, seed=2, minutes=1)
+    assert "2 acknowledged event(s) lost by the server in a crash" in text
+
+
+def test_an_acknowledged_event_gone_without_a_crash_is_caught() -> None:
+    acknowledged = {"e6": Published("orders", "s", 6, 6.0)}
+
+    report = check(history(clean(), acknowledged=acknowledged), no_bound)
+
+    assert report.lost_by_server == []
+    assert report.vanished == ["e6 (orders s position 6), with no crash after"]
+    assert not report.passed

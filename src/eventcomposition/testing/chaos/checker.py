@@ -11,6 +11,10 @@ check finds anything.
   overlapping times, and one epoch is one node's;
 - ``two_leaders``: no coordinator writes allocations without the leadership lock,
   and no coordinator writes between two writes of another one close together;
+- ``lost_by_server``: acknowledged events no longer in the store: lost by the
+  server itself in a crash (it commits asynchronously, so it may), reported
+  apart and not held against consumers (they cannot apply what is gone); one
+  lost without a crash after its acknowledgement is a violation;
 - ``recoveries``: after each fault, the sources it held up are applied again
   within the bound of its kind (extended while other faults overlap it); while
   one source of a node is blocked, the node's other sources apply each event
@@ -71,6 +75,10 @@ class Report:
     leaders: list[str] = field(default_factory=list)
     readiness: list[str] = field(default_factory=list)
     recoveries: list[Recovery] = field(default_factory=list)
+    lost_by_server: list[str] = field(default_factory=list)
+    """Acknowledged events a server crash took (not violations)."""
+    vanished: list[str] = field(default_factory=list)
+    """Acknowledged events gone from the store with no crash to explain it."""
 
     @property
     def slow_recoveries(self) -> list[str]:
@@ -89,6 +97,7 @@ class Report:
     def violations(self) -> list[str]:
         return [
             *(f"lost: {v}" for v in self.lost),
+            *(f"vanished from the store: {v}" for v in self.vanished),
             *(f"duplicated: {v}" for v in self.duplicated),
             *(f"out of order: {v}" for v in self.out_of_order),
             *(f"checkpoint backwards: {v}" for v in self.backward),
@@ -125,6 +134,25 @@ def lost_and_duplicated(
 
 def _described(event_id: str, where: Published) -> str:
     return f"{event_id} ({where.source} {where.stream} position {where.position})"
+
+
+def lost_by_server(history: History) -> tuple[list[str], list[str]]:
+    """Acknowledged events no longer in the store: those a database crash after
+    their acknowledgement explains (the server may lose what it acknowledged
+    but had not yet written), and those nothing explains."""
+    crashes = [
+        fault.started for fault in history.faults if fault.kind is FaultKind.DB_CRASH
+    ]
+    explained, unexplained = [], []
+    for event_id, where in sorted(history.acknowledged.items()):
+        if event_id in history.published:
+            continue
+        # The run's clock and the server's are one machine's; a second of slack.
+        if any(crash >= where.at - 1.0 for crash in crashes):
+            explained.append(_described(event_id, where))
+        else:
+            unexplained.append(_described(event_id, where) + ", with no crash after")
+    return explained, unexplained
 
 
 def out_of_order(applied: Sequence[Applied]) -> list[str]:
@@ -327,6 +355,7 @@ def check(
 ) -> Report:
     """Every check over ``history``."""
     lost, duplicated = lost_and_duplicated(history.published, history.applied)
+    by_server, vanished = lost_by_server(history)
     return Report(
         events=len(history.published),
         lost=lost,
@@ -337,6 +366,8 @@ def check(
         leaders=two_leaders(history.allocations),
         readiness=readiness_failures(history, readiness_within, ready_again_within),
         recoveries=recoveries(history, bounds),
+        lost_by_server=by_server,
+        vanished=vanished,
     )
 
 

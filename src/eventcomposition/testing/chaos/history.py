@@ -5,7 +5,7 @@ which the nemesis also reads when it records a fault, so that no two machines'
 clocks need to agree.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple
@@ -113,7 +113,11 @@ class Readiness:
 @dataclass(frozen=True)
 class History:
     """Everything a run recorded. ``published`` maps each event id that was
-    published (committed) to its source, stream position and time."""
+    published (committed, and in the store at the end) to its source, stream
+    position and time; ``acknowledged`` each event id whose publish the server
+    acknowledged, when it did (the run's clock, the same machine's). The server
+    commits asynchronously: a crash may lose acknowledged events, which are then
+    acknowledged but not published."""
 
     published: dict[str, Published]
     applied: Sequence[Applied]
@@ -122,4 +126,5 @@ class History:
     faults: Sequence[Fault] = ()
     readiness: Sequence[Readiness] = ()
     ended_at: float = 0.0
+    acknowledged: Mapping[str, Published] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)

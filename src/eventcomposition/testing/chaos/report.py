@@ -80,7 +80,15 @@ def render_report(
         "duplicated",
         "out of order",
         "violations",
-        numeric=("events", "lost", "duplicated", "out of order", "violations"),
+        "lost by the server",
+        numeric=(
+            "events",
+            "lost",
+            "duplicated",
+            "out of order",
+            "violations",
+            "lost by the server",
+        ),
     )
     add_plain_row(
         totals,
@@ -89,6 +97,7 @@ def render_report(
         str(len(report.duplicated)),
         str(len(report.out_of_order)),
         str(len(report.violations)),
+        str(len(report.lost_by_server)),
     )
     verdict = (
         f"PASSED: seed {seed}, {minutes:g} minutes"
@@ -98,5 +107,11 @@ def render_report(
     lines = [f"  {violation}" for violation in report.violations[:50]]
     if len(report.violations) > 50:
         lines.append(f"  ... and {len(report.violations) - 50} more")
+    if report.lost_by_server:
+        lines.append(
+            f"  {len(report.lost_by_server)} acknowledged event(s) lost by the "
+            "server in a crash (it commits asynchronously); not consumers' to "
+            "apply: " + ", ".join(report.lost_by_server[:5])
+        )
     readiness = _readiness_table(history) if history is not None else []
     return render(faults, "", totals, "", *readiness, *lines, verdict)

@@ -13,7 +13,7 @@ import random
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -129,9 +129,15 @@ class Outcome:
     work_dir: Path
 
 
-async def _publish(pool: Pool, stop: asyncio.Event, seed: int) -> int:
+async def _publish(
+    pool: Pool,
+    stop: asyncio.Event,
+    seed: int,
+    acknowledged: dict[str, Published] | None = None,
+) -> int:
     """Publish small batches to random streams until ``stop``; retry through
-    outages. Returns how many publish calls failed."""
+    outages. Records in ``acknowledged`` each event the server acknowledged.
+    Returns how many publish calls failed."""
     choices = random.Random(seed + 1)
     store = EventStore(adapter=PostgresEventStorageAdapter(connection_source=pool))
     failures = 0
@@ -142,13 +148,19 @@ async def _publish(pool: Pool, stop: asyncio.Event, seed: int) -> int:
         count = choices.randint(1, 3)
         try:
             async with asyncio.timeout(5):
-                await store.stream(category=category, stream=stream).publish(
+                stored = await store.stream(category=category, stream=stream).publish(
                     events=[
                         NewEvent(name="happened", payload={"n": number + i})
                         for i in range(count)
                     ]
                 )
             number += count
+            if acknowledged is not None:
+                at = time.time()
+                for event in stored:
+                    acknowledged[event.id] = Published(
+                        category, stream, event.position, at
+                    )
         except (psycopg.Error, TimeoutError, OSError):
             failures += 1
             await asyncio.sleep(0.2)
@@ -302,7 +314,10 @@ async def run(options: RunOptions) -> Outcome:
                 kinds=options.kinds,
                 mean_gap=options.mean_gap,
             )
-            publishing = asyncio.create_task(_publish(pool, stop, options.seed))
+            acknowledged: dict[str, Published] = {}
+            publishing = asyncio.create_task(
+                _publish(pool, stop, options.seed, acknowledged)
+            )
             injecting = asyncio.create_task(nemesis.run(stop))
             await asyncio.sleep(options.minutes * 60)
             stop.set()
@@ -321,6 +336,7 @@ async def run(options: RunOptions) -> Outcome:
             # Late duplicates (a resumed holder's commit) would come now.
             await asyncio.sleep(options.timings.claim_lease)
             history = await read_history(pool, cluster, nemesis, ended_at)
+            history = replace(history, acknowledged=acknowledged)
             if errors:
                 await _save_state(pool, work_dir / "final-state.txt")
         finally:
