@@ -1,25 +1,18 @@
 """``eventcomposition cluster status --watch`` in a real terminal (a pseudo-terminal
 read by a VT100 emulator, pyte), and with stdout a pipe."""
 
-import fcntl
-import os
 import re
 import signal
-import struct
 import subprocess
 import sys
-import termios
-import threading
-import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import pyte
 from logicblocks.event.store import EventStore, PostgresEventStorageAdapter
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
+from tests.component.terminal import EXIT_TIMEOUT, terminal
 
 from eventcomposition.consumers import source_key
 from eventcomposition.demo import (
@@ -43,90 +36,8 @@ NAMES = DemoNames()
 PARTITIONS = sorted(source_key(partition) for partition in NAMES.partitions())
 SOURCE_PREFIX = f"{NAMES.category}#"
 COLUMNS, LINES = 160, 60
-EXIT_TIMEOUT = 10.0
-SETTLE_SECONDS = 0.15
 
 type Pool = AsyncConnectionPool[AsyncConnection[Any]]
-
-
-class Terminal:
-    """A command running on a pseudo-terminal, its screen kept by pyte."""
-
-    def __init__(self, argv: Sequence[str], env: Mapping[str, str]) -> None:
-        self._screen = pyte.Screen(COLUMNS, LINES)
-        self._stream = pyte.ByteStream(self._screen)
-        self._lock = threading.Lock()
-        self._master, slave = os.openpty()
-        fcntl.ioctl(
-            slave, termios.TIOCSWINSZ, struct.pack("HHHH", LINES, COLUMNS, 0, 0)
-        )
-        environment = {
-            name: value
-            for name, value in env.items()
-            if name not in {"COLUMNS", "LINES", "NO_COLOR", "TERM"}
-        }
-        self.process = subprocess.Popen(
-            list(argv),
-            env={**environment, "TERM": "xterm-256color"},
-            stdin=slave,
-            stdout=slave,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-        os.close(slave)
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        while True:
-            try:
-                data = os.read(self._master, 65536)
-            except OSError:  # EIO: the command closed the terminal
-                return
-            if not data:
-                return
-            with self._lock:
-                self._stream.feed(data)
-
-    def screen(self) -> str:
-        """The screen now: possibly halfway through a redraw."""
-        with self._lock:
-            return "\n".join(line.rstrip() for line in self._screen.display)
-
-    def settled_screen(self, timeout: float = 5.0) -> str:
-        """The screen once it stays the same for a moment: a whole frame (the view
-        redraws once a second, in well under SETTLE_SECONDS)."""
-        deadline = time.monotonic() + timeout
-        previous = self.screen()
-        while time.monotonic() < deadline:
-            time.sleep(SETTLE_SECONDS)
-            current = self.screen()
-            if current == previous:
-                return current
-            previous = current
-        raise AssertionError(f"the screen kept changing for {timeout}s:\n{previous}")
-
-    def interrupt(self) -> None:
-        """Ctrl-C, as the terminal sends it: SIGINT to the foreground process."""
-        self.process.send_signal(signal.SIGINT)
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(timeout=EXIT_TIMEOUT)
-        if self.process.stderr is not None:
-            self.process.stderr.close()
-        self._reader.join(timeout=EXIT_TIMEOUT)
-        os.close(self._master)
-
-
-@contextmanager
-def terminal(argv: Sequence[str], env: Mapping[str, str]) -> Iterator[Terminal]:
-    running = Terminal(argv, env)
-    try:
-        yield running
-    finally:
-        running.close()
 
 
 def rows_of(screen: str, first_cell: str) -> list[list[str]]:
@@ -175,7 +86,7 @@ async def test_the_view_redraws_as_events_flow_and_an_observer_joins(
     environment = node_environment(postgres_database)
     with NodeProcesses() as nodes:
         start_node(nodes, environment, "full-1", "full")
-        with terminal(WATCH, environment) as watch:
+        with terminal(WATCH, environment, columns=COLUMNS, lines=LINES) as watch:
             await wait_until(
                 lambda: (
                     len(held_rows(watch.screen())) == len(PARTITIONS)

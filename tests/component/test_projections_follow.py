@@ -6,22 +6,17 @@ No node runs: the test moves the building version's checkpoints itself (what the
 nodes' rebuild does), then swaps it in, so the progress is exactly known.
 """
 
-import fcntl
-import os
 import re
-import struct
 import subprocess
 import sys
-import termios
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import pyte
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
+from tests.component.terminal import Terminal, terminal
 
 from eventcomposition.projections import ProjectionCatalog
 from eventcomposition.schema import Migration
@@ -51,69 +46,6 @@ TIMEOUT = 30.0
 ETA = re.compile(r"\b\d+:\d\d:\d\d\b")
 
 type Pool = AsyncConnectionPool[AsyncConnection[Any]]
-
-
-class Terminal:
-    """A command on a pseudo-terminal, its screen kept by pyte."""
-
-    def __init__(self, argv: Sequence[str], env: Mapping[str, str]) -> None:
-        self._screen = pyte.Screen(COLUMNS, LINES)
-        self._stream = pyte.ByteStream(self._screen)
-        self._lock = threading.Lock()
-        self._master, slave = os.openpty()
-        fcntl.ioctl(
-            slave, termios.TIOCSWINSZ, struct.pack("HHHH", LINES, COLUMNS, 0, 0)
-        )
-        environment = {
-            name: value
-            for name, value in env.items()
-            if name not in {"COLUMNS", "LINES", "NO_COLOR", "TERM"}
-        }
-        self.process = subprocess.Popen(
-            list(argv),
-            env={**environment, "TERM": "xterm-256color"},
-            stdin=slave,
-            stdout=slave,
-            stderr=subprocess.PIPE,
-            cwd=PROJECT_ROOT,
-            start_new_session=True,
-        )
-        os.close(slave)
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        while True:
-            try:
-                data = os.read(self._master, 65536)
-            except OSError:  # EIO: the command closed the terminal
-                return
-            if not data:
-                return
-            with self._lock:
-                self._stream.feed(data)
-
-    def screen(self) -> str:
-        with self._lock:
-            return "\n".join(line.rstrip() for line in self._screen.display)
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(timeout=10)
-        if self.process.stderr is not None:
-            self.process.stderr.close()
-        self._reader.join(timeout=10)
-        os.close(self._master)
-
-
-@contextmanager
-def terminal(argv: Sequence[str], env: Mapping[str, str]) -> Iterator[Terminal]:
-    running = Terminal(argv, env)
-    try:
-        yield running
-    finally:
-        running.close()
 
 
 async def set_positions(pool: Pool, group: str, position: int) -> None:
@@ -156,7 +88,9 @@ async def test_on_a_terminal_a_bar_fills_with_its_estimate_then_the_final_line(
 ) -> None:
     catalog = await a_running_rebuild(postgres_pool)
     environment = node_environment(postgres_database, settings_dir=SETTINGS_DIR)
-    with terminal(FOLLOW, environment) as follow:
+    with terminal(
+        FOLLOW, environment, columns=COLUMNS, lines=LINES, cwd=PROJECT_ROOT
+    ) as follow:
         await wait_until(
             lambda: "0.0%" in bar_line(follow.screen()),
             timeout=TIMEOUT,
