@@ -71,6 +71,8 @@ from .stores import (
 logger = structlog.get_logger("eventcomposition.consumers")
 
 __all__ = [
+    "DEFAULT_BATCH_TIMEOUT",
+    "DEFAULT_CONCURRENT_BATCHES",
     "TRANSIENT_ERRORS",
     "PoisonOrder",
     "PoisonPolicy",
@@ -81,7 +83,8 @@ __all__ = [
 
 _HELD_BACK_FIRST = timedelta(milliseconds=2)
 _HELD_BACK_LONGEST = timedelta(milliseconds=500)
-_DEFAULT_CONCURRENT_BATCHES = 2
+DEFAULT_CONCURRENT_BATCHES = 2
+DEFAULT_BATCH_TIMEOUT = timedelta(seconds=30)
 _DEFAULT_SLOW_BATCH = timedelta(seconds=1)
 
 
@@ -217,9 +220,9 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
         clock: Callable[[], float] = time.monotonic,
         metrics: NodeMetrics | None = None,
         concurrent_sources: bool = False,
-        batch_timeout: timedelta | None = timedelta(seconds=30),
+        batch_timeout: timedelta | None = DEFAULT_BATCH_TIMEOUT,
         read_ahead: bool = False,
-        concurrent_batches: int | None = _DEFAULT_CONCURRENT_BATCHES,
+        concurrent_batches: int | None = DEFAULT_CONCURRENT_BATCHES,
         slow_batch: timedelta = _DEFAULT_SLOW_BATCH,
     ) -> None:
         super().__init__(
@@ -1078,9 +1081,9 @@ def make_transactional_consumer(
     event_reader: EventReader | None = None,
     metrics: NodeMetrics | None = None,
     concurrent_sources: bool = False,
-    batch_timeout: timedelta | None = timedelta(seconds=30),
+    batch_timeout: timedelta | None = DEFAULT_BATCH_TIMEOUT,
     read_ahead: bool = False,
-    concurrent_batches: int | None = _DEFAULT_CONCURRENT_BATCHES,
+    concurrent_batches: int | None = DEFAULT_CONCURRENT_BATCHES,
     slow_batch: timedelta = _DEFAULT_SLOW_BATCH,
 ) -> TransactionalConsumer:
     """A subscriber for ``subscription_requests`` whose batches go to ``processor``.

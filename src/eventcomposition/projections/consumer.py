@@ -39,6 +39,8 @@ from ..consumers.policies import PoisonOrder, PoisonPolicy
 from ..consumers.postgres import PostgresCheckpointStore, PostgresEventReader
 from ..consumers.stores import CheckpointStore
 from ..consumers.transactional import (
+    DEFAULT_BATCH_TIMEOUT,
+    DEFAULT_CONCURRENT_BATCHES,
     TransactionalConsumer,
     make_transactional_consumer,
 )
@@ -575,9 +577,9 @@ def make_versioned_consumer(
     on_poison: PoisonPolicy | str = PoisonPolicy.PARK,
     poison_attempts: int = 3,
     poison_order: PoisonOrder | str = PoisonOrder.STREAM,
-    batch_timeout: timedelta | None = timedelta(seconds=30),
+    batch_timeout: timedelta | None = DEFAULT_BATCH_TIMEOUT,
     read_ahead: bool = False,
-    concurrent_batches: int | None = 2,
+    concurrent_batches: int | None = DEFAULT_CONCURRENT_BATCHES,
     refresh_interval: timedelta = timedelta(seconds=1),
     swap_timeout: timedelta = timedelta(seconds=5),
     metrics: NodeMetrics | None = None,
