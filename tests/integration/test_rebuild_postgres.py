@@ -495,6 +495,15 @@ async def test_the_swap_waits_for_the_building_version_and_fences_the_live_one(
     for category in CATEGORIES:
         await building.accept(store.category(category=category))
 
+    # Not caught up and not to wait: the swap gives up at once, catching nothing
+    # up with the live version frozen.
+    catch_ups: list[str] = []
+
+    async def catch_up() -> None:
+        catch_ups.append("called")
+
+    assert not await catalog.swap(GROUP, 2, catch_up=catch_up, within=timedelta(0))
+    assert catch_ups == []
     # Not caught up: the swap gives up and changes nothing.
     assert not await catalog.swap(GROUP, 2, within=timedelta(milliseconds=200))
     assert await table_rows(pool, "items.items") == await from_scratch(pool, 1)

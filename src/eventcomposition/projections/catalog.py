@@ -53,12 +53,12 @@ _LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
 _TRY_LOCK = "SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))"
 _SESSION_LOCK = "SELECT pg_advisory_lock(hashtextextended(%s, 0))"
 _SESSION_UNLOCK = "SELECT pg_advisory_unlock(hashtextextended(%s, 0))"
-_FENCE = """
+_FENCE = sql.SQL("""
 UPDATE consumer_claims
-SET epoch = epoch + 1, holder_node = '(fenced)', holder_subscriber = %(why)s,
+SET epoch = epoch + 1, holder_node = '(fenced)', holder_subscriber = {why},
     lease_expires_at = 'infinity', released = false
-WHERE "group" = %(group)s
-"""
+WHERE "group" = {group}
+""")
 _MIGRATIONS_TABLE = "application_migrations"
 _RETRY_PAUSE = 0.02
 
@@ -386,6 +386,16 @@ class ProjectionCatalog:
             or not building.prepared
         ):
             return False
+        # Everything the swap writes, composed before the live version stands
+        # still, and sent in one round trip once it does.
+        switch = sql.SQL("; ").join(
+            [
+                _fence_statement(live.checkpoint_group, f"retired by v{version}"),
+                *await _view_statements(connection, building),
+                _state_statement(live, VersionState.RETIRED),
+                _state_statement(building, VersionState.LIVE),
+            ]
+        )
         # Freeze the live version: its batches wait on their fence (claims first,
         # as every batch takes them, so no deadlock), its checkpoints stand still.
         await connection.execute(
@@ -416,10 +426,7 @@ class ProjectionCatalog:
                 ):
                     break
             await asyncio.sleep(_RETRY_PAUSE)
-        await _fence(connection, live.checkpoint_group, f"retired by v{version}")
-        await _point_views(connection, building)
-        await _set_state(connection, live, VersionState.RETIRED)
-        await _set_state(connection, building, VersionState.LIVE)
+        await connection.execute(switch)
         await logger.ainfo(
             "projection.swapped",
             group=group,
@@ -462,7 +469,11 @@ async def _positions(connection: AsyncConnection[Any], group: str) -> dict[str, 
 async def _fence(connection: AsyncConnection[Any], group: str, why: str) -> None:
     """Take every claim of ``group`` away for good: its batches in flight fail
     their fence and roll back, and no subscriber can claim its sources again."""
-    await connection.execute(_FENCE, {"group": group, "why": why})
+    await connection.execute(_fence_statement(group, why))
+
+
+def _fence_statement(group: str, why: str) -> sql.Composed:
+    return _FENCE.format(group=sql.Literal(group), why=sql.Literal(why))
 
 
 async def _forget(
@@ -489,19 +500,28 @@ async def _drop_schema(connection: AsyncConnection[Any], schema: str) -> None:
 async def _set_state(
     connection: AsyncConnection[Any], version: ProjectionVersion, state: VersionState
 ) -> ProjectionVersion:
-    stamp = {
-        VersionState.LIVE: ", swapped_at = now()",
-        VersionState.RETIRED: ", retired_at = now()",
-    }.get(state, "")
     cursor = await connection.execute(
-        f"UPDATE projection_versions SET state = %s{stamp} "
-        'WHERE "group" = %s AND version = %s '
-        f"RETURNING {_COLUMNS}",
-        [state.value, version.group, version.version],
+        _state_statement(version, state)
+        + sql.SQL(" RETURNING {}").format(sql.SQL(_COLUMNS))
     )
     row = await cursor.fetchone()
     assert row is not None
     return _version(row)
+
+
+def _state_statement(version: ProjectionVersion, state: VersionState) -> sql.Composed:
+    stamp = {
+        VersionState.LIVE: ", swapped_at = now()",
+        VersionState.RETIRED: ", retired_at = now()",
+    }.get(state, "")
+    return sql.SQL(
+        "UPDATE projection_versions SET state = {state}" + stamp + " "
+        'WHERE "group" = {group} AND version = {version}'
+    ).format(
+        state=sql.Literal(state.value),
+        group=sql.Literal(version.group),
+        version=sql.Literal(version.version),
+    )
 
 
 async def _tables(
@@ -522,27 +542,30 @@ async def _point_views(
 ) -> None:
     """Make the stable schema hold one view per relation of ``version``'s schema
     (in the caller's transaction, so readers see the change all at once)."""
-    stable = version.stable_schema
     await connection.execute(
+        sql.SQL("; ").join(await _view_statements(connection, version))
+    )
+
+
+async def _view_statements(
+    connection: AsyncConnection[Any], version: ProjectionVersion
+) -> list[sql.Composable]:
+    """The statements that make the stable schema hold one view per relation of
+    ``version``'s schema and no other view (read now, for the caller to run)."""
+    stable = version.stable_schema
+    statements: list[sql.Composable] = [
         sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(stable))
-    )
-    cursor = await connection.execute(
-        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relkind = 'v' ORDER BY 1",
-        [stable],
-    )
-    for (view,) in await cursor.fetchall():
-        await connection.execute(
-            sql.SQL("DROP VIEW IF EXISTS {} CASCADE").format(
-                sql.Identifier(stable, view)
-            )
+    ]
+    statements += [
+        sql.SQL("DROP VIEW IF EXISTS {} CASCADE").format(sql.Identifier(stable, view))
+        for view in await _tables(connection, stable, kinds="v")
+    ]
+    statements += [
+        sql.SQL("CREATE VIEW {} AS SELECT * FROM {}").format(
+            sql.Identifier(stable, table),
+            sql.Identifier(version.schema_name, table),
         )
-    for table in await _tables(connection, version.schema_name):
-        if table == _MIGRATIONS_TABLE:
-            continue
-        await connection.execute(
-            sql.SQL("CREATE VIEW {} AS SELECT * FROM {}").format(
-                sql.Identifier(stable, table),
-                sql.Identifier(version.schema_name, table),
-            )
-        )
+        for table in await _tables(connection, version.schema_name)
+        if table != _MIGRATIONS_TABLE
+    ]
+    return statements

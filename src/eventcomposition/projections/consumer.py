@@ -40,6 +40,7 @@ from ..consumers.postgres import PostgresCheckpointStore, PostgresEventReader
 from ..consumers.stores import CheckpointStore
 from ..consumers.transactional import (
     DEFAULT_BATCH_TIMEOUT,
+    DEFAULT_CATCH_UP_BATCH_SIZE,
     DEFAULT_CONCURRENT_BATCHES,
     TransactionalConsumer,
     make_transactional_consumer,
@@ -68,6 +69,15 @@ logger = structlog.get_logger("eventcomposition.projections")
 
 DEFAULT_REBUILD_BATCH_SIZE = 5000
 """Events per batch while rebuilding, unless a projection says otherwise."""
+
+REBUILD_CONCURRENT_BATCHES = 2
+"""A rebuild's batches in flight at once on a node: two keep the database reading
+and writing one while Python decodes and applies the other; more only add
+statements for the live version's to queue behind at the database."""
+
+SWAP_TRIES = 20
+"""Swaps tried without waiting (given up at once when the rebuild is behind the
+frozen live version) before one catches up with the live version frozen."""
 
 
 @dataclass(frozen=True)
@@ -197,6 +207,9 @@ class VersionedConsumer(EventSubscriptionConsumer[StoredEvent]):
         self._rebuild_yield = rebuild_yield.total_seconds()
         self._live_work = LiveWork()
         self._swapped = False
+        # Rebuild threads of versions swapped in: their claims released, their
+        # threads still ending.
+        self._retiring: list[RebuildThread] = []
         # Whether the rebuild's checkpoints moved since the last look.
         self._building_total = 0
         self._advanced = False
@@ -299,22 +312,25 @@ class VersionedConsumer(EventSubscriptionConsumer[StoredEvent]):
         building, self._building = self._building, None
         if building is not None:
             await building.runner.stop()
+        await self._end_retired()
         if self._live is not None:
             await self._live.consumer.release_claims()
 
     # -- consumption ----------------------------------------------------------------
 
     async def consume_all(self) -> None:
-        await self._refresh_if_due()
+        if await self._before_poll():
+            return
         if self._live is not None:
             await self._poll_live(self._live.consumer.consume_all())
-        await self._after_swap()
+        await self._after_poll()
 
     async def consume_categories(self, categories: frozenset[str]) -> None:
-        await self._refresh_if_due()
+        if await self._before_poll():
+            return
         if self._live is not None:
             await self._poll_live(self._live.consumer.consume_categories(categories))
-        await self._after_swap()
+        await self._after_poll()
 
     async def poll(
         self, categories: frozenset[str] | None, stop_waiting: asyncio.Event
@@ -322,10 +338,30 @@ class VersionedConsumer(EventSubscriptionConsumer[StoredEvent]):
         """A poll of the live version whose sources progress on their own (see
         ``TransactionalConsumer.poll``): a blocked source of the live version
         holds up only itself."""
-        await self._refresh_if_due()
+        if await self._before_poll():
+            return
         if self._live is not None:
             await self._poll_live(self._live.consumer.poll(categories, stop_waiting))
+        await self._after_poll()
+
+    async def _before_poll(self) -> bool:
+        """Follow a swap this node's rebuild made since the last poll before
+        anything else (no batch of the retired version is tried, to fail its
+        fence), then refresh if due. True when it followed a swap: every source
+        of the new live version has been polled."""
+        followed = await self._after_swap()
+        await self._refresh_if_due()
+        return followed
+
+    async def _after_poll(self) -> None:
         await self._after_swap()
+        await self._end_retired()
+
+    async def _end_retired(self) -> None:
+        """Wait for the threads of rebuilds swapped in to end (their claims are
+        already released: see ``_follow_live``)."""
+        while self._retiring:
+            await self._retiring.pop().stop()
 
     async def _poll_live(self, poll: Coroutine[Any, Any, None]) -> None:
         """Run a poll of the live version, the rebuild giving way meanwhile. A
@@ -351,19 +387,21 @@ class VersionedConsumer(EventSubscriptionConsumer[StoredEvent]):
             return None
         return self._live.consumer.next_poll_within()
 
-    async def _after_swap(self) -> None:
-        """Once this node's rebuild has swapped in: follow at once, and poll every
-        source of the new live version. The old version's batch that the swap
-        froze was rolled back (its claim fenced), and its events' notifications
-        are spent: without this they would wait for the next safety-net poll."""
+    async def _after_swap(self) -> bool:
+        """Once this node's rebuild has swapped in (or a claim was lost while a
+        rebuild runs): follow at once, and poll every source of the live version.
+        The old version's batch that the swap froze was rolled back (its claim
+        fenced), and its events' notifications are spent: without this they
+        would wait for the next safety-net poll. True when it did."""
         if not self._swapped:
-            return
+            return False
         self._swapped = False
-        before = self._live
         await self.refresh()
-        if self._live is not None and self._live is not before:
+        if self._live is not None:
             with self._live_work.poll():
                 await self._live.consumer.consume_all()
+        await self._end_retired()
+        return True
 
     async def _refresh_if_due(self) -> None:
         if self._clock() - self._refreshed_at < self._refresh_every:
@@ -403,7 +441,8 @@ class VersionedConsumer(EventSubscriptionConsumer[StoredEvent]):
             # loop's consumer of the version claims them as the live one.
             promoted, self._building = self._building, None
             self._progress = None
-            await promoted.runner.stop()
+            await promoted.runner.let_go()
+            self._retiring.append(promoted.runner)
         self._live = await self._start(live)
         if old is not None:
             await old.consumer.release_claims()
@@ -502,19 +541,27 @@ class VersionedConsumer(EventSubscriptionConsumer[StoredEvent]):
         whenever it is close to the live version. Runs on the rebuild's thread,
         with that thread's ``consumer`` and ``catalog``."""
         failures = 0
+        behind = 0  # swaps in a row that found the rebuild behind
         while True:
             try:
                 await consumer.consume_all()
                 pause = self._rebuild_pause
                 if await self._close_to_live(version, catalog):
-                    # The swap freezes the live version: catch up without
-                    # waiting for live work (none can run).
+                    # The swap freezes the live version (its batches wait). The
+                    # rebuild has just read up to the head, so it is usually at
+                    # least as far: the swap then waits for nothing. When it is
+                    # not, the swap gives up at once and the rebuild catches up
+                    # again before the next try, the live version going on
+                    # meanwhile; only after SWAP_TRIES tries does a swap catch
+                    # up with the live version frozen (other nodes' shares, a
+                    # live version as fast as the rebuild).
+                    patient = behind >= SWAP_TRIES
                     with not_yielding():
                         swapped = await catalog.swap(
                             version.group,
                             version.version,
-                            catch_up=consumer.consume_all,
-                            within=self._swap_timeout,
+                            catch_up=consumer.consume_all if patient else None,
+                            within=self._swap_timeout if patient else timedelta(0),
                         )
                     if swapped:
                         self._refreshed_at = -math.inf  # follow at the next poll
@@ -522,6 +569,13 @@ class VersionedConsumer(EventSubscriptionConsumer[StoredEvent]):
                         self._metrics.rebuild_progressed(
                             version.group, version.version, 1.0
                         )
+                        return  # the thread releases the claims, for the live one
+                    behind = 0 if patient else behind + 1
+                    await self._log.adebug(
+                        "projection.swap-deferred", tries=behind, waited=patient
+                    )
+                    if not patient:
+                        pause = 0.0
                 elif self._advanced:
                     pause = 0.0  # applied events and still behind: go on
                 failures = 0
@@ -571,6 +625,7 @@ def make_versioned_consumer(
     projection: VersionedProjection,
     subscription_requests: Sequence[EventSourceIdentifier],
     batch_size: int = 500,
+    catch_up_batch_size: int | None = DEFAULT_CATCH_UP_BATCH_SIZE,
     subscriber_id: str | None = None,
     node_id: str | None = None,
     claim_lease: timedelta = timedelta(seconds=10),
@@ -624,7 +679,7 @@ def make_versioned_consumer(
             batch_size=(
                 batch_size if rebuilding is None else projection.rebuild_batch_size
             ),
-            concurrent_sources=rebuilding is not None,
+            catch_up_batch_size=catch_up_batch_size if rebuilding is None else None,
             subscriber_id=subscriber,
             node_id=node,
             claim_lease=claim_lease,
@@ -632,9 +687,11 @@ def make_versioned_consumer(
             poison_attempts=poison_attempts,
             poison_order=poison_order,
             batch_timeout=batch_timeout,
-            # A rebuild reads its sources all at once (concurrent_sources).
+            # A rebuild's sources overlap one another already.
             read_ahead=read_ahead and rebuilding is None,
-            concurrent_batches=concurrent_batches,
+            concurrent_batches=(
+                concurrent_batches if rebuilding is None else REBUILD_CONCURRENT_BATCHES
+            ),
             metrics=metrics,
         )
 

@@ -23,9 +23,11 @@ from psycopg_pool import AsyncConnectionPool
 from ..consumers.transactional import TransactionalConsumer
 from .catalog import ProjectionCatalog
 from .yielding import (
+    REBUILD_NICENESS,
     LiveWork,
     YieldingLoop,
     freeze_long_lived,
+    lower_thread_priority,
     shorter_switch_interval,
 )
 
@@ -39,7 +41,7 @@ _JOIN_TIMEOUT = 30.0
 
 class RebuildThread:
     """Runs ``work`` with the consumer ``make_consumer`` makes on the thread's own
-    pool, until ``stop``; then releases the consumer's claims. Its event loop
+    pool, until it returns or ``stop``; then releases the consumer's claims. Its event loop
     gives way to ``live`` work for up to ``yield_longest`` seconds before each
     iteration (see ``yielding``)."""
 
@@ -53,7 +55,9 @@ class RebuildThread:
         live: LiveWork | None = None,
         yield_longest: float = 0.05,
         pool_size: int = 6,
+        niceness: int = REBUILD_NICENESS,
     ) -> None:
+        self._niceness = niceness
         self._live = live or LiveWork()
         self._yield_longest = yield_longest
         self._conninfo = conninfo
@@ -64,6 +68,7 @@ class RebuildThread:
         self._consumer: TransactionalConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._started: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._released: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
 
     async def start(
@@ -90,12 +95,27 @@ class RebuildThread:
     async def stop(self) -> None:
         """Stop the work (a batch in flight rolls back), release the claims, and
         wait for the thread to end."""
+        self._cancel()
+        if self._thread.is_alive():
+            await asyncio.to_thread(self._thread.join, _JOIN_TIMEOUT)
+
+    async def let_go(self) -> None:
+        """Stop the work as ``stop`` does, but return as soon as the consumer's
+        claims are released (or the work ended without them), before the thread
+        has closed its pool: another consumer can claim the sources at once.
+        ``stop`` still ends the thread."""
+        self._cancel()
+        if self._thread.is_alive():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.shield(asyncio.wrap_future(self._released)), _JOIN_TIMEOUT
+                )
+
+    def _cancel(self) -> None:
         loop, task = self._loop, self._task
         if loop is not None and task is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 loop.call_soon_threadsafe(task.cancel)
-        if self._thread.is_alive():
-            await asyncio.to_thread(self._thread.join, _JOIN_TIMEOUT)
 
     async def _call(self, coroutine: Awaitable[None]) -> None:
         loop = self._loop
@@ -107,6 +127,7 @@ class RebuildThread:
         await asyncio.wrap_future(future)
 
     def _main(self) -> None:
+        lower_thread_priority(self._niceness)
         with shorter_switch_interval():
             asyncio.run(
                 self._run(),
@@ -121,6 +142,7 @@ class RebuildThread:
             await pool.open(wait=True, timeout=30)
         except BaseException as error:
             self._started.set_exception(error)
+            self._released.set_result(None)
             return
         try:
             consumer = self._make_consumer(pool)
@@ -136,6 +158,8 @@ class RebuildThread:
         finally:
             if not self._started.done():
                 self._started.set_exception(RuntimeError("the rebuild did not start"))
+            if not self._released.done():
+                self._released.set_result(None)
             await pool.close()
 
 

@@ -15,6 +15,10 @@ rebuild's at the database. So, while a rebuild runs on a node:
   a core), at most ``longest`` seconds at a time, so that a busy live version
   slows the rebuild down but never stops it: the rebuild starts no statement and
   handles no result until the live poll has committed;
+- the rebuild's thread runs at a lower scheduling priority
+  (``lower_thread_priority``: its nice value raised, Linux only), so that when the
+  node's loop and the rebuild both want a core the operating system runs the live
+  steps first;
 - the interpreter's switch interval is shortened (``shorter_switch_interval``), so
   that the node's loop gets the interpreter back within about a millisecond when
   the rebuild is in the middle of a step (decoding a batch, say);
@@ -32,12 +36,17 @@ other thread asks for the interpreter.
 import asyncio
 import contextlib
 import gc
+import os
 import sys
 import threading
 from collections.abc import Iterator
 
 REBUILD_SWITCH_INTERVAL = 0.001
 """The interpreter's switch interval (seconds) while a rebuild runs in the process."""
+
+REBUILD_NICENESS = 10
+"""How much lower than the node's the rebuild thread's scheduling priority is
+(its ``nice`` value added, Linux only)."""
 
 
 class LiveWork:
@@ -110,6 +119,21 @@ def not_yielding() -> Iterator[None]:
             yield
     else:
         yield
+
+
+def lower_thread_priority(niceness: int) -> bool:
+    """Lower the calling thread's scheduling priority by ``niceness`` (Linux: each
+    thread has its own nice value; elsewhere it would be the whole process's, so
+    nothing changes). True if it did. Raising a nice value needs no privilege."""
+    if niceness <= 0 or not sys.platform.startswith("linux"):
+        return False
+    thread = threading.get_native_id()
+    try:
+        current = os.getpriority(os.PRIO_PROCESS, thread)
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, current + niceness))
+    except OSError:
+        return False
+    return True
 
 
 def freeze_long_lived() -> None:

@@ -2,6 +2,7 @@
 
 import asyncio
 import gc
+import os
 import sys
 import threading
 import time
@@ -10,6 +11,7 @@ from eventcomposition.projections.yielding import (
     LiveWork,
     YieldingLoop,
     freeze_long_lived,
+    lower_thread_priority,
     not_yielding,
     shorter_switch_interval,
 )
@@ -92,3 +94,23 @@ def test_the_long_lived_objects_leave_the_collectors_sight() -> None:
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def test_only_the_rebuilds_thread_runs_at_a_lower_priority() -> None:
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    seen: dict[str, object] = {}
+
+    def a_rebuild_thread() -> None:
+        seen["lowered"] = lower_thread_priority(10)
+        seen["nice"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    thread = threading.Thread(target=a_rebuild_thread)
+    thread.start()
+    thread.join()
+
+    if sys.platform.startswith("linux"):
+        assert seen == {"lowered": True, "nice": min(19, before + 10)}
+    else:  # one nice value for the whole process: left alone
+        assert seen == {"lowered": False, "nice": before}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
+    assert not lower_thread_priority(0)
