@@ -72,6 +72,7 @@ logger = structlog.get_logger("eventcomposition.consumers")
 
 __all__ = [
     "DEFAULT_BATCH_TIMEOUT",
+    "DEFAULT_CATCH_UP_BATCH_SIZE",
     "DEFAULT_CONCURRENT_BATCHES",
     "TRANSIENT_ERRORS",
     "PoisonOrder",
@@ -84,6 +85,8 @@ __all__ = [
 _HELD_BACK_FIRST = timedelta(milliseconds=2)
 _HELD_BACK_LONGEST = timedelta(milliseconds=500)
 DEFAULT_CONCURRENT_BATCHES = 2
+DEFAULT_CATCH_UP_BATCH_SIZE = 2000
+"""Events per batch of a source that is behind (its last batch came back full)."""
 DEFAULT_BATCH_TIMEOUT = timedelta(seconds=30)
 _DEFAULT_SLOW_BATCH = timedelta(seconds=1)
 
@@ -127,6 +130,9 @@ class _Source:
     """A partition's floors after a repartition: events applied before it."""
     read_ahead: "_ReadAhead | None" = field(default=None, repr=False)
     """The read of the next batch, begun while this one is applied."""
+    limit: int = 0
+    """Events to read in the next batch: the catch-up batch size after a full
+    batch, else (0) the batch size."""
     log: Any = field(default=None, repr=False)
 
 
@@ -212,6 +218,7 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
         checkpoint_store: CheckpointStore,
         event_reader: EventReader,
         batch_size: int = 500,
+        catch_up_batch_size: int | None = None,
         claim_lease: timedelta = timedelta(seconds=10),
         on_poison: PoisonPolicy | str = PoisonPolicy.PARK,
         poison_attempts: int = 3,
@@ -236,6 +243,7 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
         self._store = checkpoint_store
         self._reader = event_reader
         self._batch_size = batch_size
+        self._catch_up_batch_size = max(batch_size, catch_up_batch_size or 0)
         self._lease = claim_lease
         self._on_poison = PoisonPolicy(on_poison)
         self._poison_attempts = poison_attempts
@@ -757,10 +765,13 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
             if self._in_stream_order:
                 state.parked = await self._store.parked_streams(self.group, state.key)
             state.position_loaded = True
-        events = await self._read(state)
+        limit = state.limit or self._batch_size
+        events = await self._read(state, limit)
         if not events:
             return False
-        full = len(events) == self._batch_size
+        full = len(events) >= limit
+        # Behind (a full batch): read more at a time until caught up.
+        state.limit = self._catch_up_batch_size if full else 0
         if full and self._read_ahead:
             self._begin_read_ahead(state, events[-1].sequence_number)
         try:
@@ -777,7 +788,7 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
                 ahead.drop()
         return applied and full
 
-    async def _read(self, state: _Source) -> Sequence[StoredEvent]:
+    async def _read(self, state: _Source, limit: int) -> Sequence[StoredEvent]:
         """The next batch of ``state``'s source: the read begun ahead when it
         starts at the checkpoint, else a read now."""
         ahead, state.read_ahead = state.read_ahead, None
@@ -786,14 +797,18 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
                 return await ahead.task
             ahead.drop()
         return await self._reader.read(
-            state.identifier, after=state.position, limit=self._batch_size
+            state.identifier, after=state.position, limit=limit
         )
 
     def _begin_read_ahead(self, state: _Source, after: int) -> None:
         """Read the batch after ``after`` (on a connection of its own) while this
         one is applied and committed: the database reads while Python applies."""
         task = asyncio.create_task(
-            self._reader.read(state.identifier, after=after, limit=self._batch_size)
+            self._reader.read(
+                state.identifier,
+                after=after,
+                limit=state.limit or self._batch_size,
+            )
         )
         task.add_done_callback(_retrieve)
         state.read_ahead = _ReadAhead(after, task)
@@ -1072,6 +1087,7 @@ def make_transactional_consumer(
     subscription_requests: Sequence[EventSourceIdentifier],
     processor: Processor,
     batch_size: int = 500,
+    catch_up_batch_size: int | None = DEFAULT_CATCH_UP_BATCH_SIZE,
     subscriber_id: str | None = None,
     node_id: str | None = None,
     claim_lease: timedelta = timedelta(seconds=10),
@@ -1115,6 +1131,10 @@ def make_transactional_consumer(
     a rebuild) there is no bound. A batch (read, process, commit) still running
     after ``batch_timeout`` is abandoned and retried after a backoff (``None``: no
     limit): one blocked source delays only itself, for that long at most.
+    A source whose batch came back full is behind: its next batches hold up to
+    ``catch_up_batch_size`` events (``None``, or less than ``batch_size``:
+    ``batch_size``) until one comes back short, so catching up takes fewer,
+    larger transactions while live batches stay small.
     With ``read_ahead`` (not with ``concurrent_sources``), while a full batch is
     applied and committed the next batch of its source is read, on a second
     connection: a source catching up then reads as the database applies.
@@ -1161,6 +1181,7 @@ def make_transactional_consumer(
         checkpoint_store=checkpoint_store,
         event_reader=event_reader or checkpoint_store.event_reader(event_store),
         batch_size=batch_size,
+        catch_up_batch_size=catch_up_batch_size,
         claim_lease=claim_lease,
         on_poison=policy,
         poison_attempts=poison_attempts,

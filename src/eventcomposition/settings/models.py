@@ -247,6 +247,9 @@ class ConsumerSettings(_Section):
     stop_timeout: Interval = timedelta(seconds=10)
     # Transactional (batched) consumers.
     batch_size: int = Field(default=500, ge=1)
+    # A source behind (its last batch came back full) reads up to this many events
+    # per batch until it has caught up (batch_size if smaller).
+    catch_up_batch_size: int = Field(default=2000, ge=1)
     claim_lease: Interval = timedelta(seconds=10)
     # A batch (read, process, commit) still running after this is abandoned,
     # rolled back and its source retried: how long a blocked source waits on itself.

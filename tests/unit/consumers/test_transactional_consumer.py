@@ -138,6 +138,7 @@ def consumer(
     clock: Clock | None = None,
     metrics: NodeMetrics | None = None,
     concurrent_batches: int | None = 2,
+    catch_up_batch_size: int | None = None,
 ) -> TransactionalConsumer:
     return TransactionalConsumer(
         group=GROUP,
@@ -148,6 +149,7 @@ def consumer(
         checkpoint_store=checkpoints,
         event_reader=StoreEventReader(event_store),
         batch_size=batch_size,
+        catch_up_batch_size=catch_up_batch_size,
         claim_lease=LEASE,
         on_poison=on_poison,
         poison_attempts=poison_attempts,
@@ -181,6 +183,26 @@ class TestBatches:
         assert recorder.numbers == list(range(1200))
         positions = await checkpoints.positions(GROUP)
         assert positions == {"orders": recorder.applied[-1].sequence_number}
+
+    async def test_a_source_behind_reads_catch_up_batches_until_it_has_caught_up(
+        self, event_store: EventStore, checkpoints: InMemoryCheckpointStore
+    ) -> None:
+        await publish(event_store, "orders", 1000)
+        recorder = Recorder()
+        subscriber = consumer(
+            event_store, checkpoints, recorder, batch_size=100, catch_up_batch_size=400
+        )
+        await accept(subscriber, event_store)
+
+        await subscriber.consume_all()
+        await publish(event_store, "orders", 150, start=1000)
+        await subscriber.consume_all()
+
+        # A full batch says the source is behind: the next reads take up to 400;
+        # a partial one that it has caught up: back to 100 (live batches stay small).
+        sizes = [len(batch) for batch in recorder.batches]
+        assert sizes == [100, 400, 400, 100, 100, 50]
+        assert recorder.numbers == list(range(1150))
 
     async def test_a_batch_never_mixes_sources_and_an_idle_poll_applies_nothing(
         self, event_store: EventStore, checkpoints: InMemoryCheckpointStore
@@ -742,7 +764,8 @@ class TestEventHandlers:
 
         assert handler.numbers == list(range(1200))
         assert handler.calls == 1200
-        assert [events for _, _, events in metrics.batches] == [500, 500, 200]
+        # The first batch came back full: the rest in one catch-up batch.
+        assert [events for _, _, events in metrics.batches] == [500, 700]
         positions = await checkpoints.positions(GROUP)
         assert positions == {"orders": handler.applied[-1].sequence_number}
 
