@@ -5,7 +5,8 @@ N stored orders over S customer streams in the one ``orders`` category:
 - In process (as benchmark 8): one ``make_transactional_consumer`` subscriber with
   the aggregating ``TotalsBatchProcessor`` drains the backlog reading the whole
   category (without and with ``read_ahead``), 1 partition of 1, and all 16
-  partitions of 16; and the per-event handler style on the same data
+  partitions of 16 (batches of 500, or up to 2000 while a source is behind: the
+  default ``catch_up_batch_size``; and with every batch 500 for comparison); and the per-event handler style on the same data
   (``FoldingTotalsEventHandler``: per-event code folding into
   ``transaction.batch_state``) over the 16 partitions. Each beside a raw read of
   the same events measured in the same run: one query, the same columns, the
@@ -52,6 +53,7 @@ from eventcomposition.consumers.partitions import (
     partition_of,
     partitions_of,
 )
+from eventcomposition.consumers.transactional import DEFAULT_CATCH_UP_BATCH_SIZE
 from eventcomposition.demo import Order, generate_orders
 from eventcomposition.testing import ConnectionInfo, create_database, drop_database
 from eventcomposition.testing.processes import NodeProcesses
@@ -89,6 +91,7 @@ class Variant:
     sources: Sequence[EventSourceIdentifier]
     handler: bool = False
     read_ahead: bool = False
+    catch_up_batch_size: int | None = DEFAULT_CATCH_UP_BATCH_SIZE
 
     def processor(self) -> Processor:
         return FoldingTotalsEventHandler() if self.handler else TotalsBatchProcessor()
@@ -115,6 +118,7 @@ async def in_process_run(
             subscription_requests=variant.sources,
             processor=variant.processor(),
             batch_size=BATCH_SIZE,
+            catch_up_batch_size=variant.catch_up_batch_size,
             read_ahead=variant.read_ahead,
         )
         factory = event_source_factory(adapter)
@@ -136,6 +140,7 @@ async def in_process_run(
 
 PARTITIONED = f"{DEFAULT_PARTITION_COUNT} partitions"
 HANDLER = f"{PARTITIONED}, per-event handler"
+FIXED = f"{PARTITIONED}, every batch {BATCH_SIZE}"
 
 
 async def in_process(ctx: BenchContext, template: ConnectionInfo, events: int) -> Json:
@@ -147,6 +152,7 @@ async def in_process(ctx: BenchContext, template: ConnectionInfo, events: int) -
         "whole category, read-ahead": Variant(whole_category, read_ahead=True),
         "1 partition of 1": Variant(list(partitions_of(NAMES.category, 1))),
         PARTITIONED: Variant(partitioned),
+        FIXED: Variant(partitioned, catch_up_batch_size=None),
         HANDLER: Variant(partitioned, handler=True),
     }
     raw_rates: list[float] = []

@@ -2,8 +2,9 @@
 
 N stored orders over the demo's 8 shard categories are applied by one
 ``make_transactional_consumer`` subscriber (batches of 500) with a trivial
-aggregating ``BatchProcessor``: one upsert of the batch's totals per customer, in the
-transaction that also writes the checkpoint. The same with per-event
+aggregating ``BatchProcessor``: one upsert of the batch's totals per customer (one
+statement, the totals passed as one JSON document), in the transaction that also
+writes the checkpoint. The same with per-event
 ``EventHandler``s: one folding each order into the batch's totals
 (``transaction.batch_state``, one upsert per batch), one writing an upsert per
 event. The consumer accepts every category
@@ -20,6 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 
+import orjson
 from logicblocks.event.store import EventStore, PostgresEventStorageAdapter
 from logicblocks.event.types import StoredEvent
 
@@ -56,9 +58,13 @@ TOTALS_TABLE = (
     "CREATE TABLE bench_totals (customer_id text PRIMARY KEY, "
     "orders bigint NOT NULL, amount_cents bigint NOT NULL)"
 )
+# A batch's totals go as one JSON parameter ([customer, orders, cents] per row):
+# orjson writes it in a fraction of the client CPU psycopg takes to write three
+# arrays element by element (0.5 against 2.2 ms for 600 customers).
 UPSERT = (
     "INSERT INTO bench_totals (customer_id, orders, amount_cents) "
-    "SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[]) "
+    "SELECT t->>0, (t->>1)::bigint, (t->>2)::bigint "
+    "FROM jsonb_array_elements(%s::jsonb) AS t "
     "ON CONFLICT (customer_id) DO UPDATE SET "
     "orders = bench_totals.orders + excluded.orders, "
     "amount_cents = bench_totals.amount_cents + excluded.amount_cents"
@@ -79,14 +85,8 @@ class TotalsBatchProcessor(BatchProcessor):
                 amount = payload.get("amount_cents")
                 orders[event.stream] += 1
                 amounts[event.stream] += amount if isinstance(amount, int) else 0
-        customers = list(orders)
         await transaction.connection.execute(
-            UPSERT,
-            (
-                customers,
-                [orders[c] for c in customers],
-                [amounts[c] for c in customers],
-            ),
+            UPSERT, (totals_document(orders, amounts),)
         )
 
 
@@ -129,15 +129,14 @@ class Totals:
 
 
 async def write_totals(totals: Totals, transaction: Transaction) -> None:
-    customers = list(totals.orders)
     await transaction.connection.execute(
-        UPSERT,
-        (
-            customers,
-            [totals.orders[c] for c in customers],
-            [totals.amounts[c] for c in customers],
-        ),
+        UPSERT, (totals_document(totals.orders, totals.amounts),)
     )
+
+
+def totals_document(orders: Counter[str], amounts: Counter[str]) -> str:
+    """``UPSERT``'s parameter: ``[customer, orders, amount_cents]`` per customer."""
+    return orjson.dumps([[c, n, amounts[c]] for c, n in orders.items()]).decode()
 
 
 async def one_run(
