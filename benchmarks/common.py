@@ -199,6 +199,22 @@ class PostgresForBenchmarks:
                 self.version = str(row[0]) if row else "unknown"
         return self.server
 
+    def run_copy(self, template: ConnectionInfo) -> ConnectionInfo:
+        """A new database copied from ``template`` for one measured run, the
+        server checkpointed after the copy: copying writes the whole database
+        through the write-ahead log, and the checkpoint that follows, spread over
+        minutes, would otherwise write it out during the measurement (later runs
+        measured slower than the first)."""
+        admin = self.get().connection_info
+        database = create_database(
+            admin,
+            unique_database_name(f"{template.dbname}_run"),
+            template=template.dbname,
+        )
+        with psycopg.connect(admin.conninfo, autocommit=True) as connection:
+            connection.execute("CHECKPOINT")
+        return database
+
     async def new_database(self, *, template: str | None = None) -> ConnectionInfo:
         """A fresh database (migrated, or a copy of ``template``)."""
         admin = self.get().connection_info

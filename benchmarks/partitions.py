@@ -55,7 +55,7 @@ from eventcomposition.consumers.partitions import (
 )
 from eventcomposition.consumers.transactional import DEFAULT_CATCH_UP_BATCH_SIZE
 from eventcomposition.demo import Order, generate_orders
-from eventcomposition.testing import ConnectionInfo, create_database, drop_database
+from eventcomposition.testing import ConnectionInfo, drop_database
 from eventcomposition.testing.processes import NodeProcesses
 
 from .cluster import NAMES, Cluster, cluster_environment, open_pool, spread_over
@@ -105,9 +105,7 @@ async def in_process_run(
 ) -> float:
     """Events/s of one transactional consumer draining ``variant``'s sources."""
     admin = ctx.postgres.get().connection_info
-    database = create_database(
-        admin, f"{template.dbname}_run_{time.monotonic_ns()}", template=template.dbname
-    )
+    database = ctx.postgres.run_copy(template)
     pool = await open_pool(database)
     try:
         adapter = PostgresEventStorageAdapter(connection_source=pool)
@@ -210,9 +208,7 @@ async def processes_run(
     ctx: BenchContext, template: ConnectionInfo, observers: int, orders: list[Order]
 ) -> Json:
     admin = ctx.postgres.get().connection_info
-    database = create_database(
-        admin, f"{template.dbname}_run_{time.monotonic_ns()}", template=template.dbname
-    )
+    database = ctx.postgres.run_copy(template)
     per_partition = Counter(
         source_key(NAMES.partitions()[partition_of(o.customer_id, 16)]) for o in orders
     )

@@ -367,6 +367,10 @@ async def one_run(
     database = create_database(
         admin, unique_database_name("rebuild"), template=template.dbname
     )
+    # The copy went through the write-ahead log: checkpoint now rather than
+    # during the measurement (see PostgresForBenchmarks.run_copy).
+    with psycopg.connect(admin.conninfo, autocommit=True) as connection:
+        connection.execute("CHECKPOINT")
     try:
         async with running_node(nodes, database, extra) as node:
             alone = await live_alone(node, live_seconds)

@@ -43,7 +43,7 @@ from logicblocks.event.store import EventStore, PostgresEventStorageAdapter
 
 from eventcomposition.consumers.decoding import use_fast_json
 from eventcomposition.demo import generate_orders
-from eventcomposition.testing import ConnectionInfo, create_database, drop_database
+from eventcomposition.testing import ConnectionInfo, drop_database
 from eventcomposition.testing.processes import NodeProcesses
 
 from .cluster import (
@@ -118,9 +118,7 @@ async def one_run(
     """Events/s with ``observers`` observer processes of ``app`` until the
     projection counts ``orders`` orders; and the processing seconds."""
     admin = ctx.postgres.get().connection_info
-    database = create_database(
-        admin, f"{template.dbname}_run_{time.monotonic_ns()}", template=template.dbname
-    )
+    database = ctx.postgres.run_copy(template)
     pool = await open_pool(database)
     try:
         with NodeProcesses() as nodes:

@@ -37,7 +37,7 @@ from eventcomposition.consumers import (
     make_transactional_consumer,
 )
 from eventcomposition.demo import generate_orders
-from eventcomposition.testing import ConnectionInfo, create_database, drop_database
+from eventcomposition.testing import ConnectionInfo, drop_database
 
 from .cluster import NAMES, open_pool
 from .common import (
@@ -149,9 +149,7 @@ async def one_run(
 ) -> float:
     """Events/s of one transactional consumer draining the backlog."""
     admin = ctx.postgres.get().connection_info
-    database = create_database(
-        admin, f"{template.dbname}_run_{time.monotonic_ns()}", template=template.dbname
-    )
+    database = ctx.postgres.run_copy(template)
     pool = await open_pool(database)
     try:
         adapter = PostgresEventStorageAdapter(connection_source=pool)
