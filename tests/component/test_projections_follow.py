@@ -152,7 +152,8 @@ async def test_with_a_pipe_it_prints_plain_lines(
         )
         reader.start()
         try:
-            # The status's own line, then the first of --follow's.
+            # --follow's first two lines (one an interval; the status table
+            # leaves the progress line to --follow, so it shows once at a time).
             await wait_until(
                 lambda: sum("tally v2: 0.0% of live v1" in line for line in lines) >= 2,
                 timeout=TIMEOUT,

@@ -140,11 +140,11 @@ async def show_status(catalog: ProjectionCatalog, args: argparse.Namespace) -> i
     if building is None:
         print(f"no rebuild of '{args.group}' is running")
         return 0
+    if args.follow:  # its first line is the progress now
+        return await _follow(catalog, args.group, building.version, args.interval)
     progress = await catalog.progress(args.group)
     if progress is not None:
         print(describe_progress(progress))
-    if args.follow:
-        return await _follow(catalog, args.group, building.version, args.interval)
     return 0
 
 
