@@ -28,7 +28,7 @@ from .yielding import (
     YieldingLoop,
     freeze_long_lived,
     lower_thread_priority,
-    shorter_switch_interval,
+    while_rebuilding,
 )
 
 type Pool = AsyncConnectionPool[AsyncConnection[Any]]
@@ -128,7 +128,7 @@ class RebuildThread:
 
     def _main(self) -> None:
         lower_thread_priority(self._niceness)
-        with shorter_switch_interval():
+        with while_rebuilding():
             asyncio.run(
                 self._run(),
                 loop_factory=lambda: YieldingLoop(self._live, self._yield_longest),

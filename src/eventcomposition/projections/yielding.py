@@ -19,14 +19,17 @@ rebuild's at the database. So, while a rebuild runs on a node:
   (``lower_thread_priority``: its nice value raised, Linux only), so that when the
   node's loop and the rebuild both want a core the operating system runs the live
   steps first;
-- the interpreter's switch interval is shortened (``shorter_switch_interval``), so
+- the interpreter's switch interval is shortened (``while_rebuilding``), so
   that the node's loop gets the interpreter back within about a millisecond when
   the rebuild is in the middle of a step (decoding a batch, say);
 - the objects the process holds when the rebuild starts are moved out of the
   garbage collector's sight (``freeze_long_lived``, ``gc.freeze``): the rebuild's
   many short-lived objects bring about a full collection every second or so,
   which otherwise scans the whole node (45 to 60 ms with the interpreter held,
-  measured in the rebuild benchmark) and holds the live version up as long.
+  measured in the rebuild benchmark) and holds the live version up as long;
+- the collector runs less often (``while_rebuilding``, ``REBUILD_GC_THRESHOLDS``):
+  its young collections otherwise scan a batch's tens of thousands of live objects
+  every 2000 allocations, a third of a rebuild's CPU.
 
 The rebuild keeps its speed otherwise: it waits only while live work runs (a few
 milliseconds per live batch), and a shorter switch interval costs nothing while no
@@ -43,6 +46,14 @@ from collections.abc import Iterator
 
 REBUILD_SWITCH_INTERVAL = 0.001
 """The interpreter's switch interval (seconds) while a rebuild runs in the process."""
+
+REBUILD_GC_THRESHOLDS = (100_000, 50, 100)
+"""The garbage collector's thresholds while a rebuild runs in the process (at
+least; the interpreter's default is 2000, 10, 10): a rebuild's batches keep tens of
+thousands of young objects alive at once (events, their payloads), which the
+default has the collector scan again every 2000 allocations; almost all of them
+are freed by reference counting anyway. In process, a rebuild's consumer ran 30
+to 40% faster with these, its CPU per event from 9.8-12.7 to 6.4-8.2 us."""
 
 REBUILD_NICENESS = 10
 """How much lower than the node's the rebuild thread's scheduling priority is
@@ -144,25 +155,38 @@ def freeze_long_lived() -> None:
     gc.freeze()
 
 
-_switch_lock = threading.Lock()
-_switch_users = 0
+_tuning_lock = threading.Lock()
+_tuning_users = 0
 _switch_before = 0.0
+_thresholds_before: tuple[int, int, int] = (0, 0, 0)
 
 
 @contextlib.contextmanager
-def shorter_switch_interval(seconds: float = REBUILD_SWITCH_INTERVAL) -> Iterator[None]:
-    """The process's switch interval at most ``seconds`` within the block (nested
-    and concurrent blocks share it; the last to leave restores the original)."""
-    global _switch_users, _switch_before
-    with _switch_lock:
-        if _switch_users == 0:
+def while_rebuilding(
+    switch_interval: float = REBUILD_SWITCH_INTERVAL,
+    gc_thresholds: tuple[int, int, int] = REBUILD_GC_THRESHOLDS,
+) -> Iterator[None]:
+    """Within the block, the process's switch interval at most ``switch_interval``
+    and its garbage collector's thresholds at least ``gc_thresholds`` (nested and
+    concurrent blocks share them; the last to leave restores the originals)."""
+    global _tuning_users, _switch_before, _thresholds_before
+    with _tuning_lock:
+        if _tuning_users == 0:
             _switch_before = sys.getswitchinterval()
-            sys.setswitchinterval(min(seconds, _switch_before))
-        _switch_users += 1
+            sys.setswitchinterval(min(switch_interval, _switch_before))
+            _thresholds_before = gc.get_threshold()
+            gc.set_threshold(
+                *(
+                    max(a, b)
+                    for a, b in zip(gc_thresholds, _thresholds_before, strict=True)
+                )
+            )
+        _tuning_users += 1
     try:
         yield
     finally:
-        with _switch_lock:
-            _switch_users -= 1
-            if _switch_users == 0:
+        with _tuning_lock:
+            _tuning_users -= 1
+            if _tuning_users == 0:
                 sys.setswitchinterval(_switch_before)
+                gc.set_threshold(*_thresholds_before)

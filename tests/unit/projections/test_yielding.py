@@ -13,7 +13,7 @@ from eventcomposition.projections.yielding import (
     freeze_long_lived,
     lower_thread_priority,
     not_yielding,
-    shorter_switch_interval,
+    while_rebuilding,
 )
 
 
@@ -77,14 +77,20 @@ def test_the_wait_is_bounded_and_a_swap_does_not_wait() -> None:
     assert swapping < 0.5
 
 
-def test_the_switch_interval_is_shorter_while_any_rebuild_runs() -> None:
+def test_the_switch_interval_is_shorter_and_collections_rarer_while_any_rebuild_runs() -> (
+    None
+):
     original = sys.getswitchinterval()
-    with shorter_switch_interval(0.001):
+    thresholds = gc.get_threshold()
+    with while_rebuilding(0.001, (100_000, 50, 100)):
         assert sys.getswitchinterval() == 0.001
-        with shorter_switch_interval(0.001):
+        assert gc.get_threshold() == (100_000, 50, 100)
+        with while_rebuilding(0.001, (100_000, 50, 100)):
             assert sys.getswitchinterval() == 0.001
         assert sys.getswitchinterval() == 0.001  # the first still runs
+        assert gc.get_threshold() == (100_000, 50, 100)
     assert sys.getswitchinterval() == original
+    assert gc.get_threshold() == thresholds
 
 
 def test_the_long_lived_objects_leave_the_collectors_sight() -> None:
