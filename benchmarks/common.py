@@ -254,6 +254,15 @@ class BenchContext:
         )
 
 
+def settle(database: ConnectionInfo) -> None:
+    """``VACUUM ANALYZE`` a database just loaded, as autovacuum would soon after a
+    bulk load: the planner's statistics and the rows' hint bits are in place
+    before anything is measured, rather than set by whichever run comes first (or
+    by autovacuum in the middle of one)."""
+    with psycopg.connect(database.conninfo, autocommit=True) as connection:
+        connection.execute("VACUUM ANALYZE")
+
+
 def quiet_logging() -> None:
     """Warnings and errors only: logicblocks logs every projection save at INFO."""
     configure_logging("WARNING", "console")

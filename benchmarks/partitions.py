@@ -1,6 +1,8 @@
 """10. Partitions: one ``orders`` category spread over observers.
 
-N stored orders over S customer streams in the one ``orders`` category:
+N stored orders over S customer streams in the one ``orders`` category (vacuumed
+and analysed once loaded, as autovacuum would; each measured run on its own
+checkpointed copy):
 
 - In process (as benchmark 8): one ``make_transactional_consumer`` subscriber with
   the aggregating ``TotalsBatchProcessor`` drains the backlog reading the whole
@@ -66,6 +68,7 @@ from .common import (
     Spread,
     publish_by_category,
     say,
+    settle,
     table,
 )
 from .throughput import LOG_LEVEL, SETTINGS, raw_read_rate
@@ -346,6 +349,7 @@ async def run(ctx: BenchContext) -> None:
             await connection.execute(TOTALS_TABLE)
     finally:
         await pool.close()
+    settle(template)
     say(f"N = {events} orders over {streams} streams of one category.")
     results: Json = {"events": events, "streams": streams, "allocation": simulated}
     results["in_process"] = await in_process(ctx, template, events)

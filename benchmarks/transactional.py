@@ -47,6 +47,7 @@ from .common import (
     Spread,
     publish_by_category,
     say,
+    settle,
     table,
 )
 from .throughput import raw_read_rate
@@ -203,6 +204,7 @@ async def run(ctx: BenchContext) -> None:
             await connection.execute(TOTALS_TABLE)
     finally:
         await pool.close()
+    settle(template)
     say(
         f"N = {events} orders ({CUSTOMERS} customers) in one category, "
         f"{len(NAMES.partitions())} partitions; batches of {BATCH_SIZE}; {reps} runs each, interleaved."
