@@ -40,6 +40,7 @@ from eventcomposition.testing import (
     create_database,
     unique_database_name,
 )
+from eventcomposition.testing.processes import NodeProcess
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SETTINGS_DIR = PROJECT_ROOT / "settings"
@@ -200,20 +201,8 @@ class PostgresForBenchmarks:
         return self.server
 
     def run_copy(self, template: ConnectionInfo) -> ConnectionInfo:
-        """A new database copied from ``template`` for one measured run, the
-        server checkpointed after the copy: copying writes the whole database
-        through the write-ahead log, and the checkpoint that follows, spread over
-        minutes, would otherwise write it out during the measurement (later runs
-        measured slower than the first)."""
-        admin = self.get().connection_info
-        database = create_database(
-            admin,
-            unique_database_name(f"{template.dbname}_run"),
-            template=template.dbname,
-        )
-        with psycopg.connect(admin.conninfo, autocommit=True) as connection:
-            connection.execute("CHECKPOINT")
-        return database
+        """``checkpointed_copy`` of ``template`` on this server."""
+        return checkpointed_copy(self.get().connection_info, template)
 
     async def new_database(self, *, template: str | None = None) -> ConnectionInfo:
         """A fresh database (migrated, or a copy of ``template``)."""
@@ -252,6 +241,33 @@ class BenchContext:
         say(
             f"results: {path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path}"
         )
+
+
+def checkpointed_copy(
+    admin: ConnectionInfo, template: ConnectionInfo
+) -> ConnectionInfo:
+    """A new database copied from ``template`` for one measured run, the server
+    checkpointed after the copy: copying writes the whole database through the
+    write-ahead log, and the checkpoint that follows, spread over minutes, would
+    otherwise write it out during the measurement (later runs measured slower than
+    the first)."""
+    database = create_database(
+        admin, unique_database_name(f"{template.dbname}_run"), template=template.dbname
+    )
+    with psycopg.connect(admin.conninfo, autocommit=True) as connection:
+        connection.execute("CHECKPOINT")
+    return database
+
+
+def first_logged(observer: NodeProcess, event: str, key: str) -> dict[int, float]:
+    """Per event number, ``key`` of the first ``event`` record of ``observer``'s
+    log that lists it in ``numbers`` (the latency benchmarks' applications log
+    the numbers of the events each committed batch applied)."""
+    found: dict[int, float] = {}
+    for record in observer.logs(event):
+        for n in record["numbers"]:
+            found.setdefault(n, record[key])
+    return found
 
 
 def settle(database: ConnectionInfo) -> None:

@@ -61,6 +61,7 @@ from .common import (
     PROJECT_ROOT,
     BenchContext,
     Json,
+    first_logged,
     one_stream_per_partition,
     say,
     table,
@@ -124,11 +125,7 @@ class Node:
     sent_at: dict[int, float] = field(default_factory=dict)
 
     def committed_at(self) -> dict[int, float]:
-        committed: dict[int, float] = {}
-        for record in self.observer.logs(COMMITTED):
-            for n in record["numbers"]:
-                committed.setdefault(n, record["at"])
-        return committed
+        return first_logged(self.observer, COMMITTED, "at")
 
 
 def environment(

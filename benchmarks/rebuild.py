@@ -69,7 +69,17 @@ from eventcomposition.testing.processes import (
     node_environment,
 )
 
-from .common import PROJECT_ROOT, BenchContext, Json, Spread, say, table
+from .common import (
+    PROJECT_ROOT,
+    BenchContext,
+    Json,
+    Spread,
+    checkpointed_copy,
+    first_logged,
+    say,
+    settle,
+    table,
+)
 from .rebuild_app import (
     APP,
     CATEGORIES,
@@ -119,18 +129,10 @@ class Node:
 
     def started_at(self) -> dict[int, float]:
         """When the batch that applied each live event began to be processed."""
-        started: dict[int, float] = {}
-        for record in self.observer.logs(COMMITTED):
-            for n in record["numbers"]:
-                started.setdefault(n, record["started"])
-        return started
+        return first_logged(self.observer, COMMITTED, "started")
 
     def committed_at(self) -> dict[int, float]:
-        committed: dict[int, float] = {}
-        for record in self.observer.logs(COMMITTED):
-            for n in record["numbers"]:
-                committed.setdefault(n, record["at"])
-        return committed
+        return first_logged(self.observer, COMMITTED, "at")
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
@@ -364,13 +366,7 @@ async def one_run(
     live_seconds: float,
     extra: Mapping[str, str],
 ) -> Json:
-    database = create_database(
-        admin, unique_database_name("rebuild"), template=template.dbname
-    )
-    # The copy went through the write-ahead log: checkpoint now rather than
-    # during the measurement (see PostgresForBenchmarks.run_copy).
-    with psycopg.connect(admin.conninfo, autocommit=True) as connection:
-        connection.execute("CHECKPOINT")
+    database = checkpointed_copy(admin, template)
     try:
         async with running_node(nodes, database, extra) as node:
             alone = await live_alone(node, live_seconds)
@@ -450,7 +446,7 @@ async def run(ctx: BenchContext) -> None:
             connection.execute(
                 STORE_EVENTS, {"categories": CATEGORIES, "count": events}
             )
-            connection.execute("VACUUM ANALYZE events")
+        settle(template)
         with NodeProcesses(log_dir=ctx.results_dir / "rebuild-nodes") as nodes:
             for _ in range(reps):
                 runs.append(

@@ -259,7 +259,7 @@ class TransactionalConsumer(EventSubscriptionConsumer[StoredEvent]):
         self._batch_timeout = (
             None if batch_timeout is None else batch_timeout.total_seconds()
         )
-        # concurrent_sources (a rebuild catching up): every source at once.
+        # concurrent_sources: every source at once, unbounded.
         bound = None if concurrent_sources else concurrent_batches
         self._permits = None if bound is None else asyncio.Semaphore(bound)
         self._slow_batch = slow_batch.total_seconds()
@@ -1127,8 +1127,7 @@ def make_transactional_consumer(
     ``None``: no bound), so ``processor`` may be called for different sources at
     the same time. A batch running longer than ``slow_batch`` stops counting
     against that bound (it still holds its connection), so that hung sources do
-    not keep the others waiting; with ``concurrent_sources`` (catching up, such as
-    a rebuild) there is no bound. A batch (read, process, commit) still running
+    not keep the others waiting; with ``concurrent_sources`` there is no bound. A batch (read, process, commit) still running
     after ``batch_timeout`` is abandoned and retried after a backoff (``None``: no
     limit): one blocked source delays only itself, for that long at most.
     A source whose batch came back full is behind: its next batches hold up to

@@ -74,22 +74,15 @@ def render_report(
             "-" if not alone else _seconds(max(alone, key=lambda v: v or 0.0)),
             _seconds(min(r.base for r in measured)),
         )
-    totals = new_table(
+    columns = (
         "events",
         "lost",
         "duplicated",
         "out of order",
         "violations",
         "lost by the server",
-        numeric=(
-            "events",
-            "lost",
-            "duplicated",
-            "out of order",
-            "violations",
-            "lost by the server",
-        ),
     )
+    totals = new_table(*columns, numeric=columns)
     add_plain_row(
         totals,
         str(report.events),
