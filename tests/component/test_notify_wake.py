@@ -224,7 +224,14 @@ async def test_the_listener_reconnects_after_its_backend_is_terminated(
             timeout=WOKEN_WITHIN + 2,
             description="the event published during the outage to be processed",
         )
-        assert status_of(listener) is ProcessStatus.RUNNING
+        # Usually the reconnection's wake processed it; a poll the node's start-up
+        # still had going (its sources allocated in two steps) can get there first,
+        # so the reconnection is waited for rather than assumed done.
+        await wait_until(
+            lambda: listener.status is ProcessStatus.RUNNING,
+            timeout=WOKEN_WITHIN,
+            description="the listener to listen again",
+        )
         assert listener.connections == 2
         after = await listener_pid(node.pool, listener.application_name)
         assert after not in (None, before)
